@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The ONE header for every struct that crosses the kernel/userspace line.
+ * Its Rust mirror is bpf/src/abi.rs: change both together; the size and offset
+ * asserts on both sides catch a half-done change at build time.
+ *
+ * Addresses are always 16 bytes: IPv4 is stored in its IPv4-mapped IPv6 form
+ * (::ffff:a.b.c.d), so one map serves both families and an AF_INET6 socket that
+ * dials a mapped address finds the same entry as an AF_INET one.
+ * Every multi-byte field that holds wire data says its byte order (_be).
+ */
+#ifndef SLUICE_ABI_H
+#define SLUICE_ABI_H
+
+#include <linux/types.h>
+
+/* Key of sl_svc: a mesh service address (VIP and port). */
+struct sl_svc_key {
+	__u32 addr_be[4];
+	__u16 port_be;
+	__u16 _pad;
+};
+
+/* Value of sl_svc. */
+struct sl_svc_val {
+	__u32 svc_id; /* index of the service in the config, for counters */
+	__u32 flags;  /* reserved, zero */
+};
+
+/* The destination an application dialed, before the rewrite. */
+struct sl_orig_dst {
+	__u32 addr_be[4];
+	__u16 port_be;
+	__u16 _pad;
+	__u32 svc_id;
+};
+
+/*
+ * Key of sl_orig: the connection as the proxy sees it on accept():
+ * src = the application's address (the proxy's peer), dst = the proxy's address.
+ */
+struct sl_flow_key {
+	__u32 src_addr_be[4];
+	__u32 dst_addr_be[4];
+	__u16 src_port_be;
+	__u16 dst_port_be;
+};
+
+/* Load-time configuration (a const volatile global: one object serves every config). */
+struct sl_config {
+	__u32 proxy_addr4_be;    /* where connect4 sends mesh traffic */
+	__u32 proxy_addr6_be[4]; /* where connect6 sends mesh traffic */
+	__u16 proxy_port4_be;
+	__u16 proxy_port6_be;
+	__u32 own_mark;          /* SO_MARK of the proxy's own sockets: never redirected */
+	__u32 flags;             /* reserved, zero */
+};
+
+/* Indexes into sl_stats (per-CPU u64 counters). */
+enum sl_stat {
+	SL_STAT_REDIRECT4 = 0,   /* connect4 rewrote a mesh destination */
+	SL_STAT_REDIRECT6 = 1,   /* connect6 rewrote a mesh destination */
+	SL_STAT_OWN_SKIPPED = 2, /* a proxy socket dialed a mesh address: left alone */
+	SL_STAT_PASSTHROUGH = 3, /* a TCP connect to a destination outside the mesh */
+	SL_STAT_ORIG_SAVED = 4,  /* sock_ops re-keyed an original destination by 4-tuple */
+	SL_STAT_PEND_FULL = 5,   /* the pending map refused an entry */
+	SL_STAT_MAX = 6,
+};
+
+_Static_assert(sizeof(struct sl_svc_key) == 20, "sl_svc_key size");
+_Static_assert(__builtin_offsetof(struct sl_svc_key, port_be) == 16, "sl_svc_key.port_be");
+_Static_assert(sizeof(struct sl_svc_val) == 8, "sl_svc_val size");
+_Static_assert(sizeof(struct sl_orig_dst) == 24, "sl_orig_dst size");
+_Static_assert(__builtin_offsetof(struct sl_orig_dst, port_be) == 16, "sl_orig_dst.port_be");
+_Static_assert(__builtin_offsetof(struct sl_orig_dst, svc_id) == 20, "sl_orig_dst.svc_id");
+_Static_assert(sizeof(struct sl_flow_key) == 36, "sl_flow_key size");
+_Static_assert(__builtin_offsetof(struct sl_flow_key, dst_addr_be) == 16, "sl_flow_key.dst_addr_be");
+_Static_assert(__builtin_offsetof(struct sl_flow_key, src_port_be) == 32, "sl_flow_key.src_port_be");
+_Static_assert(__builtin_offsetof(struct sl_flow_key, dst_port_be) == 34, "sl_flow_key.dst_port_be");
+_Static_assert(sizeof(struct sl_config) == 32, "sl_config size");
+_Static_assert(__builtin_offsetof(struct sl_config, proxy_addr6_be) == 4, "sl_config.proxy_addr6_be");
+_Static_assert(__builtin_offsetof(struct sl_config, proxy_port4_be) == 20, "sl_config.proxy_port4_be");
+_Static_assert(__builtin_offsetof(struct sl_config, own_mark) == 24, "sl_config.own_mark");
+
+#endif

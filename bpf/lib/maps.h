@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The maps of the redirection path, and the counters. */
+#ifndef SLUICE_MAPS_H
+#define SLUICE_MAPS_H
+
+#include "common.h"
+
+/* Mesh service addresses; filled from mesh-config by the redirector. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct sl_svc_key);
+	__type(value, struct sl_svc_val);
+} sl_svc SEC(".maps");
+
+/*
+ * Original destinations by socket cookie, between connect() and the moment the
+ * 4-tuple is known (sock_ops TCP_CONNECT_CB). LRU: a connect that fails before
+ * that point cannot leak an entry forever.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct sl_orig_dst);
+} sl_pend SEC(".maps");
+
+/* Original destinations by the 4-tuple the proxy sees on accept(). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sl_flow_key);
+	__type(value, struct sl_orig_dst);
+} sl_orig SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SL_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} sl_stats SEC(".maps");
+
+static __always_inline void sl_count(enum sl_stat stat)
+{
+	__u32 key = stat;
+	__u64 *n = bpf_map_lookup_elem(&sl_stats, &key);
+
+	if (n)
+		*n += 1; /* per-CPU: no atomics needed */
+}
+
+#endif

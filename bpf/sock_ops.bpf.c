@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * sock_ops: when a redirected socket's 4-tuple becomes known (TCP_CONNECT_CB,
+ * before the SYN leaves), move its original destination from the cookie-keyed
+ * sl_pend to the 4-tuple-keyed sl_orig, which is what the proxy can look up
+ * from the accepted socket. Doing it before the SYN means the entry exists
+ * before the proxy's accept() can return.
+ */
+#include "lib/maps.h"
+
+static __always_inline void sl_flow_from_skops(struct bpf_sock_ops *skops, struct sl_flow_key *key)
+{
+	__u32 remote6[4] = {
+		skops->remote_ip6[0], skops->remote_ip6[1],
+		skops->remote_ip6[2], skops->remote_ip6[3],
+	};
+
+	/*
+	 * An AF_INET6 socket dialing a mapped address runs the IPv4 connect path:
+	 * its IPv6 source is only filled in after it, so read the IPv4 fields.
+	 */
+	if (skops->family == AF_INET || sl_addr_is_v4mapped(remote6)) {
+		sl_addr_from_v4(key->src_addr_be, skops->local_ip4);
+		sl_addr_from_v4(key->dst_addr_be, skops->remote_ip4);
+	} else {
+		key->src_addr_be[0] = skops->local_ip6[0];
+		key->src_addr_be[1] = skops->local_ip6[1];
+		key->src_addr_be[2] = skops->local_ip6[2];
+		key->src_addr_be[3] = skops->local_ip6[3];
+		key->dst_addr_be[0] = remote6[0];
+		key->dst_addr_be[1] = remote6[1];
+		key->dst_addr_be[2] = remote6[2];
+		key->dst_addr_be[3] = remote6[3];
+	}
+	/*
+	 * local_port is in host order; remote_port is in network order in the
+	 * upper 16 bits on little-endian hosts (the kernel shifts it there):
+	 * bpf_ntohl() reads it right on either byte order.
+	 */
+	key->src_port_be = bpf_htons((__u16)skops->local_port);
+	key->dst_port_be = bpf_htons((__u16)bpf_ntohl(skops->remote_port));
+}
+
+static __always_inline void sl_rekey_orig_dst(struct bpf_sock_ops *skops)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct sl_orig_dst *orig = bpf_map_lookup_elem(&sl_pend, &cookie);
+	struct sl_flow_key key = {};
+
+	if (!orig)
+		return; /* not a redirected connection */
+	sl_flow_from_skops(skops, &key);
+	if (bpf_map_update_elem(&sl_orig, &key, orig, BPF_ANY) == 0)
+		sl_count(SL_STAT_ORIG_SAVED);
+	bpf_map_delete_elem(&sl_pend, &cookie);
+}
+
+SEC("sockops")
+int sl_sock_ops(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		sl_rekey_orig_dst(skops);
+		break;
+	default:
+		break;
+	}
+	return SL_SOCKOPS_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,91 @@
+//! Sluice's eBPF programs and their ABI.
+//!
+//! The programs are C (`bpf/<hook>.bpf.c`, shared logic in `bpf/lib/*.h`),
+//! compiled by `build.rs` and embedded here, so the `sluice` binary carries
+//! everything it loads. [`abi`] mirrors `bpf/lib/abi.h`, the one header for every
+//! struct that crosses into the kernel; both sides assert sizes and offsets.
+//! Loading and attaching is the redirector's job: this crate has no I/O.
+
+// The only unsafe code is the `aya::Pod` impls of the ABI mirror (abi.rs).
+#![deny(unsafe_code)]
+
+pub mod abi;
+
+/// An embedded BPF object file.
+#[derive(Debug, Clone, Copy)]
+pub struct Object {
+    /// The file's stem: `bpf/<name>.bpf.c`.
+    pub name: &'static str,
+    /// ELF bytes, aligned as aya's loader wants them.
+    pub bytes: &'static [u8],
+}
+
+/// `cgroup/connect4` and `cgroup/connect6` (programs `sl_connect4`, `sl_connect6`).
+pub const SOCK_ADDR: Object = Object {
+    name: "sock_addr",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_addr.bpf.o")),
+};
+
+/// `sockops` (program `sl_sock_ops`).
+pub const SOCK_OPS: Object = Object {
+    name: "sock_ops",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_ops.bpf.o")),
+};
+
+/// Every object, in load order.
+pub const OBJECTS: &[Object] = &[SOCK_ADDR, SOCK_OPS];
+
+/// Map names (`sl_` prefix, at most 15 characters, as `bpftool map` shows them).
+pub mod maps {
+    /// Mesh service addresses: [`crate::abi::SvcKey`] → [`crate::abi::SvcVal`].
+    pub const SERVICES: &str = "sl_svc";
+    /// Original destinations by socket cookie (`u64`) until the 4-tuple is known.
+    pub const PENDING: &str = "sl_pend";
+    /// Original destinations by 4-tuple: [`crate::abi::FlowKey`] → [`crate::abi::OrigDst`].
+    pub const ORIG_DST: &str = "sl_orig";
+    /// Per-CPU `u64` counters indexed by [`crate::abi::Stat`].
+    pub const STATS: &str = "sl_stats";
+    /// Every map shared between objects (pinned by name, so the objects share them).
+    pub const SHARED: &[&str] = &[SERVICES, PENDING, ORIG_DST, STATS];
+}
+
+/// Program names, as `bpftool prog` shows them.
+pub mod programs {
+    pub const CONNECT4: &str = "sl_connect4";
+    pub const CONNECT6: &str = "sl_connect6";
+    pub const SOCK_OPS: &str = "sl_sock_ops";
+}
+
+/// Name of the `const volatile struct sl_config` global.
+pub const CONFIG_GLOBAL: &str = "sl_cfg";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_are_bpf_elf() {
+        for obj in OBJECTS {
+            assert_eq!(
+                &obj.bytes[..4],
+                b"\x7fELF",
+                "{} is not an ELF file",
+                obj.name
+            );
+            // e_machine at offset 18: EM_BPF = 247.
+            assert_eq!(
+                u16::from_le_bytes([obj.bytes[18], obj.bytes[19]]),
+                247,
+                "{}",
+                obj.name
+            );
+        }
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel() {
+        for m in maps::SHARED {
+            assert!(m.len() <= 15 && m.starts_with("sl_"), "{m}");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The file as written: serde structs that keep each value's location, so
+//! validation can point at the exact line and column. Unknown fields are errors.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::error::{ConfigError, Location};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub services: Vec<Spanned<RawService>>,
+    #[serde(default)]
+    pub endpoints: Vec<Spanned<RawEndpoint>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawService {
+    pub name: Spanned<String>,
+    pub vips: Spanned<Vec<Spanned<String>>>,
+    pub ports: Spanned<Vec<Spanned<RawPort>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPort {
+    pub port: Spanned<u16>,
+    pub target_port: Option<Spanned<u16>>,
+    pub protocol: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEndpoint {
+    pub service: Spanned<String>,
+    pub address: Spanned<String>,
+    pub port: Option<Spanned<u16>>,
+    pub node: Option<Spanned<String>>,
+    pub cgroup: Option<Spanned<String>>,
+}
+
+pub(crate) fn loc<T>(s: &Spanned<T>) -> Location {
+    Location::from(&s.referenced)
+}
+
+pub(crate) fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+    if text.trim().is_empty() {
+        // An empty file is most likely a mistake (a truncated write, the wrong path).
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            location: None,
+            field: String::new(),
+            message: "the file is empty".into(),
+            hint: Some("a mesh config has at least `services:`; see examples/mesh.yaml".into()),
+        });
+    }
+    serde_saphyr::from_str::<RawConfig>(text).map_err(|e| syntax_error(path, &e))
+}
+
+fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
+    let location = e
+        .location()
+        .map(|l| Location::from(&l))
+        .filter(|l| l.line > 0);
+    let message = e.without_snippet().to_string();
+    // serde names the field in its message ("unknown field `x`, expected one of ...").
+    let field = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.contains("field"))
+        .unwrap_or_default()
+        .to_string();
+    let hint = if message.contains("unknown field") {
+        Some("remove the field or fix its spelling; unknown fields are refused so a typo cannot be silently ignored".into())
+    } else if message.contains("missing field") {
+        Some("add the field".into())
+    } else {
+        None
+    };
+    ConfigError {
+        file: path.to_path_buf(),
+        location,
+        field,
+        message: clean(&message),
+        hint,
+    }
+}
+
+/// Drops a location that the parser's message repeats, since ours comes first.
+fn clean(message: &str) -> String {
+    let m = message.lines().next().unwrap_or(message).trim();
+    match m.rfind(" at line ") {
+        Some(i) => m[..i].to_string(),
+        None => m.to_string(),
+    }
+}

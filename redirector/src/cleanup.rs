@@ -1,0 +1,47 @@
+//! `sluice bpf cleanup`: remove every pin (and so every pinned attachment) that
+//! Sluice owns. Idempotent: a second run finds nothing and says so.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Error, lock::InstanceLock, redirector::remove_pins};
+
+/// What a cleanup did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Pin folders removed.
+    pub removed: Vec<PathBuf>,
+    /// Instances whose node is still running: their attachments last until it exits.
+    pub live: Vec<String>,
+    /// Sluice programs still loaded afterwards (held by a running process).
+    pub still_loaded: Vec<String>,
+}
+
+pub fn cleanup(pin_root: &Path, run_dir: &Path) -> Result<Report, Error> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NotRoot);
+    }
+    let mut report = Report::default();
+    if pin_root.exists() {
+        let entries = std::fs::read_dir(pin_root)
+            .map_err(|e| Error::io(format!("reading {}", pin_root.display()), e))?;
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| Error::io(format!("reading {}", pin_root.display()), e))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if InstanceLock::is_held(run_dir, &name) {
+                report.live.push(name);
+            }
+            remove_pins(&path)?;
+            report.removed.push(path);
+        }
+        std::fs::remove_dir(pin_root)
+            .map_err(|e| Error::io(format!("removing {}", pin_root.display()), e))?;
+    }
+    for p in aya::programs::loaded_programs().flatten() {
+        if let Some(name) = p.name_as_str().filter(|n| n.starts_with("sl_")) {
+            report.still_loaded.push(format!("{name} (id {})", p.id()));
+        }
+    }
+    Ok(report)
+}

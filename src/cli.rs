@@ -1,0 +1,109 @@
+//! Command-line arguments.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{Failure, exit};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sidecarless service-mesh data plane for Linux"
+)]
+pub(crate) struct Cli {
+    /// Log filter (tracing EnvFilter syntax); SLUICE_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+    /// Logs as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the node agent: kernel redirection plus the proxy.
+    Node(NodeArgs),
+    /// Work with mesh config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Tell whether this host can run Sluice (exit 3 if not).
+    Check,
+    /// Show the kernel counters and service addresses of a node.
+    Status(StatusArgs),
+    /// Manage Sluice's eBPF state.
+    Bpf {
+        #[command(subcommand)]
+        command: BpfCommand,
+    },
+    /// A guided walk-through on this machine: a connection redirected, its
+    /// original destination recovered.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Check a config file; prints file:line:column and the fix on error.
+    Validate { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BpfCommand {
+    /// Remove every pin and attachment Sluice owns (safe to run twice).
+    Cleanup,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NodeArgs {
+    /// Mesh config (YAML); watched for changes.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The cgroup (v2) whose processes are in the mesh, absolute or relative to the cgroup2 mount.
+    #[arg(long)]
+    pub cgroup: PathBuf,
+    /// Names this node's pins and lock; one live node per instance.
+    #[arg(long, default_value = "node")]
+    pub instance: String,
+    /// The proxy's port on 127.0.0.1 and ::1 (0: any free port).
+    #[arg(long, default_value_t = 15001)]
+    pub proxy_port: u16,
+    /// How often the config file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub watch_interval_ms: u64,
+    /// How long shutdown waits for open connections, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub drain_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[arg(long, default_value = "node")]
+    pub instance: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Keep going without pausing between steps.
+    #[arg(long)]
+    pub no_pause: bool,
+}
+
+pub(crate) fn validate(file: &Path) -> Result<(), Failure> {
+    let config = sluice_mesh_config::load(file)?;
+    let addrs = config.service_addrs().len();
+    let endpoints: usize = config.services.iter().map(|s| s.endpoints.len()).sum();
+    println!(
+        "{}: valid ({} services, {} service addresses, {} endpoints)",
+        file.display(),
+        config.services.len(),
+        addrs,
+        endpoints
+    );
+    let _ = exit::BAD_INPUT;
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! `sluice`: the one binary. Parses arguments, runs a subcommand, maps errors to
+//! exit codes. The work lives in the library crates and the modules below.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod check;
+mod cli;
+mod demo;
+mod node;
+mod status;
+
+use cli::{BpfCommand, Cli, Command, ConfigCommand};
+
+/// Exit codes: 0 fine, 1 failed while running, 2 bad input (config, arguments),
+/// 3 this host cannot run Sluice.
+pub(crate) mod exit {
+    pub const FAILED: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const UNSUPPORTED: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    let result = match cli.command {
+        Command::Node(args) => node::run(args),
+        Command::Config {
+            command: ConfigCommand::Validate { file },
+        } => cli::validate(&file),
+        Command::Check => check::run(),
+        Command::Status(args) => status::run(args),
+        Command::Bpf {
+            command: BpfCommand::Cleanup,
+        } => status::cleanup(),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: error: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// A failure for the user: what to print and which exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl std::fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+            code,
+        }
+    }
+}
+
+impl From<sluice_mesh_config::ConfigError> for Failure {
+    fn from(e: sluice_mesh_config::ConfigError) -> Self {
+        Failure::new(exit::BAD_INPUT, e)
+    }
+}
+
+impl From<sluice_redirector::Error> for Failure {
+    fn from(e: sluice_redirector::Error) -> Self {
+        use sluice_redirector::Error as E;
+        let code = match e {
+            E::NotRoot | E::NoCgroup2 => exit::UNSUPPORTED,
+            E::CgroupMissing { .. }
+            | E::NotCgroup2 { .. }
+            | E::RootCgroup { .. }
+            | E::InstanceName(_) => exit::BAD_INPUT,
+            _ => exit::FAILED,
+        };
+        Failure::new(code, error_chain(&e))
+    }
+}
+
+/// An error and its causes on one line: aya's errors keep the errno in `source()`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let c_s = c.to_string();
+        if !s.contains(&c_s) {
+            s.push_str(": ");
+            s.push_str(&c_s);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(&cli.log));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
