@@ -74,16 +74,10 @@ fn find_clang() -> anyhow::Result<String> {
     if let Ok(c) = env::var("SLUICE_CLANG") {
         return Ok(c);
     }
-    let candidates = (14..=22)
-        .rev()
-        .map(|v| format!("clang-{v}"))
-        .chain(std::iter::once("clang".to_string()));
+    let candidates =
+        (14..=22).rev().map(|v| format!("clang-{v}")).chain(std::iter::once("clang".to_string()));
     for c in candidates {
-        if Command::new(&c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
+        if Command::new(&c).arg("--version").output().is_ok_and(|o| o.status.success()) {
             return Ok(c);
         }
     }

@@ -7,11 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{Failure, exit};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "sluice",
-    version,
-    about = "Sidecarless service-mesh data plane for Linux"
-)]
+#[command(name = "sluice", version, about = "Sidecarless service-mesh data plane for Linux")]
 pub(crate) struct Cli {
     /// Log filter (tracing EnvFilter syntax); SLUICE_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
@@ -55,7 +51,11 @@ pub(crate) enum ConfigCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum BpfCommand {
     /// Remove every pin and attachment Sluice owns (safe to run twice).
-    Cleanup,
+    Cleanup {
+        /// Only this node instance's.
+        #[arg(long)]
+        instance: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -26,14 +26,10 @@ fn main() -> ExitCode {
     init_tracing(&cli);
     let result = match cli.command {
         Command::Node(args) => node::run(args),
-        Command::Config {
-            command: ConfigCommand::Validate { file },
-        } => cli::validate(&file),
+        Command::Config { command: ConfigCommand::Validate { file } } => cli::validate(&file),
         Command::Check => check::run(),
         Command::Status(args) => status::run(args),
-        Command::Bpf {
-            command: BpfCommand::Cleanup,
-        } => status::cleanup(),
+        Command::Bpf { command: BpfCommand::Cleanup { instance } } => status::cleanup(instance.as_deref()),
         Command::Demo(args) => demo::run(args),
     };
     match result {
@@ -54,10 +50,7 @@ pub(crate) struct Failure {
 
 impl Failure {
     pub fn new(code: u8, message: impl std::fmt::Display) -> Self {
-        Self {
-            message: message.to_string(),
-            code,
-        }
+        Self { message: message.to_string(), code }
     }
 }
 
@@ -72,10 +65,9 @@ impl From<sluice_redirector::Error> for Failure {
         use sluice_redirector::Error as E;
         let code = match e {
             E::NotRoot | E::NoCgroup2 => exit::UNSUPPORTED,
-            E::CgroupMissing { .. }
-            | E::NotCgroup2 { .. }
-            | E::RootCgroup { .. }
-            | E::InstanceName(_) => exit::BAD_INPUT,
+            E::CgroupMissing { .. } | E::NotCgroup2 { .. } | E::RootCgroup { .. } | E::InstanceName(_) => {
+                exit::BAD_INPUT
+            }
             _ => exit::FAILED,
         };
         Failure::new(code, error_chain(&e))
@@ -102,7 +94,8 @@ fn init_tracing(cli: &Cli) {
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(&cli.log));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if cli.log_json {
         builder.json().init();
     } else {

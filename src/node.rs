@@ -43,28 +43,19 @@ async fn run_async(args: NodeArgs) -> Result<(), Failure> {
     .await
     .map_err(|e| Failure::new(exit::FAILED, e))?;
     let proxy4 = proxy.local_addr4();
-    let proxy6 = proxy
-        .local_addr6()
-        .unwrap_or((std::net::Ipv6Addr::LOCALHOST, proxy4.port()).into());
+    let proxy6 = proxy.local_addr6().unwrap_or((std::net::Ipv6Addr::LOCALHOST, proxy4.port()).into());
 
     let mut rcfg = RedirectorConfig::new(&args.instance, &args.cgroup, proxy4, proxy6);
     rcfg.own_mark = own_mark;
     let routes = Routes::new(&config);
     let mut redirector = Redirector::start(&rcfg)?;
     let report = redirector.services().sync(&config)?;
-    tracing::info!(
-        services = config.services.len(),
-        addresses = report.added,
-        "config applied"
-    );
+    tracing::info!(services = config.services.len(), addresses = report.added, "config applied");
 
     let shutdown = CancellationToken::new();
     let orig: Arc<dyn OriginalDst> = Arc::new(KernelOrigDst(redirector.orig_dst()));
     let serving = tokio::spawn(proxy.serve(routes.clone(), orig, shutdown.clone()));
-    println!(
-        "sluice node ready: proxy {proxy4} and {proxy6}, cgroup {}",
-        redirector.cgroup().display()
-    );
+    println!("sluice node ready: proxy {proxy4} and {proxy6}, cgroup {}", redirector.cgroup().display());
 
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Failure::new(exit::FAILED, e))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Failure::new(exit::FAILED, e))?;

@@ -11,11 +11,7 @@ pub(crate) fn run(args: StatusArgs) -> Result<(), Failure> {
     if !dir.exists() {
         return Err(Failure::new(
             exit::FAILED,
-            format!(
-                "no node instance '{}' is running (nothing pinned at {})",
-                args.instance,
-                dir.display()
-            ),
+            format!("no node instance '{}' is running (nothing pinned at {})", args.instance, dir.display()),
         ));
     }
     let stats = Stats::from_pin(&dir)?;
@@ -27,10 +23,13 @@ pub(crate) fn run(args: StatusArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub(crate) fn cleanup() -> Result<(), Failure> {
-    let r = cleanup::cleanup(Path::new(PIN_ROOT), Path::new(RUN_DIR))?;
+pub(crate) fn cleanup(instance: Option<&str>) -> Result<(), Failure> {
+    let r = cleanup::cleanup(Path::new(PIN_ROOT), Path::new(RUN_DIR), instance)?;
     if r.removed.is_empty() {
-        println!("nothing to clean: no Sluice pins under {PIN_ROOT}");
+        match instance {
+            Some(i) => println!("nothing to clean: no pins of instance '{i}' under {PIN_ROOT}"),
+            None => println!("nothing to clean: no Sluice pins under {PIN_ROOT}"),
+        }
     }
     for p in &r.removed {
         println!("removed {}", p.display());
@@ -39,10 +38,7 @@ pub(crate) fn cleanup() -> Result<(), Failure> {
         println!("note: node instance '{i}' is still running; its attachments end when it exits");
     }
     if !r.still_loaded.is_empty() {
-        println!(
-            "still loaded (held by running processes): {}",
-            r.still_loaded.join(", ")
-        );
+        println!("still loaded (held by running processes): {}", r.still_loaded.join(", "));
     }
     Ok(())
 }

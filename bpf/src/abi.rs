@@ -14,9 +14,7 @@ pub fn addr_be(ip: IpAddr) -> AddrBe {
         IpAddr::V6(v6) => v6,
     };
     let o = v6.octets();
-    std::array::from_fn(|i| {
-        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
-    })
+    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
 }
 
 /// Decodes [`addr_be`]; a mapped address comes back as IPv4.
@@ -47,11 +45,7 @@ pub struct SvcKey {
 
 impl SvcKey {
     pub fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr_be: addr_be(addr.ip()),
-            port_be: port_be(addr.port()),
-            _pad: 0,
-        }
+        Self { addr_be: addr_be(addr.ip()), port_be: port_be(addr.port()), _pad: 0 }
     }
 
     pub fn socket_addr(&self) -> SocketAddr {

@@ -66,19 +66,9 @@ mod tests {
     #[test]
     fn objects_are_bpf_elf() {
         for obj in OBJECTS {
-            assert_eq!(
-                &obj.bytes[..4],
-                b"\x7fELF",
-                "{} is not an ELF file",
-                obj.name
-            );
+            assert_eq!(&obj.bytes[..4], b"\x7fELF", "{} is not an ELF file", obj.name);
             // e_machine at offset 18: EM_BPF = 247.
-            assert_eq!(
-                u16::from_le_bytes([obj.bytes[18], obj.bytes[19]]),
-                247,
-                "{}",
-                obj.name
-            );
+            assert_eq!(u16::from_le_bytes([obj.bytes[18], obj.bytes[19]]), 247, "{}", obj.name);
         }
     }
 

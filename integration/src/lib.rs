@@ -1,1 +1,73 @@
+//! Fixtures for Sluice's end-to-end tests: guards for child cgroups, network
+//! namespaces and node processes that undo themselves in `Drop` (even when a
+//! test fails), echo servers, and a client that runs inside a mesh cgroup.
+//!
+//! Everything is named `sluice-t<pid>-<test>` so parallel tests never collide
+//! and `shared/tools/leftovers` finds whatever a crashed run left.
+//! Tests need root; [`privileged`] skips loudly without it, and fails instead
+//! when `SLUICE_REQUIRE_PRIVILEGED=1` (as in CI).
 
+pub mod cgroup;
+pub mod echo;
+pub mod netns;
+pub mod node;
+pub mod process;
+
+use std::{path::PathBuf, time::Duration};
+
+pub use cgroup::CgroupGuard;
+pub use echo::EchoServer;
+pub use netns::NetnsGuard;
+pub use node::Node;
+pub use process::{ClientResult, client};
+
+/// Marker the test script greps for: a skipped privileged test.
+pub const SKIP_MARKER: &str = "SLUICE-PRIVILEGED-TEST-SKIPPED";
+
+/// True when the test may run. Without root it prints a loud skip line, or
+/// panics when privileged tests are required.
+pub fn privileged(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("SLUICE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
+        panic!("{test} needs root, and SLUICE_REQUIRE_PRIVILEGED=1 forbids skipping it");
+    }
+    eprintln!("{SKIP_MARKER}: {test} needs root (run the tests with sudo)");
+    false
+}
+
+/// A name unique to this test process and test.
+pub fn unique(test: &str) -> String {
+    let mut t: String = test.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+    t.make_ascii_lowercase();
+    format!("sluice-t{}-{t}", std::process::id())
+}
+
+/// `target/<profile>/<name>`, next to the test executable's `deps/` folder.
+pub fn target_bin(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("SLUICE_{}_BIN", name.to_uppercase().replace('-', "_"))) {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace` first (or cargo test --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout` with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -11,10 +11,7 @@ pub struct Location {
 
 impl From<&serde_saphyr::Location> for Location {
     fn from(l: &serde_saphyr::Location) -> Self {
-        Self {
-            line: l.line(),
-            column: l.column(),
-        }
+        Self { line: l.line(), column: l.column() }
     }
 }
 
@@ -51,9 +48,9 @@ impl ConfigError {
 
     pub(crate) fn io(file: &Path, e: &std::io::Error) -> Self {
         let hint = match e.kind() {
-            std::io::ErrorKind::NotFound => Some(
-                "check the path; `sluice config validate FILE` checks a file before use".into(),
-            ),
+            std::io::ErrorKind::NotFound => {
+                Some("check the path; `sluice config validate FILE` checks a file before use".into())
+            }
             std::io::ErrorKind::PermissionDenied => {
                 Some("make the file readable by the user running sluice".into())
             }

@@ -78,13 +78,7 @@ impl MeshConfig {
         for (si, svc) in self.services.iter().enumerate() {
             for vip in &svc.vips {
                 for (pi, p) in svc.ports.iter().enumerate() {
-                    out.insert(
-                        SocketAddr::new(*vip, p.port),
-                        ServiceAddr {
-                            service: si,
-                            port: pi,
-                        },
-                    );
+                    out.insert(SocketAddr::new(*vip, p.port), ServiceAddr { service: si, port: pi });
                 }
             }
         }

@@ -62,18 +62,11 @@ pub(crate) fn parse(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
 }
 
 fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
-    let location = e
-        .location()
-        .map(|l| Location::from(&l))
-        .filter(|l| l.line > 0);
+    let location = e.location().map(|l| Location::from(&l)).filter(|l| l.line > 0);
     let message = e.without_snippet().to_string();
     // serde names the field in its message ("unknown field `x`, expected one of ...").
-    let field = message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.contains("field"))
-        .unwrap_or_default()
-        .to_string();
+    let field =
+        message.split('`').nth(1).filter(|_| message.contains("field")).unwrap_or_default().to_string();
     let hint = if message.contains("unknown field") {
         Some("remove the field or fix its spelling; unknown fields are refused so a typo cannot be silently ignored".into())
     } else if message.contains("missing field") {
@@ -81,13 +74,7 @@ fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
     } else {
         None
     };
-    ConfigError {
-        file: path.to_path_buf(),
-        location,
-        field,
-        message: clean(&message),
-        hint,
-    }
+    ConfigError { file: path.to_path_buf(), location, field, message: clean(&message), hint }
 }
 
 /// Drops a location that the parser's message repeats, since ours comes first.

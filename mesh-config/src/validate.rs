@@ -29,10 +29,7 @@ pub(crate) fn validate(file: &Path, raw: RawConfig) -> Result<MeshConfig, Config
                     format!("services[{i}].name"),
                     format!("duplicate service name '{}'", svc.name),
                 )
-                .hint(format!(
-                    "it is already used at line {}; give each service its own name",
-                    first.line
-                )));
+                .hint(format!("it is already used at line {}; give each service its own name", first.line)));
         }
         names.insert(svc.name.clone(), (i, loc(&s.value.name)));
         services.push(svc);
@@ -48,10 +45,7 @@ pub(crate) fn validate(file: &Path, raw: RawConfig) -> Result<MeshConfig, Config
                     format!("{field}.service"),
                     format!("unknown service '{}'", e.value.service.value),
                 )
-                .hint(format!(
-                    "name a service declared under `services:` (known: {})",
-                    known.join(", ")
-                )));
+                .hint(format!("name a service declared under `services:` (known: {})", known.join(", "))));
         };
         let ep = v.endpoint(&field, &e.value, &services[si])?;
         services[si].endpoints.push(ep);
@@ -78,25 +72,21 @@ impl Validator<'_> {
         let name = s.name.value.trim().to_string();
         if !is_valid_name(&name) {
             return Err(self
-                .err(loc(&s.name), format!("{field}.name"), format!("invalid service name '{}'", s.name.value))
+                .err(
+                    loc(&s.name),
+                    format!("{field}.name"),
+                    format!("invalid service name '{}'", s.name.value),
+                )
                 .hint("use 1 to 63 lowercase letters, digits, '-' or '.', starting with a letter or digit"));
         }
         if s.vips.value.is_empty() {
             return Err(self
-                .err(
-                    loc(&s.vips),
-                    format!("{field}.vips"),
-                    "a service needs at least one VIP",
-                )
+                .err(loc(&s.vips), format!("{field}.vips"), "a service needs at least one VIP")
                 .hint("list the addresses applications dial, e.g. vips: [127.100.0.10]"));
         }
         if s.ports.value.is_empty() {
             return Err(self
-                .err(
-                    loc(&s.ports),
-                    format!("{field}.ports"),
-                    "a service needs at least one port",
-                )
+                .err(loc(&s.ports), format!("{field}.ports"), "a service needs at least one port")
                 .hint("e.g. ports: [{port: 8080}]"));
         }
         let mut vips = Vec::new();
@@ -109,11 +99,7 @@ impl Validator<'_> {
             let port = self.port(format!("{pfield}.port"), &p.value.port)?;
             if ports.iter().any(|q| q.port == port) {
                 return Err(self
-                    .err(
-                        loc(&p.value.port),
-                        format!("{pfield}.port"),
-                        format!("port {port} is listed twice"),
-                    )
+                    .err(loc(&p.value.port), format!("{pfield}.port"), format!("port {port} is listed twice"))
                     .hint("list each port once"));
             }
             let target_port = match &p.value.target_port {
@@ -131,11 +117,7 @@ impl Validator<'_> {
                     .hint(format!("supported: {}", Protocol::NAMES.join(", ")))
                 })?,
             };
-            ports.push(ServicePort {
-                port,
-                target_port,
-                protocol,
-            });
+            ports.push(ServicePort { port, target_port, protocol });
         }
         for (j, vip) in vips.iter().enumerate() {
             for (k, p) in ports.iter().enumerate() {
@@ -153,22 +135,13 @@ impl Validator<'_> {
                 addrs.insert(sa, (name.clone(), here));
             }
         }
-        Ok(Service {
-            name,
-            vips,
-            ports,
-            endpoints: Vec::new(),
-        })
+        Ok(Service { name, vips, ports, endpoints: Vec::new() })
     }
 
     fn vip(&self, field: String, vip: &Spanned<String>) -> Result<IpAddr, ConfigError> {
         let ip = parse_ip(&vip.value).ok_or_else(|| {
-            self.err(
-                loc(vip),
-                field.clone(),
-                format!("'{}' is not an IP address", vip.value),
-            )
-            .hint("write an IPv4 or IPv6 address without a port, e.g. 127.100.0.10 or fd00:5c::10")
+            self.err(loc(vip), field.clone(), format!("'{}' is not an IP address", vip.value))
+                .hint("write an IPv4 or IPv6 address without a port, e.g. 127.100.0.10 or fd00:5c::10")
         })?;
         if ip.is_unspecified() || ip.is_multicast() {
             return Err(self
@@ -180,19 +153,12 @@ impl Validator<'_> {
 
     fn port(&self, field: String, p: &Spanned<u16>) -> Result<u16, ConfigError> {
         if p.value == 0 {
-            return Err(self
-                .err(loc(p), field, "port 0 is not a port")
-                .hint("use 1 to 65535"));
+            return Err(self.err(loc(p), field, "port 0 is not a port").hint("use 1 to 65535"));
         }
         Ok(p.value)
     }
 
-    fn endpoint(
-        &self,
-        field: &str,
-        e: &RawEndpoint,
-        svc: &Service,
-    ) -> Result<Endpoint, ConfigError> {
+    fn endpoint(&self, field: &str, e: &RawEndpoint, svc: &Service) -> Result<Endpoint, ConfigError> {
         let address = parse_ip(&e.address.value).ok_or_else(|| {
             self.err(loc(&e.address), format!("{field}.address"), format!("'{}' is not an IP address", e.address.value))
                 .hint("write the endpoint's IP; its port comes from the service's target_port or the endpoint's `port`")
@@ -228,39 +194,26 @@ impl Validator<'_> {
             None => None,
             Some(c) if !c.value.starts_with('/') => {
                 return Err(self
-                    .err(
-                        loc(c),
-                        format!("{field}.cgroup"),
-                        format!("'{}' is not an absolute path", c.value),
-                    )
+                    .err(loc(c), format!("{field}.cgroup"), format!("'{}' is not an absolute path", c.value))
                     .hint("give the cgroup's path, e.g. /sys/fs/cgroup/unified/sluice-demo/web"));
             }
             Some(c) => Some(PathBuf::from(&c.value)),
         };
-        Ok(Endpoint {
-            address,
-            port,
-            node,
-            cgroup,
-        })
+        Ok(Endpoint { address, port, node, cgroup })
     }
 }
 
 /// Accepts `[::1]` as well as `::1`: people copy addresses from URLs.
 fn parse_ip(s: &str) -> Option<IpAddr> {
     let s = s.trim();
-    let s = s
-        .strip_prefix('[')
-        .and_then(|x| x.strip_suffix(']'))
-        .unwrap_or(s);
+    let s = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(s);
     s.parse().ok()
 }
 
 fn is_valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
-        && n.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
 }
 

@@ -28,11 +28,7 @@ pub enum Change {
 impl Watcher {
     /// `current` is the content already in force, so it is not reported again.
     pub fn new(path: &Path, current: Option<Vec<u8>>) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            last: current,
-            missing: false,
-        }
+        Self { path: path.to_path_buf(), last: current, missing: false }
     }
 
     /// Reads the file: `None` when its content is what was last seen.

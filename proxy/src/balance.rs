@@ -12,11 +12,7 @@ impl RoundRobin {
     /// The order in which to try `n` endpoints: each call starts one further on,
     /// and a failed connect falls through to the next ones.
     pub fn order(&self, n: usize) -> impl Iterator<Item = usize> {
-        let start = if n == 0 {
-            0
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % n
-        };
+        let start = if n == 0 { 0 } else { self.next.fetch_add(1, Ordering::Relaxed) % n };
         (0..n).map(move |i| (start + i) % n)
     }
 }

@@ -8,9 +8,7 @@ pub enum ProxyError {
         "no original destination recorded for {peer} -> {local}: only connections redirected by Sluice's kernel programs are served on the proxy port"
     )]
     NoOriginalDst { peer: SocketAddr, local: SocketAddr },
-    #[error(
-        "{orig} is not a mesh service address in the current config (was it removed by a reload?)"
-    )]
+    #[error("{orig} is not a mesh service address in the current config (was it removed by a reload?)")]
     UnknownService { orig: SocketAddr },
     #[error("service {service} ({orig}) has no endpoints; add some under `endpoints:`")]
     NoEndpoints { service: String, orig: SocketAddr },

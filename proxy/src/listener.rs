@@ -50,10 +50,7 @@ impl Proxy {
     pub async fn bind(cfg: ProxyConfig) -> Result<Self, ProxyError> {
         let v4 = TcpListener::bind(cfg.listen4)
             .await
-            .map_err(|source| ProxyError::Bind {
-                addr: cfg.listen4,
-                source,
-            })?;
+            .map_err(|source| ProxyError::Bind { addr: cfg.listen4, source })?;
         let mut listeners = vec![v4];
         if let Some(mut addr6) = cfg.listen6 {
             if addr6.port() == 0 {
@@ -72,11 +69,7 @@ impl Proxy {
                 }
             }
         }
-        Ok(Self {
-            listeners,
-            cfg,
-            stats: Arc::default(),
-        })
+        Ok(Self { listeners, cfg, stats: Arc::default() })
     }
 
     pub fn local_addr4(&self) -> SocketAddr {
@@ -93,12 +86,7 @@ impl Proxy {
 
     /// Serves until `shutdown`, then waits up to the drain timeout for open
     /// connections to finish.
-    pub async fn serve(
-        self,
-        routes: Routes,
-        orig: Arc<dyn OriginalDst>,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn serve(self, routes: Routes, orig: Arc<dyn OriginalDst>, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let conn_shutdown = CancellationToken::new();
         for listener in self.listeners {
@@ -122,10 +110,7 @@ impl Proxy {
         if active > 0 {
             tracing::info!(active, timeout = ?self.cfg.drain_timeout, "draining open connections");
         }
-        if tokio::time::timeout(self.cfg.drain_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(self.cfg.drain_timeout, tracker.wait()).await.is_err() {
             tracing::warn!(
                 active = self.stats.active.load(Relaxed),
                 "drain timeout: closing the remaining connections"

@@ -67,9 +67,7 @@ pub struct Routes {
 
 impl Routes {
     pub fn new(config: &MeshConfig) -> Self {
-        Self {
-            current: Arc::new(ArcSwap::from_pointee(Table::from_config(config))),
-        }
+        Self { current: Arc::new(ArcSwap::from_pointee(Table::from_config(config))) }
     }
 
     /// Replaces the table; connections already forwarding are not touched.

@@ -26,10 +26,7 @@ impl ProxyStats {
             ("no_orig_dst", self.no_orig_dst.load(Relaxed)),
             ("unknown_service", self.unknown_service.load(Relaxed)),
             ("no_endpoint", self.no_endpoint.load(Relaxed)),
-            (
-                "upstream_connect_failed",
-                self.upstream_connect_failed.load(Relaxed),
-            ),
+            ("upstream_connect_failed", self.upstream_connect_failed.load(Relaxed)),
             ("bytes_up", self.bytes_up.load(Relaxed)),
             ("bytes_down", self.bytes_down.load(Relaxed)),
         ]

@@ -54,10 +54,7 @@ async fn connect_any(
 ) -> Result<(TcpStream, SocketAddr), ProxyError> {
     if backend.endpoints.is_empty() {
         stats.no_endpoint.fetch_add(1, Relaxed);
-        return Err(ProxyError::NoEndpoints {
-            service: backend.service.clone(),
-            orig,
-        });
+        return Err(ProxyError::NoEndpoints { service: backend.service.clone(), orig });
     }
     let mut failures = Vec::new();
     for i in backend.balancer.order(backend.endpoints.len()) {
@@ -69,10 +66,7 @@ async fn connect_any(
         }
         stats.upstream_connect_failed.fetch_add(1, Relaxed);
     }
-    Err(ProxyError::UpstreamUnavailable {
-        service: backend.service.clone(),
-        detail: failures.join("; "),
-    })
+    Err(ProxyError::UpstreamUnavailable { service: backend.service.clone(), detail: failures.join("; ") })
 }
 
 /// Connects with the proxy's mark set before connect(), so connect4/6 see it.

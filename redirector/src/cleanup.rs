@@ -16,7 +16,8 @@ pub struct Report {
     pub still_loaded: Vec<String>,
 }
 
-pub fn cleanup(pin_root: &Path, run_dir: &Path) -> Result<Report, Error> {
+/// Removes the pins of every instance, or of `only` that one.
+pub fn cleanup(pin_root: &Path, run_dir: &Path, only: Option<&str>) -> Result<Report, Error> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::NotRoot);
     }
@@ -25,18 +26,20 @@ pub fn cleanup(pin_root: &Path, run_dir: &Path) -> Result<Report, Error> {
         let entries = std::fs::read_dir(pin_root)
             .map_err(|e| Error::io(format!("reading {}", pin_root.display()), e))?;
         for entry in entries {
-            let entry =
-                entry.map_err(|e| Error::io(format!("reading {}", pin_root.display()), e))?;
+            let entry = entry.map_err(|e| Error::io(format!("reading {}", pin_root.display()), e))?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
             if InstanceLock::is_held(run_dir, &name) {
                 report.live.push(name);
             }
             remove_pins(&path)?;
             report.removed.push(path);
         }
-        std::fs::remove_dir(pin_root)
-            .map_err(|e| Error::io(format!("removing {}", pin_root.display()), e))?;
+        // Stays while other instances still have pins in it.
+        let _ = std::fs::remove_dir(pin_root);
     }
     for p in aya::programs::loaded_programs().flatten() {
         if let Some(name) = p.name_as_str().filter(|n| n.starts_with("sl_")) {

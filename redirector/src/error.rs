@@ -12,15 +12,10 @@ pub enum Error {
     )]
     NoCgroup2,
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("cgroup {path} does not exist; create it (mkdir) and put the workloads in it")]
     CgroupMissing { path: PathBuf },
-    #[error(
-        "{path} is not inside the cgroup v2 hierarchy mounted at {mount}; give a path below it"
-    )]
+    #[error("{path} is not inside the cgroup v2 hierarchy mounted at {mount}; give a path below it")]
     NotCgroup2 { path: PathBuf, mount: PathBuf },
     #[error(
         "refusing to attach to the root cgroup {path}: every process of the machine lives there; create a child cgroup for the mesh workloads and pass that"
@@ -35,47 +30,24 @@ pub enum Error {
     )]
     InstanceBusy { instance: String, lock: PathBuf },
     #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    Io { what: String, source: std::io::Error },
     #[error("loading the eBPF object {object}: {source}")]
-    Load {
-        object: &'static str,
-        source: Box<aya::EbpfError>,
-    },
+    Load { object: &'static str, source: Box<aya::EbpfError> },
     #[error("program {program}: {source}{hint}")]
-    Program {
-        program: &'static str,
-        source: Box<aya::programs::ProgramError>,
-        hint: &'static str,
-    },
+    Program { program: &'static str, source: Box<aya::programs::ProgramError>, hint: &'static str },
     #[error("map {map}: {source}")]
-    Map {
-        map: &'static str,
-        source: Box<aya::maps::MapError>,
-    },
+    Map { map: &'static str, source: Box<aya::maps::MapError> },
     #[error(
         "the object {object} has no {what} named {name}: the embedded programs and this code disagree (a build problem)"
     )]
-    Missing {
-        object: &'static str,
-        what: &'static str,
-        name: &'static str,
-    },
+    Missing { object: &'static str, what: &'static str, name: &'static str },
     #[error("pinning {path}: {source}")]
-    Pin {
-        path: PathBuf,
-        source: Box<aya::pin::PinError>,
-    },
+    Pin { path: PathBuf, source: Box<aya::pin::PinError> },
 }
 
 impl Error {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io {
-            what: what.into(),
-            source,
-        }
+        Error::Io { what: what.into(), source }
     }
 
     pub(crate) fn program(program: &'static str, e: aya::programs::ProgramError) -> Self {
@@ -86,17 +58,10 @@ impl Error {
         } else {
             ""
         };
-        Error::Program {
-            program,
-            source: Box::new(e),
-            hint,
-        }
+        Error::Program { program, source: Box::new(e), hint }
     }
 
     pub(crate) fn map(map: &'static str, e: aya::maps::MapError) -> Self {
-        Error::Map {
-            map,
-            source: Box::new(e),
-        }
+        Error::Map { map, source: Box::new(e) }
     }
 }

@@ -29,10 +29,9 @@ impl InstanceLock {
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file, path }),
-            Err(TryLockError::WouldBlock) => Err(Error::InstanceBusy {
-                instance: instance.into(),
-                lock: path,
-            }),
+            Err(TryLockError::WouldBlock) => {
+                Err(Error::InstanceBusy { instance: instance.into(), lock: path })
+            }
             Err(TryLockError::Error(e)) => Err(Error::io(format!("locking {}", path.display()), e)),
         }
     }
@@ -60,14 +59,8 @@ impl Drop for InstanceLock {
 pub(crate) fn check_instance_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 32
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InstanceName(name.into()))
-    }
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok { Ok(()) } else { Err(Error::InstanceName(name.into())) }
 }
 
 #[cfg(test)]
@@ -78,10 +71,7 @@ mod tests {
     fn second_holder_is_refused_until_the_first_lets_go() {
         let dir = tempfile::tempdir().unwrap();
         let a = InstanceLock::acquire(dir.path(), "n1").unwrap();
-        assert!(matches!(
-            InstanceLock::acquire(dir.path(), "n1"),
-            Err(Error::InstanceBusy { .. })
-        ));
+        assert!(matches!(InstanceLock::acquire(dir.path(), "n1"), Err(Error::InstanceBusy { .. })));
         assert!(InstanceLock::is_held(dir.path(), "n1"));
         drop(a);
         assert!(!InstanceLock::is_held(dir.path(), "n1"));

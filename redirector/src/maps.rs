@@ -33,9 +33,7 @@ pub struct SyncReport {
 
 impl ServiceMap {
     pub(crate) fn new(map: Map) -> Result<Self, Error> {
-        Ok(Self {
-            map: HashMap::try_from(map).map_err(|e| Error::map(maps::SERVICES, e))?,
-        })
+        Ok(Self { map: HashMap::try_from(map).map_err(|e| Error::map(maps::SERVICES, e))? })
     }
 
     /// Makes the map hold exactly the config's service addresses. Adds before it
@@ -45,35 +43,19 @@ impl ServiceMap {
         let desired: HashMap2<SvcKey, SvcVal> = config
             .service_addrs()
             .into_iter()
-            .map(|(addr, sa)| {
-                (
-                    SvcKey::new(addr),
-                    SvcVal {
-                        svc_id: sa.service as u32,
-                        flags: 0,
-                    },
-                )
-            })
+            .map(|(addr, sa)| (SvcKey::new(addr), SvcVal { svc_id: sa.service as u32, flags: 0 }))
             .collect();
         let current: HashSet<SvcKey> = self.map.keys().filter_map(Result::ok).collect();
         let mut report = SyncReport::default();
         for (k, v) in &desired {
             let old = self.map.get(k, 0).ok();
             if old.as_ref() != Some(v) {
-                self.map
-                    .insert(k, v, 0)
-                    .map_err(|e| Error::map(maps::SERVICES, e))?;
-                if old.is_some() {
-                    report.updated += 1
-                } else {
-                    report.added += 1
-                }
+                self.map.insert(k, v, 0).map_err(|e| Error::map(maps::SERVICES, e))?;
+                if old.is_some() { report.updated += 1 } else { report.added += 1 }
             }
         }
         for k in current.iter().filter(|k| !desired.contains_key(k)) {
-            self.map
-                .remove(k)
-                .map_err(|e| Error::map(maps::SERVICES, e))?;
+            self.map.remove(k).map_err(|e| Error::map(maps::SERVICES, e))?;
             report.removed += 1;
         }
         Ok(report)
@@ -81,12 +63,7 @@ impl ServiceMap {
 
     /// The addresses in the kernel map now.
     pub fn addresses(&self) -> Vec<SocketAddr> {
-        let mut v: Vec<_> = self
-            .map
-            .keys()
-            .filter_map(Result::ok)
-            .map(|k| k.socket_addr())
-            .collect();
+        let mut v: Vec<_> = self.map.keys().filter_map(Result::ok).map(|k| k.socket_addr()).collect();
         v.sort();
         v
     }
@@ -108,9 +85,7 @@ pub struct OrigDstTable {
 
 impl OrigDstTable {
     pub(crate) fn new(map: Map) -> Result<Self, Error> {
-        Ok(Self {
-            map: Mutex::new(HashMap::try_from(map).map_err(|e| Error::map(maps::ORIG_DST, e))?),
-        })
+        Ok(Self { map: Mutex::new(HashMap::try_from(map).map_err(|e| Error::map(maps::ORIG_DST, e))?) })
     }
 
     /// Looks up and consumes the entry of the connection `peer` → `local`.
@@ -120,10 +95,7 @@ impl OrigDstTable {
         let v = map.get(&key, 0).ok()?;
         // Consumed: a later connection that reuses the 4-tuple gets its own entry.
         let _ = map.remove(&key);
-        Some(Original {
-            addr: v.socket_addr(),
-            svc_id: v.svc_id,
-        })
+        Some(Original { addr: v.socket_addr(), svc_id: v.svc_id })
     }
 }
 
@@ -134,23 +106,17 @@ pub struct Stats {
 
 impl Stats {
     pub(crate) fn new(map: Map) -> Result<Self, Error> {
-        Ok(Self {
-            map: PerCpuArray::try_from(map).map_err(|e| Error::map(maps::STATS, e))?,
-        })
+        Ok(Self { map: PerCpuArray::try_from(map).map_err(|e| Error::map(maps::STATS, e))? })
     }
 
     /// Opens the counters of a running (or crashed) node from its pin.
     pub fn from_pin(pin_dir: &Path) -> Result<Self, Error> {
-        let data =
-            MapData::from_pin(pin_dir.join(maps::STATS)).map_err(|e| Error::map(maps::STATS, e))?;
+        let data = MapData::from_pin(pin_dir.join(maps::STATS)).map_err(|e| Error::map(maps::STATS, e))?;
         Self::new(Map::PerCpuArray(data))
     }
 
     pub fn get(&self, stat: Stat) -> u64 {
-        self.map
-            .get(&(stat as u32), 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
+        self.map.get(&(stat as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
     pub fn all(&self) -> Vec<(Stat, u64)> {
@@ -160,8 +126,6 @@ impl Stats {
 
 impl std::fmt::Debug for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(self.all().into_iter().map(|(s, n)| (s.name(), n)))
-            .finish()
+        f.debug_map().entries(self.all().into_iter().map(|(s, n)| (s.name(), n))).finish()
     }
 }

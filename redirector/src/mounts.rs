@@ -19,10 +19,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
             let (left, right) = line.split_once(" - ")?;
             let mount_point = left.split_whitespace().nth(4)?;
             let fs_type = right.split_whitespace().next()?;
-            Some(Mount {
-                mount_point: PathBuf::from(unescape(mount_point)),
-                fs_type: fs_type.to_string(),
-            })
+            Some(Mount { mount_point: PathBuf::from(unescape(mount_point)), fs_type: fs_type.to_string() })
         })
         .collect()
 }
@@ -33,9 +30,8 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| d[0] <= b'3' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let octal =
+            b.get(i + 1..i + 4).filter(|d| d[0] <= b'3' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match (b[i], octal) {
             (b'\\', Some(d)) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -52,27 +48,18 @@ fn unescape(s: &str) -> String {
 
 fn read_mounts() -> Result<Vec<Mount>, Error> {
     let path = Path::new("/proc/self/mountinfo");
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        path: path.into(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
     Ok(parse_mountinfo(&text))
 }
 
 /// The cgroup2 mount point (the first one, as the kernel lists them).
 pub fn cgroup2_mount() -> Result<PathBuf, Error> {
-    read_mounts()?
-        .into_iter()
-        .find(|m| m.fs_type == "cgroup2")
-        .map(|m| m.mount_point)
-        .ok_or(Error::NoCgroup2)
+    read_mounts()?.into_iter().find(|m| m.fs_type == "cgroup2").map(|m| m.mount_point).ok_or(Error::NoCgroup2)
 }
 
 /// Whether a bpf filesystem is mounted at `path`.
 pub fn is_bpffs(path: &Path) -> Result<bool, Error> {
-    Ok(read_mounts()?
-        .iter()
-        .any(|m| m.fs_type == "bpf" && m.mount_point == path))
+    Ok(read_mounts()?.iter().any(|m| m.fs_type == "bpf" && m.mount_point == path))
 }
 
 /// Mounts bpffs at `/sys/fs/bpf` unless it is there already.
@@ -81,19 +68,9 @@ pub fn ensure_bpffs() -> Result<PathBuf, Error> {
     if is_bpffs(&path)? {
         return Ok(path);
     }
-    std::fs::create_dir_all(&path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    nix::mount::mount(
-        Some("bpf"),
-        &path,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|source| Error::MountBpffs {
-        path: path.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    nix::mount::mount(Some("bpf"), &path, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|source| Error::MountBpffs { path: path.clone(), source })?;
     tracing::info!(path = %path.display(), "mounted the bpf filesystem");
     Ok(path)
 }
@@ -102,14 +79,8 @@ pub fn ensure_bpffs() -> Result<PathBuf, Error> {
 /// not be its root (every process of the machine lives there).
 pub fn check_cgroup(path: &Path) -> Result<PathBuf, Error> {
     let mount = cgroup2_mount()?;
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        mount.join(path)
-    };
-    let canon = abs
-        .canonicalize()
-        .map_err(|_| Error::CgroupMissing { path: abs.clone() })?;
+    let abs = if path.is_absolute() { path.to_path_buf() } else { mount.join(path) };
+    let canon = abs.canonicalize().map_err(|_| Error::CgroupMissing { path: abs.clone() })?;
     let mount_canon = mount.canonicalize().unwrap_or(mount.clone());
     if canon == mount_canon {
         return Err(Error::RootCgroup { path: canon });
@@ -138,10 +109,7 @@ mod tests {
         let cg: Vec<_> = m.iter().filter(|m| m.fs_type == "cgroup2").collect();
         assert_eq!(cg[0].mount_point, PathBuf::from("/sys/fs/cgroup/unified"));
         assert_eq!(cg[1].mount_point, PathBuf::from("/mnt/with space"));
-        assert!(
-            m.iter()
-                .any(|m| m.fs_type == "bpf" && m.mount_point == Path::new("/sys/fs/bpf"))
-        );
+        assert!(m.iter().any(|m| m.fs_type == "bpf" && m.mount_point == Path::new("/sys/fs/bpf")));
     }
 
     #[test]

@@ -38,67 +38,22 @@ impl Row {
 }
 
 const PROGRAMS: &[(ProgramType, &str, &str, bool)] = &[
-    (
-        ProgramType::CgroupSockAddr,
-        "cgroup_sock_addr (connect4/connect6)",
-        "redirection to the proxy",
-        true,
-    ),
-    (
-        ProgramType::SockOps,
-        "sock_ops",
-        "original destination by 4-tuple",
-        true,
-    ),
-    (
-        ProgramType::SkMsg,
-        "sk_msg",
-        "sockmap fast path (optional)",
-        false,
-    ),
-    (
-        ProgramType::SkSkb,
-        "sk_skb",
-        "in-kernel splicing (optional)",
-        false,
-    ),
-    (
-        ProgramType::SkReuseport,
-        "sk_reuseport",
-        "worker selection (optional)",
-        false,
-    ),
+    (ProgramType::CgroupSockAddr, "cgroup_sock_addr (connect4/connect6)", "redirection to the proxy", true),
+    (ProgramType::SockOps, "sock_ops", "original destination by 4-tuple", true),
+    (ProgramType::SkMsg, "sk_msg", "sockmap fast path (optional)", false),
+    (ProgramType::SkSkb, "sk_skb", "in-kernel splicing (optional)", false),
+    (ProgramType::SkReuseport, "sk_reuseport", "worker selection (optional)", false),
     (ProgramType::Xdp, "xdp", "L3/L4 policy (optional)", false),
-    (
-        ProgramType::SchedClassifier,
-        "sched_cls (tc)",
-        "egress policy (optional)",
-        false,
-    ),
+    (ProgramType::SchedClassifier, "sched_cls (tc)", "egress policy (optional)", false),
 ];
 
 const MAPS: &[(MapType, &str, &str, bool)] = &[
     (MapType::Hash, "hash", "service addresses", true),
     (MapType::LruHash, "lru_hash", "original destinations", true),
     (MapType::PerCpuArray, "percpu_array", "counters", true),
-    (
-        MapType::SockHash,
-        "sockhash",
-        "sockmap fast path (optional)",
-        false,
-    ),
-    (
-        MapType::ReuseportSockArray,
-        "reuseport_sockarray",
-        "worker selection (optional)",
-        false,
-    ),
-    (
-        MapType::LpmTrie,
-        "lpm_trie",
-        "CIDR policy (optional)",
-        false,
-    ),
+    (MapType::SockHash, "sockhash", "sockmap fast path (optional)", false),
+    (MapType::ReuseportSockArray, "reuseport_sockarray", "worker selection (optional)", false),
+    (MapType::LpmTrie, "lpm_trie", "CIDR policy (optional)", false),
     (MapType::RingBuf, "ringbuf", "drop events (optional)", false),
 ];
 
@@ -110,16 +65,8 @@ pub fn run() -> Vec<Row> {
         what: "privileges".into(),
         used_for: "loading and attaching programs",
         required: true,
-        status: if root {
-            Status::Yes
-        } else {
-            Status::No("not root".into())
-        },
-        detail: if root {
-            "root".into()
-        } else {
-            "run as root (sudo)".into()
-        },
+        status: if root { Status::Yes } else { Status::No("not root".into()) },
+        detail: if root { "root".into() } else { "run as root (sudo)".into() },
     });
     let uname = nix::sys::utsname::uname().ok();
     rows.push(Row {
@@ -127,25 +74,15 @@ pub fn run() -> Vec<Row> {
         used_for: "information",
         required: false,
         status: Status::Yes,
-        detail: uname
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        detail: uname.map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
     });
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     rows.push(Row {
         what: "BTF (/sys/kernel/btf/vmlinux)".into(),
         used_for: "typed maps and verifier checks",
         required: true,
-        status: if btf {
-            Status::Yes
-        } else {
-            Status::No("missing".into())
-        },
-        detail: if btf {
-            "present".into()
-        } else {
-            "the kernel needs CONFIG_DEBUG_INFO_BTF=y".into()
-        },
+        status: if btf { Status::Yes } else { Status::No("missing".into()) },
+        detail: if btf { "present".into() } else { "the kernel needs CONFIG_DEBUG_INFO_BTF=y".into() },
     });
     let (status, detail) = match mounts::cgroup2_mount() {
         Ok(p) => (Status::Yes, p.display().to_string()),
@@ -160,14 +97,8 @@ pub fn run() -> Vec<Row> {
     });
     let (status, detail) = match mounts::is_bpffs(Path::new("/sys/fs/bpf")) {
         Ok(true) => (Status::Yes, "mounted at /sys/fs/bpf".into()),
-        Ok(false) if root => (
-            Status::Yes,
-            "not mounted; `sluice node` mounts it at /sys/fs/bpf".into(),
-        ),
-        Ok(false) => (
-            Status::No("not mounted".into()),
-            "mount it, or run sluice as root so it can".into(),
-        ),
+        Ok(false) if root => (Status::Yes, "not mounted; `sluice node` mounts it at /sys/fs/bpf".into()),
+        Ok(false) => (Status::No("not mounted".into()), "mount it, or run sluice as root so it can".into()),
         Err(e) => (Status::Unknown(e.to_string()), String::new()),
     };
     rows.push(Row {

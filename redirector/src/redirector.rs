@@ -94,14 +94,10 @@ impl Redirector {
         let mut sock_ops = load(&sluice_bpf::SOCK_OPS, &pin_dir, None)?;
         let services = ServiceMap::new(take_map(&mut sock_addr, "sock_addr", maps::SERVICES)?)?;
         let stats = Stats::new(take_map(&mut sock_addr, "sock_addr", maps::STATS)?)?;
-        let orig = Arc::new(OrigDstTable::new(take_map(
-            &mut sock_ops,
-            "sock_ops",
-            maps::ORIG_DST,
-        )?)?);
+        let orig = Arc::new(OrigDstTable::new(take_map(&mut sock_ops, "sock_ops", maps::ORIG_DST)?)?);
 
-        let cg = File::open(&cgroup)
-            .map_err(|e| Error::io(format!("opening cgroup {}", cgroup.display()), e))?;
+        let cg =
+            File::open(&cgroup).map_err(|e| Error::io(format!("opening cgroup {}", cgroup.display()), e))?;
         let mut attachments = Vec::new();
         // sock_ops first: a connect redirected before it is attached would have
         // no 4-tuple record, and the proxy would have to drop it.
@@ -165,8 +161,7 @@ impl Drop for PinDirGuard {
 }
 
 fn load(obj: &Object, pin_dir: &Path, cfg: Option<&abi::Config>) -> Result<Ebpf, Error> {
-    let paths: Vec<(&'static str, PathBuf)> =
-        maps::SHARED.iter().map(|m| (*m, pin_dir.join(m))).collect();
+    let paths: Vec<(&'static str, PathBuf)> = maps::SHARED.iter().map(|m| (*m, pin_dir.join(m))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {
         // Pinned by name, so every object of this node shares one instance of each map.
@@ -175,22 +170,11 @@ fn load(obj: &Object, pin_dir: &Path, cfg: Option<&abi::Config>) -> Result<Ebpf,
     if let Some(cfg) = cfg {
         loader.override_global(CONFIG_GLOBAL, cfg, true);
     }
-    loader.load(obj.bytes).map_err(|e| Error::Load {
-        object: obj.name,
-        source: Box::new(e),
-    })
+    loader.load(obj.bytes).map_err(|e| Error::Load { object: obj.name, source: Box::new(e) })
 }
 
-fn take_map(
-    ebpf: &mut Ebpf,
-    object: &'static str,
-    name: &'static str,
-) -> Result<aya::maps::Map, Error> {
-    ebpf.take_map(name).ok_or(Error::Missing {
-        object,
-        what: "map",
-        name,
-    })
+fn take_map(ebpf: &mut Ebpf, object: &'static str, name: &'static str) -> Result<aya::maps::Map, Error> {
+    ebpf.take_map(name).ok_or(Error::Missing { object, what: "map", name })
 }
 
 /// Removes a pin folder; removing a link's pin detaches it once no process holds it.

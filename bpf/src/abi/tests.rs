@@ -5,10 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 fn ipv4_is_stored_mapped_in_network_order() {
     let a = addr_be(IpAddr::V4(Ipv4Addr::new(127, 100, 0, 10)));
     let bytes: Vec<u8> = a.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    assert_eq!(
-        bytes,
-        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 100, 0, 10]
-    );
+    assert_eq!(bytes, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 100, 0, 10]);
 }
 
 #[test]
@@ -39,18 +36,13 @@ fn config_encodes_proxy_addresses() {
     assert_eq!(c.proxy_addr4_be.to_ne_bytes(), [127, 0, 0, 1]);
     assert_eq!(c.proxy_port4_be.to_ne_bytes(), 15001u16.to_be_bytes());
     assert_eq!(c.proxy_port6_be.to_ne_bytes(), 15002u16.to_be_bytes());
-    assert_eq!(
-        ip_from_be(c.proxy_addr6_be),
-        IpAddr::V6(Ipv6Addr::LOCALHOST)
-    );
+    assert_eq!(ip_from_be(c.proxy_addr6_be), IpAddr::V6(Ipv6Addr::LOCALHOST));
 }
 
 #[test]
 fn flow_key_matches_the_accepted_socket() {
-    let k = FlowKey::new(
-        SocketAddr::from(([127, 0, 0, 1], 40000)),
-        SocketAddr::from(([127, 0, 0, 1], 15001)),
-    );
+    let k =
+        FlowKey::new(SocketAddr::from(([127, 0, 0, 1], 40000)), SocketAddr::from(([127, 0, 0, 1], 15001)));
     assert_eq!(ip_from_be(k.src_addr_be), IpAddr::V4(Ipv4Addr::LOCALHOST));
     assert_eq!(u16::from_be(k.src_port_be), 40000);
     assert_eq!(u16::from_be(k.dst_port_be), 15001);

@@ -33,15 +33,9 @@ fn good_config_is_understood() {
     let echo = &c.services[0];
     assert_eq!(echo.vips.len(), 2);
     assert_eq!(echo.ports[0].target_port, 9000);
-    assert_eq!(
-        echo.endpoints[0].socket_addr(&echo.ports[0]).to_string(),
-        "127.0.0.1:9000"
-    );
+    assert_eq!(echo.endpoints[0].socket_addr(&echo.ports[0]).to_string(), "127.0.0.1:9000");
     let db = &c.services[1];
-    assert_eq!(
-        db.endpoints[0].socket_addr(&db.ports[0]).to_string(),
-        "[::1]:15432"
-    );
+    assert_eq!(db.endpoints[0].socket_addr(&db.ports[0]).to_string(), "[::1]:15432");
     let addrs = c.service_addrs();
     assert_eq!(addrs.len(), 3);
     assert!(addrs.contains_key(&"[fd00:5c::10]:8080".parse().unwrap()));
@@ -58,18 +52,10 @@ fn unknown_field_names_line_column_and_field() {
 
 #[test]
 fn malformed_address_points_at_the_value() {
-    let e = err(
-        "services:\n  - name: echo\n    vips: [127.100.0.10, 127.100.0.300]\n    ports: [{port: 1}]\n",
-    );
+    let e =
+        err("services:\n  - name: echo\n    vips: [127.100.0.10, 127.100.0.300]\n    ports: [{port: 1}]\n");
     assert_eq!(e.field, "services[0].vips[1]");
-    assert_eq!(
-        e.location,
-        Some(Location {
-            line: 3,
-            column: 26
-        }),
-        "{e}"
-    );
+    assert_eq!(e.location, Some(Location { line: 3, column: 26 }), "{e}");
     assert!(e.message.contains("127.100.0.300"), "{e}");
 }
 
@@ -124,22 +110,10 @@ fn port_out_of_range_and_zero() {
 #[test]
 fn other_refusals() {
     for (text, field) in [
-        (
-            "services:\n  - {name: A_b, vips: [127.100.0.1], ports: [{port: 1}]}\n",
-            "services[0].name",
-        ),
-        (
-            "services:\n  - {name: a, vips: [], ports: [{port: 1}]}\n",
-            "services[0].vips",
-        ),
-        (
-            "services:\n  - {name: a, vips: [0.0.0.0], ports: [{port: 1}]}\n",
-            "services[0].vips[0]",
-        ),
-        (
-            "services:\n  - {name: a, vips: [127.100.0.1], ports: []}\n",
-            "services[0].ports",
-        ),
+        ("services:\n  - {name: A_b, vips: [127.100.0.1], ports: [{port: 1}]}\n", "services[0].name"),
+        ("services:\n  - {name: a, vips: [], ports: [{port: 1}]}\n", "services[0].vips"),
+        ("services:\n  - {name: a, vips: [0.0.0.0], ports: [{port: 1}]}\n", "services[0].vips[0]"),
+        ("services:\n  - {name: a, vips: [127.100.0.1], ports: []}\n", "services[0].ports"),
         (
             "services:\n  - {name: a, vips: [127.100.0.1], ports: [{port: 1}, {port: 1}]}\n",
             "services[0].ports[1].port",
@@ -183,10 +157,7 @@ fn syntax_error_and_empty_file() {
 #[test]
 fn missing_file_says_so() {
     let e = crate::load(Path::new("/nonexistent/sluice/mesh.yaml")).unwrap_err();
-    assert!(
-        e.to_string().contains("/nonexistent/sluice/mesh.yaml"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("/nonexistent/sluice/mesh.yaml"), "{e}");
     assert!(e.message.contains("cannot read"));
 }
 

@@ -24,14 +24,8 @@ pub(crate) struct PinnedAttachment {
 
 impl PinnedAttachment {
     pub(crate) fn pin(link: FdLink, path: &Path) -> Result<Self, Error> {
-        let link = link.pin(path).map_err(|e| Error::Pin {
-            path: path.into(),
-            source: Box::new(e),
-        })?;
-        Ok(Self {
-            link: Some(link),
-            path: path.into(),
-        })
+        let link = link.pin(path).map_err(|e| Error::Pin { path: path.into(), source: Box::new(e) })?;
+        Ok(Self { link: Some(link), path: path.into() })
     }
 }
 

@@ -11,15 +11,8 @@ use sluice_bpf::programs::{CONNECT4, CONNECT6};
 use super::PinnedAttachment;
 use crate::Error;
 
-pub(crate) fn attach(
-    ebpf: &mut Ebpf,
-    cgroup: &File,
-    pin_dir: &Path,
-) -> Result<Vec<PinnedAttachment>, Error> {
-    [CONNECT4, CONNECT6]
-        .into_iter()
-        .map(|name| attach_one(ebpf, name, cgroup, pin_dir))
-        .collect()
+pub(crate) fn attach(ebpf: &mut Ebpf, cgroup: &File, pin_dir: &Path) -> Result<Vec<PinnedAttachment>, Error> {
+    [CONNECT4, CONNECT6].into_iter().map(|name| attach_one(ebpf, name, cgroup, pin_dir)).collect()
 }
 
 fn attach_one(
@@ -30,17 +23,11 @@ fn attach_one(
 ) -> Result<PinnedAttachment, Error> {
     let prog: &mut CgroupSockAddr = ebpf
         .program_mut(name)
-        .ok_or(Error::Missing {
-            object: "sock_addr",
-            what: "program",
-            name,
-        })?
+        .ok_or(Error::Missing { object: "sock_addr", what: "program", name })?
         .try_into()
         .map_err(|e| Error::program(name, e))?;
     prog.load().map_err(|e| Error::program(name, e))?;
-    let id = prog
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|e| Error::program(name, e))?;
+    let id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(|e| Error::program(name, e))?;
     let link = prog.take_link(id).map_err(|e| Error::program(name, e))?;
     let link = FdLink::try_from(link).map_err(|e| Error::Io {
         what: format!("{name} link"),
