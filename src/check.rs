@@ -7,7 +7,7 @@ use crate::{Failure, exit};
 pub(crate) fn run() -> Result<(), Failure> {
     let rows = probe::run();
     let w = rows.iter().map(|r| r.what.len()).max().unwrap_or(10);
-    println!("{:<w$}  {:<11}  {:<9}  {}", "FEATURE", "SUPPORTED", "NEEDED", "DETAIL", w = w);
+    println!("{:<w$}  {:<11}  {:<9}  DETAIL", "FEATURE", "SUPPORTED", "NEEDED", w = w);
     for r in &rows {
         let (s, d) = match &r.status {
             Status::Yes => ("yes", r.detail.clone()),

@@ -7,6 +7,8 @@
 //! Tests need root; [`privileged`] skips loudly without it, and fails instead
 //! when `SLUICE_REQUIRE_PRIVILEGED=1` (as in CI).
 
+#![allow(clippy::unwrap_used)] // a test harness: a failed setup step should fail the test loudly
+
 pub mod cgroup;
 pub mod echo;
 pub mod netns;

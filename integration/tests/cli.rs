@@ -1,6 +1,8 @@
 //! The `sluice` binary's answers to bad input: exit codes and messages that say
 //! what, where and how to fix it. Only `node` needs root, and only there.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Command, Output};
 
 use sluice_integration::{CgroupGuard, privileged, target_bin};

@@ -2,6 +2,8 @@
 //! addresses; the kernel sends them to `sluice node`, which recovers the original
 //! destination and forwards to an endpoint.
 
+#![allow(clippy::unwrap_used)]
+
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use sluice_integration::{

@@ -11,10 +11,11 @@ use crate::error::{ConfigError, Location};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
+    // Option: an empty `endpoints:` (null in YAML) means none, as people expect.
     #[serde(default)]
-    pub services: Vec<Spanned<RawService>>,
+    pub services: Option<Vec<Spanned<RawService>>>,
     #[serde(default)]
-    pub endpoints: Vec<Spanned<RawEndpoint>>,
+    pub endpoints: Option<Vec<Spanned<RawEndpoint>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,11 +16,13 @@ use crate::{
 
 pub(crate) fn validate(file: &Path, raw: RawConfig) -> Result<MeshConfig, ConfigError> {
     let v = Validator { file };
-    let mut services = Vec::with_capacity(raw.services.len());
+    let raw_services = raw.services.unwrap_or_default();
+    let raw_endpoints = raw.endpoints.unwrap_or_default();
+    let mut services = Vec::with_capacity(raw_services.len());
     let mut names: HashMap<String, (usize, Location)> = HashMap::new();
     let mut addrs: HashMap<SocketAddr, (String, Location)> = HashMap::new();
 
-    for (i, s) in raw.services.iter().enumerate() {
+    for (i, s) in raw_services.iter().enumerate() {
         let svc = v.service(i, &s.value, &mut addrs)?;
         if let Some((_, first)) = names.get(&svc.name) {
             return Err(v
@@ -34,7 +36,7 @@ pub(crate) fn validate(file: &Path, raw: RawConfig) -> Result<MeshConfig, Config
         names.insert(svc.name.clone(), (i, loc(&s.value.name)));
         services.push(svc);
     }
-    for (i, e) in raw.endpoints.iter().enumerate() {
+    for (i, e) in raw_endpoints.iter().enumerate() {
         let field = format!("endpoints[{i}]");
         let Some(&(si, _)) = names.get(&e.value.service.value) else {
             let mut known: Vec<&str> = names.keys().map(String::as_str).collect();

@@ -165,7 +165,7 @@ fn load(obj: &Object, pin_dir: &Path, cfg: Option<&abi::Config>) -> Result<Ebpf,
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {
         // Pinned by name, so every object of this node shares one instance of each map.
-        loader.map_pin_path(*name, path.as_path());
+        loader.map_pin_path(name, path.as_path());
     }
     if let Some(cfg) = cfg {
         loader.override_global(CONFIG_GLOBAL, cfg, true);

@@ -8,6 +8,8 @@
 //!     sends BYTES pseudo-random bytes, half-closes, reads to EOF, prints
 //!     `sent=N received=M sent_sha=.. received_sha=.. peer=..`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},

@@ -147,6 +147,17 @@ fn other_refusals() {
 }
 
 #[test]
+fn empty_sections_mean_none() {
+    let c = parse(
+        Path::new("m.yaml"),
+        "services:\n  - {name: a, vips: [127.100.0.1], ports: [{port: 1}]}\nendpoints:\n",
+    )
+    .unwrap();
+    assert!(c.services[0].endpoints.is_empty());
+    assert!(parse(Path::new("m.yaml"), "services:\n").unwrap().services.is_empty());
+}
+
+#[test]
 fn syntax_error_and_empty_file() {
     let e = err("services:\n  - name: [unclosed\n");
     assert!(e.location.is_some(), "{e}");
