@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{Failure, exit};
+use crate::Failure;
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about = "Sidecarless service-mesh data plane for Linux")]
@@ -40,6 +40,9 @@ pub(crate) enum Command {
     /// A guided walk-through on this machine: a connection redirected, its
     /// original destination recovered.
     Demo(DemoArgs),
+    /// (used by the demo) Join a cgroup, connect, send a line, print the reply.
+    #[command(hide = true)]
+    DemoClient(DemoClientArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,9 +91,17 @@ pub(crate) struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// Keep going without pausing between steps.
+    /// After the walk-through, keep the mesh running until Ctrl-C.
     #[arg(long)]
-    pub no_pause: bool,
+    pub keep_running: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoClientArgs {
+    #[arg(long)]
+    pub cgroup: PathBuf,
+    pub addr: String,
+    pub message: String,
 }
 
 pub(crate) fn validate(file: &Path) -> Result<(), Failure> {
@@ -104,6 +115,5 @@ pub(crate) fn validate(file: &Path) -> Result<(), Failure> {
         addrs,
         endpoints
     );
-    let _ = exit::BAD_INPUT;
     Ok(())
 }

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Bpf { command: BpfCommand::Cleanup { instance } } => status::cleanup(instance.as_deref()),
         Command::Demo(args) => demo::run(args),
+        Command::DemoClient(args) => demo::client_main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -91,7 +92,12 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn init_tracing(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(&cli.log));
+    // The demo talks to a person on stdout: only warnings and errors go to stderr.
+    let default = match cli.command {
+        Command::Demo(_) if cli.log == "info" => "warn",
+        _ => &cli.log,
+    };
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
