@@ -53,9 +53,14 @@ async fn walk_through(s: &Scratch, args: &DemoArgs) -> Result<(), Failure> {
     let blockers: Vec<_> =
         sluice_redirector::probe::run().into_iter().filter(|r| r.blocks()).map(|r| r.what).collect();
     if !blockers.is_empty() {
-        return Err(Failure::new(exit::UNSUPPORTED, format!("no: {} (see `sluice check`)", blockers.join(", "))));
+        return Err(Failure::new(
+            exit::UNSUPPORTED,
+            format!("no: {} (see `sluice check`)", blockers.join(", ")),
+        ));
     }
-    say("yes: cgroup connect4/connect6 and sock_ops programs load and pass the verifier (details: `sluice check`).");
+    say(
+        "yes: cgroup connect4/connect6 and sock_ops programs load and pass the verifier (details: `sluice check`).",
+    );
 
     step(2, "Two endpoints of a service called 'reviews', and a cgroup for the mesh's applications");
     let v1 = backend("reviews-v1").await?;
@@ -140,7 +145,11 @@ async fn walk_through(s: &Scratch, args: &DemoArgs) -> Result<(), Failure> {
     step(8, "Stop: detach the programs, remove the pins and the cgroup");
     let pin_dir = node.redirector.pin_dir().to_path_buf();
     node.stop().await;
-    say(&format!("pins left at {}: {}", pin_dir.display(), if pin_dir.exists() { "YES (bug)" } else { "none" }));
+    say(&format!(
+        "pins left at {}: {}",
+        pin_dir.display(),
+        if pin_dir.exists() { "YES (bug)" } else { "none" }
+    ));
     say("Done. Next: `sluice check`, `sluice config validate examples/mesh.yaml`, `sluice node --help`.");
     Ok(())
 }
@@ -225,11 +234,7 @@ pub(crate) fn client_main(args: DemoClientArgs) -> Result<(), Failure> {
     let mut s = TcpStream::connect(&args.addr)
         .map_err(|e| Failure::new(exit::FAILED, format!("connecting to {}: {e}", args.addr)))?;
     let io = |e: std::io::Error| Failure::new(exit::FAILED, e);
-    println!(
-        "app dialed {}; its socket is connected to {}",
-        args.addr,
-        s.peer_addr().map_err(io)?
-    );
+    println!("app dialed {}; its socket is connected to {}", args.addr, s.peer_addr().map_err(io)?);
     s.write_all(format!("{}\n", args.message).as_bytes()).map_err(io)?;
     s.shutdown(Shutdown::Write).map_err(io)?;
     let mut reply = String::new();

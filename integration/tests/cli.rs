@@ -149,3 +149,69 @@ fn check_reports_every_feature() {
         assert_eq!(out.status.code(), Some(3));
     }
 }
+
+/// The value after `key` on the line that holds it.
+fn after<'a>(text: &'a str, key: &str) -> &'a str {
+    let line = text.lines().find(|l| l.contains(key)).unwrap_or_else(|| panic!("no {key:?} in:\n{text}"));
+    line.split(key).nth(1).unwrap().split_whitespace().next().unwrap()
+}
+
+#[test]
+fn demo_walks_through_and_leaves_nothing() {
+    if !privileged("demo_walks_through_and_leaves_nothing") {
+        return;
+    }
+    let out = sluice(&["demo"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for expect in [
+        "app dialed 127.100.0.10:9080; its socket is connected to 127.0.0.1:",
+        "redirect_connect4 +1, orig_dst_saved +1",
+        "reply: reviews-v1",
+        "reply: reviews-v2",
+        "passthrough +1",
+        "proxy: 3 connections forwarded",
+        "mesh.yaml:4:5: weight: unknown field",
+        "got \"still there?\"",
+        ": none",
+    ] {
+        assert!(text.contains(expect), "{expect:?} missing from the demo:\n{text}");
+    }
+    // After reload only v2 answers.
+    let after_reload = text.split("Hot reload").nth(1).unwrap();
+    assert!(!after_reload.contains("reviews-v1 ("), "{after_reload}");
+    let cgroup = after(&text, "mesh cgroup: ");
+    assert!(!std::path::Path::new(cgroup).exists(), "{cgroup} remains");
+}
+
+#[test]
+fn demo_cleans_up_on_ctrl_c() {
+    if !privileged("demo_cleans_up_on_ctrl_c") {
+        return;
+    }
+    use std::io::BufRead;
+    let mut child = Command::new(target_bin("sluice"))
+        .args(["demo", "--keep-running"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("press Ctrl-C") {
+            break;
+        }
+    }
+    let cgroup = after(&seen, "mesh cgroup: ").to_string();
+    let pins = after(&seen, "pinned under ").to_string();
+    assert!(std::path::Path::new(&pins).exists(), "{seen}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!std::path::Path::new(&cgroup).exists(), "{cgroup} remains");
+    assert!(!std::path::Path::new(&pins).exists(), "{pins} remain");
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing Sluice needs on Debian 12, and nothing
+# that is already there. Safe to run again. Needs root (or sudo) only when
+# something is missing.
+set -euo pipefail
+
+# clang compiles the eBPF C (clang-16 or newer preferred; Debian 12's default
+# clang 14 also works), libbpf-dev gives bpf_helpers.h, bpftool lets tests
+# check attachments, iproute2 makes test network namespaces, util-linux gives
+# nsenter/setpriv, linux-libc-dev the UAPI headers.
+packages=(clang-16 libbpf-dev bpftool iproute2 util-linux linux-libc-dev pkg-config)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "sluice: installing ${missing[*]}"
+  if [ "$(id -u)" -eq 0 ]; then sudo=(); elif command -v sudo >/dev/null; then sudo=(sudo); else
+    echo "sluice: need root to install ${missing[*]} (apt-get install -y ${missing[*]})" >&2; exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "sluice: cargo not found: install Rust 1.95 or newer (https://rustup.rs), then run this again" >&2
+  exit 1
+fi
