@@ -14,6 +14,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build (the end-to-end tests run the sluice binary)"
+cargo build --workspace --bins --locked
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
