@@ -4,14 +4,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use sluice_integration::{
     CgroupGuard, EchoServer, NetnsGuard, Node, client,
     node::{NodeOpts, Sig, attached_programs},
     privileged,
     process::echo_process,
-    target_bin, wait_for,
+    wait_for,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -222,32 +222,66 @@ fn sigterm_and_sigint_detach_and_remove_pins() {
 }
 
 #[test]
-fn bpf_cleanup_removes_what_a_killed_node_left_and_is_idempotent() {
-    if !privileged("bpf_cleanup_removes_what_a_killed_node_left_and_is_idempotent") {
+fn after_kill_9_a_new_node_takes_over_and_bpf_cleanup_removes_the_rest() {
+    if !privileged("after_kill_9_a_new_node_takes_over_and_bpf_cleanup_removes_the_rest") {
         return;
     }
     let cg = CgroupGuard::new("cleanup");
     let echo = EchoServer::start("127.0.0.1:0");
-    let mut node = start("cleanup", &cg, &config_for("127.100.0.16", 8080, echo.addr));
-    let status = node.stop_with(Sig::SIGKILL);
-    assert!(!status.success());
-    // kill -9 cannot clean up: the pinned links keep the programs attached.
-    assert!(node.pin_dir().exists());
+    let cfg = config_for("127.100.0.16", 8080, echo.addr);
+    let vip: SocketAddr = "127.100.0.16:8080".parse().unwrap();
+    let mut first = start("cleanup", &cg, &cfg);
+    assert!(!first.stop_with(Sig::SIGKILL).success());
+    // kill -9 cannot clean up: the pinned links keep the programs attached, and a
+    // redirected connect is refused (nothing listens on the dead proxy's port).
+    assert!(first.pin_dir().exists());
     assert_eq!(attached_programs(cg.path()).len(), 3);
+    assert!(client(Some(cg.path()), None, vip, 1, 1).unwrap_err().contains("refused"));
 
-    let out = node.cleanup();
+    // A new node of the same instance replaces the crashed one's pins and attachments.
+    let mut second = start("cleanup", &cg, &cfg);
+    assert_eq!(second.instance, first.instance);
+    assert!(
+        second.log().contains("removing pins left by a node that did not shut down cleanly"),
+        "{}",
+        second.log()
+    );
+    assert_eq!(attached_programs(cg.path()).len(), 3, "the old links are gone, not doubled");
+    assert!(client(Some(cg.path()), None, vip, 1000, 100).unwrap().intact());
+
+    assert!(!second.stop_with(Sig::SIGKILL).success());
+    let out = second.cleanup();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
-    assert!(!node.pin_dir().exists());
+    assert!(!second.pin_dir().exists());
     assert!(attached_programs(cg.path()).is_empty(), "{:?}", attached_programs(cg.path()));
-    let again = node.cleanup();
+    // Plain again: the VIP is not redirected, nothing listens there.
+    assert!(client(Some(cg.path()), None, vip, 1, 1).unwrap_err().contains("refused"));
+    let again = second.cleanup();
     assert!(again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("nothing to clean"),
         "{}",
         String::from_utf8_lossy(&again.stdout)
     );
+}
 
-    // A new node on the same instance name starts cleanly after a crash, too.
-    let _ = Command::new(target_bin("sluice")).arg("--version").status();
+#[test]
+fn round_robin_spreads_connections_over_endpoints() {
+    if !privileged("round_robin_spreads_connections_over_endpoints") {
+        return;
+    }
+    let cg = CgroupGuard::new("roundrobin");
+    let eps: Vec<EchoServer> = (0..3).map(|_| EchoServer::start("127.0.0.1:0")).collect();
+    let mut cfg = "services:\n  - name: rr\n    vips: [127.100.0.17]\n    ports: [{port: 80}]\nendpoints:\n"
+        .to_string();
+    for e in &eps {
+        cfg.push_str(&format!("  - {{service: rr, address: 127.0.0.1, port: {}}}\n", e.addr.port()));
+    }
+    let _node = start("roundrobin", &cg, &cfg);
+    for _ in 0..9 {
+        assert!(client(Some(cg.path()), None, "127.100.0.17:80".parse().unwrap(), 10, 10).unwrap().intact());
+    }
+    let counts: Vec<usize> = eps.iter().map(EchoServer::connections).collect();
+    assert_eq!(counts, [3, 3, 3]);
 }
