@@ -35,6 +35,22 @@ impl Row {
     pub fn blocks(&self) -> bool {
         self.required && self.status != Status::Yes
     }
+
+    fn kernel(what: String, used_for: &'static str, required: bool, status: Status) -> Self {
+        Self { what, used_for, required, status, detail: String::new() }
+    }
+}
+
+/// Kernel probes need privileges: without them the answer is unknown, not no.
+fn kernel_probe(root: bool, probe: impl FnOnce() -> Result<bool, String>) -> Status {
+    if !root {
+        return Status::Unknown("needs root".into());
+    }
+    match probe() {
+        Ok(true) => Status::Yes,
+        Ok(false) => Status::No("not supported by this kernel".into()),
+        Err(e) => Status::Unknown(e),
+    }
 }
 
 const PROGRAMS: &[(ProgramType, &str, &str, bool)] = &[
@@ -110,40 +126,12 @@ pub fn run() -> Vec<Row> {
     });
 
     for (t, name, used_for, required) in PROGRAMS {
-        let status = if !root {
-            Status::Unknown("needs root".into())
-        } else {
-            match is_program_supported(*t) {
-                Ok(true) => Status::Yes,
-                Ok(false) => Status::No("not supported by this kernel".into()),
-                Err(e) => Status::Unknown(e.to_string()),
-            }
-        };
-        rows.push(Row {
-            what: format!("program {name}"),
-            used_for,
-            required: *required,
-            status,
-            detail: String::new(),
-        });
+        let status = kernel_probe(root, || is_program_supported(*t).map_err(|e| e.to_string()));
+        rows.push(Row::kernel(format!("program {name}"), used_for, *required, status));
     }
     for (t, name, used_for, required) in MAPS {
-        let status = if !root {
-            Status::Unknown("needs root".into())
-        } else {
-            match is_map_supported(*t) {
-                Ok(true) => Status::Yes,
-                Ok(false) => Status::No("not supported by this kernel".into()),
-                Err(e) => Status::Unknown(e.to_string()),
-            }
-        };
-        rows.push(Row {
-            what: format!("map {name}"),
-            used_for,
-            required: *required,
-            status,
-            detail: String::new(),
-        });
+        let status = kernel_probe(root, || is_map_supported(*t).map_err(|e| e.to_string()));
+        rows.push(Row::kernel(format!("map {name}"), used_for, *required, status));
     }
     rows.push(verifier_row(root));
     rows

@@ -9,11 +9,56 @@
 pub(crate) mod sock_addr;
 pub(crate) mod sock_ops;
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
 
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::{
+    Ebpf,
+    programs::{
+        Program, ProgramError,
+        links::{FdLink, PinnedLink},
+    },
+};
 
 use crate::Error;
+
+/// Loads program `name` of `object`, attaches it to `cgroup` with `attach`
+/// (which returns the bpf_link) and pins the link as `<pin_dir>/link_<name>`.
+pub(crate) fn attach_to_cgroup<P>(
+    ebpf: &mut Ebpf,
+    object: &'static str,
+    name: &'static str,
+    cgroup: &File,
+    pin_dir: &Path,
+    attach: impl FnOnce(&mut P, &File) -> Result<FdLink, ProgramError>,
+) -> Result<PinnedAttachment, Error>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let prog: &mut P = ebpf
+        .program_mut(name)
+        .ok_or(Error::Missing { object, what: "program", name })?
+        .try_into()
+        .map_err(|e| Error::program(name, e))?;
+    let link = attach(prog, cgroup).map_err(|e| Error::program(name, e))?;
+    PinnedAttachment::pin(link, &pin_dir.join(format!("link_{name}")))
+}
+
+/// aya's link wrappers convert to an FdLink only through their own error type.
+pub(crate) fn fd_link<L>(link: L) -> Result<FdLink, ProgramError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    FdLink::try_from(link).map_err(|e| {
+        ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_link (not an fd link)",
+            io_error: std::io::Error::other(e.to_string()),
+        })
+    })
+}
 
 /// A program attached through a pinned bpf_link: detached when dropped.
 #[derive(Debug)]
