@@ -81,6 +81,38 @@ pub(crate) struct NodeArgs {
     /// How long shutdown waits for open connections, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub drain_ms: u64,
+    /// Proxy worker threads, each with its own listeners (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// How the kernel picks a worker for a new connection.
+    #[arg(long, value_enum, default_value_t = WorkerBalance::Hash)]
+    pub worker_balance: WorkerBalance,
+    /// When the proxy is dead: `open` sends connections straight to their
+    /// original destination, `closed` refuses them.
+    #[arg(long, value_enum, default_value_t = FailModeArg::Open)]
+    pub fail_mode: FailModeArg,
+    /// The proxy counts as dead when its heartbeat (every 100 ms) is older than this.
+    #[arg(long, default_value_t = 500)]
+    pub liveness_timeout_ms: u64,
+    /// Replace the running node of this instance without refusing a connection:
+    /// adopt its kernel programs, start workers beside its own, then tell it to
+    /// drain and exit.
+    #[arg(long)]
+    pub takeover: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum WorkerBalance {
+    /// Flow hash over the active workers.
+    Hash,
+    /// The worker with the fewest open connections.
+    LeastLoaded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum FailModeArg {
+    Open,
+    Closed,
 }
 
 #[derive(Debug, Args)]

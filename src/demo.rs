@@ -83,6 +83,11 @@ async fn walk_through(s: &Scratch, args: &DemoArgs) -> Result<(), Failure> {
         proxy_port: 0,
         watch_interval_ms: 100,
         drain_ms: 1000,
+        workers: Some(2),
+        worker_balance: crate::cli::WorkerBalance::Hash,
+        fail_mode: crate::cli::FailModeArg::Open,
+        liveness_timeout_ms: 500,
+        takeover: false,
     };
     let mut node = NodeHandle::start(&node_args).await?;
     say(&format!(

@@ -1,17 +1,36 @@
-//! `sluice node`: redirector + proxy + config watch, until SIGINT or SIGTERM.
+//! `sluice node`: redirector + proxy workers + config watch + heartbeat, until
+//! SIGINT/SIGTERM (stop: detach, drain, unpin) or SIGUSR2 (replaced by a node
+//! that took over: drain, leave the kernel state to it).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use sluice_mesh_config::watch::{Change, Watcher};
-use sluice_proxy::{OriginalDst, Proxy, ProxyConfig, ProxyStats, Routes};
-use sluice_redirector::{OrigDstTable, Redirector, RedirectorConfig, Stats};
+use sluice_proxy::{OriginalDst, Proxy, ProxyConfig, ProxyStats, Routes, WorkerHooks};
+use sluice_redirector::{
+    FailMode, LbMode, Liveness, OrigDstTable, Predecessor, Redirector, RedirectorConfig, Stats, Workers,
+};
 use tokio::{
     signal::unix::{SignalKind, signal},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{Failure, cli::NodeArgs, exit};
+use crate::{
+    Failure,
+    cli::{FailModeArg, NodeArgs, WorkerBalance},
+    exit,
+};
+
+/// How often the node tells the kernel it is alive.
+const HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// The proxy's view of the redirector's original-destination map.
 struct KernelOrigDst(Arc<OrigDstTable>);
@@ -22,57 +41,113 @@ impl OriginalDst for KernelOrigDst {
     }
 }
 
+/// Worker events, mapped onto this node's kernel slots.
+struct KernelWorkers {
+    workers: Arc<Workers>,
+    slots: Vec<u32>,
+    registered: AtomicUsize,
+}
+
+impl WorkerHooks for KernelWorkers {
+    fn listening(
+        &self,
+        worker: usize,
+        v4: &std::net::TcpListener,
+        v6: Option<&std::net::TcpListener>,
+    ) -> io::Result<()> {
+        self.workers.register(self.slots[worker], v4, v6).map_err(io::Error::other)?;
+        self.registered.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn load_changed(&self, worker: usize, open: u32) {
+        let _ = self.workers.set_load(self.slots[worker], open);
+    }
+
+    fn draining(&self, worker: usize) {
+        if let Err(e) = self.workers.drain(self.slots[worker]) {
+            tracing::warn!(worker, error = %e, "marking the worker draining");
+        }
+    }
+
+    fn stopped(&self, worker: usize) {
+        let _ = self.workers.release(self.slots[worker]);
+    }
+}
+
 pub(crate) fn run(args: NodeArgs) -> Result<(), Failure> {
-    let runtime = tokio::runtime::Runtime::new()
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .map_err(|e| Failure::new(exit::FAILED, format!("starting the runtime: {e}")))?;
     runtime.block_on(run_async(args))
 }
 
 async fn run_async(args: NodeArgs) -> Result<(), Failure> {
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Failure::new(exit::FAILED, e))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Failure::new(exit::FAILED, e))?;
+    let sig = |k| signal(k).map_err(|e| Failure::new(exit::FAILED, e));
+    let (mut sigint, mut sigterm, mut sigusr2) =
+        (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?, sig(SignalKind::user_defined2())?);
     let mut node = NodeHandle::start(&args).await?;
     println!(
-        "sluice node ready: proxy {} and {}, cgroup {}",
+        "sluice node ready: proxy {} and {}, cgroup {}, {} workers",
         node.proxy4,
         node.proxy6,
-        node.redirector.cgroup().display()
+        node.redirector.cgroup().display(),
+        node.workers
     );
     let mut tick = tokio::time::interval(Duration::from_millis(args.watch_interval_ms.max(10)));
-    loop {
+    let replaced = loop {
         tokio::select! {
-            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = tick.tick() => { node.poll_config(); }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break false; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break false; }
+            _ = sigusr2.recv() => { tracing::info!("SIGUSR2: replaced by a new node; draining"); break true; }
+            _ = tick.tick() => { node.tick(); }
         }
+    };
+    if replaced {
+        node.hand_over().await
+    } else {
+        node.stop().await
     }
-    node.stop().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// A running node: kernel redirection, the proxy, and the config in force.
+/// A running node: kernel redirection, the proxy workers, and the config in force.
 pub(crate) struct NodeHandle {
     pub redirector: Redirector,
     pub routes: Routes,
     pub proxy_stats: Arc<ProxyStats>,
     pub proxy4: SocketAddr,
     pub proxy6: SocketAddr,
+    pub workers: usize,
     watcher: Watcher,
     shutdown: CancellationToken,
     serving: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
+    holds_lock: bool,
+    /// However the handle goes away, the workers are told to stop.
+    _stop_workers: tokio_util::sync::DropGuard,
 }
 
 impl NodeHandle {
-    /// Validates the config, binds the proxy, attaches the kernel programs.
-    /// Nothing touches the kernel before the config is known to be good.
+    /// Validates the config, binds the proxy, attaches (or takes over) the kernel
+    /// programs. Nothing touches the kernel before the config is known to be good.
     pub async fn start(args: &NodeArgs) -> Result<Self, Failure> {
         let config_bytes = std::fs::read(&args.config).ok();
         let config = sluice_mesh_config::load(&args.config)?;
+        let predecessor = if args.takeover { Predecessor::find(&args.instance) } else { None };
+        if args.takeover && predecessor.is_none() {
+            tracing::info!(instance = %args.instance, "--takeover: no running node to replace; starting afresh");
+        }
+        let port = predecessor.as_ref().map_or(args.proxy_port, |p| p.proxy_port);
         let own_mark = sluice_redirector::DEFAULT_OWN_MARK;
+        let workers =
+            args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let proxy = Proxy::bind(ProxyConfig {
-            listen4: ([127, 0, 0, 1], args.proxy_port).into(),
-            listen6: Some((std::net::Ipv6Addr::LOCALHOST, args.proxy_port).into()),
+            listen4: ([127, 0, 0, 1], port).into(),
+            listen6: Some((std::net::Ipv6Addr::LOCALHOST, port).into()),
+            workers,
             own_mark,
             drain_timeout: Duration::from_millis(args.drain_ms),
             ..ProxyConfig::default()
@@ -84,25 +159,72 @@ impl NodeHandle {
 
         let mut rcfg = RedirectorConfig::new(&args.instance, &args.cgroup, proxy4, proxy6);
         rcfg.own_mark = own_mark;
+        rcfg.fail_mode = match args.fail_mode {
+            FailModeArg::Open => FailMode::Open,
+            FailModeArg::Closed => FailMode::Closed,
+        };
+        rcfg.liveness_timeout =
+            Duration::from_millis(args.liveness_timeout_ms.max(HEARTBEAT.as_millis() as u64 * 2));
+        rcfg.lb_mode = match args.worker_balance {
+            WorkerBalance::Hash => LbMode::Hash,
+            WorkerBalance::LeastLoaded => LbMode::LeastLoaded,
+        };
         let routes = Routes::new(&config);
-        let mut redirector = Redirector::start(&rcfg)?;
+        let mut redirector = match &predecessor {
+            Some(p) => Redirector::take_over(&rcfg, p)?,
+            None => Redirector::start(&rcfg)?,
+        };
+        let heartbeat = tokio::spawn(heartbeat(redirector.liveness()));
         let report = redirector.services().sync(&config)?;
         tracing::info!(services = config.services.len(), addresses = report.added, "config applied");
 
+        let hooks = Arc::new(KernelWorkers {
+            slots: redirector.workers().claim(workers)?,
+            workers: redirector.workers(),
+            registered: AtomicUsize::new(0),
+        });
         let shutdown = CancellationToken::new();
         let orig: Arc<dyn OriginalDst> = Arc::new(KernelOrigDst(redirector.orig_dst()));
         let proxy_stats = proxy.stats();
-        let serving = tokio::spawn(proxy.serve(routes.clone(), orig, shutdown.clone()));
+        let serving = tokio::spawn(proxy.serve(routes.clone(), orig, hooks.clone(), shutdown.clone()));
+        // Every worker must be in the socket arrays before the old node stops taking connections.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hooks.registered.load(Ordering::SeqCst) < workers {
+            if Instant::now() > deadline {
+                return Err(Failure::new(
+                    exit::FAILED,
+                    "the proxy workers did not register with the kernel in 10 s",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Some(p) = &predecessor {
+            p.signal_replaced()?;
+            tracing::info!(predecessor = p.pid, "told the running node to drain and exit");
+        }
         Ok(Self {
+            holds_lock: predecessor.is_none(),
             redirector,
             routes,
             proxy_stats,
             proxy4,
             proxy6,
+            workers,
             watcher: Watcher::new(&args.config, config_bytes),
+            _stop_workers: shutdown.clone().drop_guard(),
             shutdown,
             serving,
+            heartbeat,
         })
+    }
+
+    /// Periodic work: config changes, and the lock after a takeover.
+    pub fn tick(&mut self) {
+        if !self.holds_lock && self.redirector.try_lock(self.proxy4.port()) {
+            self.holds_lock = true;
+            tracing::info!("the replaced node has exited; this node owns the instance now");
+        }
+        self.poll_config();
     }
 
     /// Applies a changed config file; a bad one is refused and the last good
@@ -143,8 +265,35 @@ impl NodeHandle {
     /// Detaches first, so no new connection is sent to a proxy that is going
     /// away, then drains the proxy.
     pub async fn stop(self) {
+        self.heartbeat.abort();
         drop(self.redirector);
         self.shutdown.cancel();
         let _ = self.serving.await;
+    }
+
+    /// Replaced: the workers stop taking connections (their queued ones move to
+    /// the new node's workers), finish what they have, and the kernel programs,
+    /// maps and pins stay for the new node.
+    pub async fn hand_over(self) {
+        self.shutdown.cancel();
+        let _ = self.serving.await;
+        self.heartbeat.abort();
+        self.redirector.hand_over();
+    }
+}
+
+async fn heartbeat(live: Arc<Liveness>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match live.beat() {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "heartbeat failed: the kernel will treat the proxy as down");
+            }
+            Err(_) => {}
+        }
     }
 }

@@ -56,6 +56,39 @@ struct sl_config {
 	__u32 flags;             /* reserved, zero */
 };
 
+/* Proxy workers: slots of sl_work4/sl_work6, sl_wstate, sl_wload and sl_wsel. */
+#define SL_MAX_WORKERS 64
+
+enum sl_worker_state {
+	SL_WORKER_FREE = 0,     /* no worker in this slot */
+	SL_WORKER_ACTIVE = 1,   /* gets new connections */
+	SL_WORKER_DRAINING = 2, /* finishing its connections: gets no new ones */
+};
+
+/* How sk_reuseport picks a worker (sl_rpcfg). */
+enum sl_lb_mode {
+	SL_LB_HASH = 0,         /* flow hash over the active workers */
+	SL_LB_LEAST_LOADED = 1, /* fewest open connections (sl_wload) */
+};
+
+struct sl_rp_cfg {
+	__u32 mode; /* enum sl_lb_mode */
+	__u32 _pad;
+};
+
+/* What connect4/6 do when the proxy stopped heartbeating (sl_live). */
+enum sl_fail_mode {
+	SL_FAIL_OPEN = 0,   /* connect straight to the original destination */
+	SL_FAIL_CLOSED = 1, /* refuse the connect (ECONNREFUSED) */
+};
+
+/* Proxy liveness, written by the node every heartbeat. */
+struct sl_live {
+	__u64 heartbeat_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns); 0: no node has started */
+	__u32 fail_mode;    /* enum sl_fail_mode */
+	__u32 timeout_ms;   /* older heartbeats mean the proxy is down */
+};
+
 /* Indexes into sl_stats (per-CPU u64 counters). */
 enum sl_stat {
 	SL_STAT_REDIRECT4 = 0,   /* connect4 rewrote a mesh destination */
@@ -64,7 +97,12 @@ enum sl_stat {
 	SL_STAT_PASSTHROUGH = 3, /* a TCP connect to a destination outside the mesh */
 	SL_STAT_ORIG_SAVED = 4,  /* sock_ops re-keyed an original destination by 4-tuple */
 	SL_STAT_PEND_FULL = 5,   /* the pending map refused an entry */
-	SL_STAT_MAX = 6,
+	SL_STAT_DOWN_OPEN = 6,   /* proxy down, fail-open: connect went direct */
+	SL_STAT_DOWN_CLOSED = 7, /* proxy down, fail-closed: connect refused */
+	SL_STAT_RP_SELECTED = 8, /* sk_reuseport chose a worker */
+	SL_STAT_RP_FALLBACK = 9, /* sk_reuseport found no active worker: kernel default */
+	SL_STAT_RP_MIGRATED = 10, /* a closing worker's queued connection moved to another */
+	SL_STAT_MAX = 11,
 };
 
 _Static_assert(sizeof(struct sl_svc_key) == 20, "sl_svc_key size");
@@ -78,6 +116,9 @@ _Static_assert(__builtin_offsetof(struct sl_flow_key, dst_addr_be) == 16, "sl_fl
 _Static_assert(__builtin_offsetof(struct sl_flow_key, src_port_be) == 32, "sl_flow_key.src_port_be");
 _Static_assert(__builtin_offsetof(struct sl_flow_key, dst_port_be) == 34, "sl_flow_key.dst_port_be");
 _Static_assert(sizeof(struct sl_config) == 32, "sl_config size");
+_Static_assert(sizeof(struct sl_live) == 16, "sl_live size");
+_Static_assert(__builtin_offsetof(struct sl_live, fail_mode) == 8, "sl_live.fail_mode");
+_Static_assert(sizeof(struct sl_rp_cfg) == 8, "sl_rp_cfg size");
 _Static_assert(__builtin_offsetof(struct sl_config, proxy_addr6_be) == 4, "sl_config.proxy_addr6_be");
 _Static_assert(__builtin_offsetof(struct sl_config, proxy_port4_be) == 20, "sl_config.proxy_port4_be");
 _Static_assert(__builtin_offsetof(struct sl_config, own_mark) == 24, "sl_config.own_mark");

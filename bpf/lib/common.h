@@ -13,9 +13,12 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
+/* From <errno.h>. */
+#define ECONNREFUSED 111
 
 /* cgroup sock_addr verdicts. */
 #define SL_VERDICT_PROCEED 1
+#define SL_VERDICT_REJECT 0
 /* sock_ops programs return 1 (their return value only matters for a few ops). */
 #define SL_SOCKOPS_OK 1
 

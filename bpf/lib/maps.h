@@ -40,6 +40,60 @@ struct {
 	__type(value, __u64);
 } sl_stats SEC(".maps");
 
+/* Proxy liveness: one entry, written by the node. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sl_live);
+} sl_live SEC(".maps");
+
+/* Worker listeners, one array per address family (a reuseport group is per address). */
+struct {
+	__uint(type, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY);
+	__uint(max_entries, SL_MAX_WORKERS);
+	__type(key, __u32);
+	__type(value, __u32);
+} sl_work4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_REUSEPORT_SOCKARRAY);
+	__uint(max_entries, SL_MAX_WORKERS);
+	__type(key, __u32);
+	__type(value, __u32);
+} sl_work6 SEC(".maps");
+
+/* enum sl_worker_state per slot; written by the node. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SL_MAX_WORKERS);
+	__type(key, __u32);
+	__type(value, __u32);
+} sl_wstate SEC(".maps");
+
+/* Open connections per slot; written by each worker. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SL_MAX_WORKERS);
+	__type(key, __u32);
+	__type(value, __u32);
+} sl_wload SEC(".maps");
+
+/* Connections sk_reuseport gave each slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SL_MAX_WORKERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} sl_wsel SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sl_rp_cfg);
+} sl_rpcfg SEC(".maps");
+
 static __always_inline void sl_count(enum sl_stat stat)
 {
 	__u32 key = stat;

@@ -5,31 +5,46 @@
 
 #include "maps.h"
 
-/*
- * Returns the service entry when this TCP connect must go to the proxy, and
- * remembers the original destination under the socket's cookie. NULL: leave
- * the connect alone.
- */
-static __always_inline const struct sl_svc_val *
-sl_redirect_lookup(struct bpf_sock_addr *ctx, const struct sl_svc_key *key)
+/* The service behind a TCP connect's destination, or NULL: leave it alone. */
+static __always_inline const struct sl_svc_val *sl_mesh_lookup(struct bpf_sock_addr *ctx,
+							       const struct sl_svc_key *key)
 {
 	struct bpf_sock *sk = ctx->sk;
 	const struct sl_svc_val *svc;
 
 	if (ctx->type != SOCK_STREAM)
 		return NULL;
+	svc = bpf_map_lookup_elem(&sl_svc, key);
 	/* The proxy marks its own sockets: its upstream connects are never looped back. */
 	if (sk && sl_cfg.own_mark != 0 && sk->mark == sl_cfg.own_mark) {
-		if (bpf_map_lookup_elem(&sl_svc, key))
+		if (svc)
 			sl_count(SL_STAT_OWN_SKIPPED);
 		return NULL;
 	}
-	svc = bpf_map_lookup_elem(&sl_svc, key);
-	if (!svc) {
+	if (!svc)
 		sl_count(SL_STAT_PASSTHROUGH);
-		return NULL;
-	}
+	return svc;
+}
 
+/*
+ * Whether the proxy has heartbeated recently. Before any heartbeat (0) it
+ * counts as up: the node writes one before it fills sl_svc.
+ */
+static __always_inline int sl_proxy_up(const struct sl_live **out)
+{
+	__u32 zero = 0;
+	const struct sl_live *live = bpf_map_lookup_elem(&sl_live, &zero);
+
+	*out = live;
+	if (!live || live->heartbeat_ns == 0)
+		return 1;
+	return bpf_ktime_get_ns() - live->heartbeat_ns <= (__u64)live->timeout_ms * 1000000ULL;
+}
+
+/* Keeps the original destination under the socket's cookie for sock_ops. */
+static __always_inline int sl_remember(struct bpf_sock_addr *ctx, const struct sl_svc_key *key,
+				       const struct sl_svc_val *svc)
+{
 	struct sl_orig_dst orig = {};
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 
@@ -37,11 +52,34 @@ sl_redirect_lookup(struct bpf_sock_addr *ctx, const struct sl_svc_key *key)
 	orig.port_be = key->port_be;
 	orig.svc_id = svc->svc_id;
 	if (bpf_map_update_elem(&sl_pend, &cookie, &orig, BPF_ANY) != 0) {
-		/* Without a record the proxy could not route it: better to go direct. */
 		sl_count(SL_STAT_PEND_FULL);
-		return NULL;
+		return 0;
 	}
-	return svc;
+	return 1;
+}
+
+/* SL_REDIRECT: go to the proxy; SL_DIRECT: leave alone; SL_REFUSE: fail the connect. */
+enum sl_decision { SL_DIRECT = 0, SL_REDIRECT = 1, SL_REFUSE = 2 };
+
+static __always_inline enum sl_decision sl_decide(struct bpf_sock_addr *ctx, const struct sl_svc_key *key)
+{
+	const struct sl_svc_val *svc = sl_mesh_lookup(ctx, key);
+	const struct sl_live *live;
+
+	if (!svc)
+		return SL_DIRECT;
+	if (!sl_proxy_up(&live)) {
+		if (live && live->fail_mode == SL_FAIL_CLOSED) {
+			sl_count(SL_STAT_DOWN_CLOSED);
+			/* A refusal, not a hang: the application sees ECONNREFUSED at once. */
+			bpf_set_retval(-ECONNREFUSED);
+			return SL_REFUSE;
+		}
+		sl_count(SL_STAT_DOWN_OPEN);
+		return SL_DIRECT;
+	}
+	/* Without a record the proxy could not route it: better to go direct. */
+	return sl_remember(ctx, key, svc) ? SL_REDIRECT : SL_DIRECT;
 }
 
 #endif

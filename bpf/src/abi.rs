@@ -128,6 +128,57 @@ impl Config {
     }
 }
 
+/// `SL_MAX_WORKERS`: slots of the worker maps.
+pub const MAX_WORKERS: u32 = 64;
+
+/// `enum sl_worker_state`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    Free = 0,
+    Active = 1,
+    Draining = 2,
+}
+
+impl WorkerState {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        [Self::Free, Self::Active, Self::Draining].into_iter().find(|s| *s as u32 == v)
+    }
+}
+
+/// `enum sl_lb_mode`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbMode {
+    Hash = 0,
+    LeastLoaded = 1,
+}
+
+/// `struct sl_rp_cfg`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RpCfg {
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// `enum sl_fail_mode`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    Open = 0,
+    Closed = 1,
+}
+
+/// `struct sl_live`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Live {
+    pub heartbeat_ns: u64,
+    pub fail_mode: u32,
+    pub timeout_ms: u32,
+}
+
 /// `enum sl_stat`: indexes into `sl_stats`.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,19 +189,29 @@ pub enum Stat {
     Passthrough = 3,
     OrigSaved = 4,
     PendFull = 5,
+    DownOpen = 6,
+    DownClosed = 7,
+    RpSelected = 8,
+    RpFallback = 9,
+    RpMigrated = 10,
 }
 
 impl Stat {
-    pub const ALL: [Stat; 6] = [
+    pub const ALL: [Stat; 11] = [
         Stat::Redirect4,
         Stat::Redirect6,
         Stat::OwnSkipped,
         Stat::Passthrough,
         Stat::OrigSaved,
         Stat::PendFull,
+        Stat::DownOpen,
+        Stat::DownClosed,
+        Stat::RpSelected,
+        Stat::RpFallback,
+        Stat::RpMigrated,
     ];
     /// `SL_STAT_MAX`: the number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 11;
 
     /// The name used in `sluice status` and metrics.
     pub fn name(self) -> &'static str {
@@ -161,6 +222,11 @@ impl Stat {
             Stat::Passthrough => "passthrough",
             Stat::OrigSaved => "orig_dst_saved",
             Stat::PendFull => "pending_map_full",
+            Stat::DownOpen => "proxy_down_fail_open",
+            Stat::DownClosed => "proxy_down_fail_closed",
+            Stat::RpSelected => "worker_selected",
+            Stat::RpFallback => "worker_fallback",
+            Stat::RpMigrated => "worker_migrated",
         }
     }
 }
@@ -180,6 +246,10 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Live {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RpCfg {}
 }
 
 const _: () = {
@@ -198,6 +268,9 @@ const _: () = {
     assert!(offset_of!(Config, proxy_addr6_be) == 4);
     assert!(offset_of!(Config, proxy_port4_be) == 20);
     assert!(offset_of!(Config, own_mark) == 24);
+    assert!(size_of::<Live>() == 16);
+    assert!(offset_of!(Live, fail_mode) == 8);
+    assert!(size_of::<RpCfg>() == 8);
 };
 
 #[cfg(test)]

@@ -32,8 +32,14 @@ pub const SOCK_OPS: Object = Object {
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_ops.bpf.o")),
 };
 
+/// `sk_reuseport/migrate` (program `sl_reuseport`).
+pub const REUSEPORT: Object = Object {
+    name: "reuseport",
+    bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reuseport.bpf.o")),
+};
+
 /// Every object, in load order.
-pub const OBJECTS: &[Object] = &[SOCK_ADDR, SOCK_OPS];
+pub const OBJECTS: &[Object] = &[SOCK_ADDR, SOCK_OPS, REUSEPORT];
 
 /// Map names (`sl_` prefix, at most 15 characters, as `bpftool map` shows them).
 pub mod maps {
@@ -45,8 +51,34 @@ pub mod maps {
     pub const ORIG_DST: &str = "sl_orig";
     /// Per-CPU `u64` counters indexed by [`crate::abi::Stat`].
     pub const STATS: &str = "sl_stats";
+    /// Proxy liveness: [`crate::abi::Live`].
+    pub const LIVE: &str = "sl_live";
+    /// Worker listeners (IPv4), `REUSEPORT_SOCKARRAY` by slot.
+    pub const WORKERS4: &str = "sl_work4";
+    /// Worker listeners (IPv6).
+    pub const WORKERS6: &str = "sl_work6";
+    /// [`crate::abi::WorkerState`] by slot (`u32`).
+    pub const WORKER_STATE: &str = "sl_wstate";
+    /// Open connections by slot (`u32`).
+    pub const WORKER_LOAD: &str = "sl_wload";
+    /// Per-CPU count of connections given to each slot (`u64`).
+    pub const WORKER_SELECTED: &str = "sl_wsel";
+    /// [`crate::abi::RpCfg`]: how sk_reuseport picks.
+    pub const REUSEPORT_CFG: &str = "sl_rpcfg";
     /// Every map shared between objects (pinned by name, so the objects share them).
-    pub const SHARED: &[&str] = &[SERVICES, PENDING, ORIG_DST, STATS];
+    pub const SHARED: &[&str] = &[
+        SERVICES,
+        PENDING,
+        ORIG_DST,
+        STATS,
+        LIVE,
+        WORKERS4,
+        WORKERS6,
+        WORKER_STATE,
+        WORKER_LOAD,
+        WORKER_SELECTED,
+        REUSEPORT_CFG,
+    ];
 }
 
 /// Program names, as `bpftool prog` shows them.
@@ -54,6 +86,7 @@ pub mod programs {
     pub const CONNECT4: &str = "sl_connect4";
     pub const CONNECT6: &str = "sl_connect6";
     pub const SOCK_OPS: &str = "sl_sock_ops";
+    pub const REUSEPORT: &str = "sl_reuseport";
 }
 
 /// Name of the `const volatile struct sl_config` global.

@@ -18,7 +18,7 @@ pub mod stats;
 pub mod tcp;
 
 pub use error::ProxyError;
-pub use listener::{Proxy, ProxyConfig};
+pub use listener::{NoHooks, Proxy, ProxyConfig, WorkerHooks};
 pub use route::Routes;
 pub use stats::ProxyStats;
 

@@ -1,11 +1,20 @@
-//! The proxy's listeners and accept loops.
+//! The proxy's workers: each is an OS thread with its own single-threaded
+//! runtime and its own SO_REUSEPORT listeners on the proxy port (IPv4 and
+//! IPv6). The kernel (`sk_reuseport`) picks the worker for every connection;
+//! [`WorkerHooks`] tell the kernel side where the listeners are, how loaded each
+//! worker is, and when one stops taking connections.
 
 use std::{
+    io,
     net::SocketAddr,
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -17,6 +26,8 @@ pub struct ProxyConfig {
     pub listen4: SocketAddr,
     /// IPv6 listener, e.g. [::1]:15001; `None` when the host has no IPv6 loopback.
     pub listen6: Option<SocketAddr>,
+    /// Worker threads, each with its own listeners (at least 1).
+    pub workers: usize,
     /// SO_MARK for upstream sockets (0: none, e.g. without privileges).
     pub own_mark: u32,
     pub connect_timeout: Duration,
@@ -29,6 +40,7 @@ impl Default for ProxyConfig {
         Self {
             listen4: SocketAddr::from(([127, 0, 0, 1], 15001)),
             listen6: Some(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 15001))),
+            workers: 1,
             own_mark: 0,
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
@@ -36,89 +48,182 @@ impl Default for ProxyConfig {
     }
 }
 
+/// What the kernel side needs to hear from the workers.
+pub trait WorkerHooks: Send + Sync + 'static {
+    /// The worker's listeners are bound; it accepts once this returns.
+    fn listening(
+        &self,
+        worker: usize,
+        v4: &std::net::TcpListener,
+        v6: Option<&std::net::TcpListener>,
+    ) -> io::Result<()>;
+    /// The worker's number of open connections changed.
+    fn load_changed(&self, worker: usize, open: u32);
+    /// The worker takes no new connections from now on.
+    fn draining(&self, worker: usize);
+    /// The worker has finished.
+    fn stopped(&self, worker: usize);
+}
+
+/// For a proxy without kernel programs (tests, explicit mode).
+#[derive(Debug, Default)]
+pub struct NoHooks;
+
+impl WorkerHooks for NoHooks {
+    fn listening(
+        &self,
+        _: usize,
+        _: &std::net::TcpListener,
+        _: Option<&std::net::TcpListener>,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+    fn load_changed(&self, _: usize, _: u32) {}
+    fn draining(&self, _: usize) {}
+    fn stopped(&self, _: usize) {}
+}
+
+#[derive(Debug)]
+struct WorkerListeners {
+    v4: std::net::TcpListener,
+    v6: Option<std::net::TcpListener>,
+}
+
 /// A bound proxy, ready to serve.
 #[derive(Debug)]
 pub struct Proxy {
-    listeners: Vec<TcpListener>,
+    workers: Vec<WorkerListeners>,
     cfg: ProxyConfig,
     stats: Arc<ProxyStats>,
 }
 
 impl Proxy {
-    /// Binds the listeners. With port 0 the IPv6 listener takes the IPv4 one's port
-    /// when it is free, so both families share one proxy port.
+    /// Binds every worker's listeners on one port per family. With port 0 the
+    /// first listener picks the port and the others join it; IPv6 takes the
+    /// IPv4 port when it is free.
     pub async fn bind(cfg: ProxyConfig) -> Result<Self, ProxyError> {
-        let v4 = TcpListener::bind(cfg.listen4)
-            .await
-            .map_err(|source| ProxyError::Bind { addr: cfg.listen4, source })?;
-        let mut listeners = vec![v4];
-        if let Some(mut addr6) = cfg.listen6 {
-            if addr6.port() == 0 {
-                addr6.set_port(listeners[0].local_addr().map(|a| a.port()).unwrap_or(0));
-            }
-            let bound = match TcpListener::bind(addr6).await {
-                Err(_) if cfg.listen6.is_some_and(|a| a.port() == 0) => {
-                    TcpListener::bind(SocketAddr::new(addr6.ip(), 0)).await
-                }
-                r => r,
-            };
-            match bound {
-                Ok(l) => listeners.push(l),
-                Err(e) => {
-                    tracing::warn!(addr = %addr6, error = %e, "no IPv6 listener: connections to IPv6 service addresses will fail")
-                }
-            }
+        let n = cfg.workers.max(1);
+        let first4 = reuseport_listener(cfg.listen4)?;
+        let port = first4.local_addr().map(|a| a.port()).unwrap_or(cfg.listen4.port());
+        let mut v4 = vec![first4];
+        for _ in 1..n {
+            v4.push(reuseport_listener(SocketAddr::new(cfg.listen4.ip(), port))?);
         }
-        Ok(Self { listeners, cfg, stats: Arc::default() })
+        let v6 = match cfg.listen6 {
+            None => None,
+            Some(addr6) => {
+                let want = if addr6.port() == 0 { port } else { addr6.port() };
+                let mut bound = bind_all(SocketAddr::new(addr6.ip(), want), n);
+                if bound.is_err() && addr6.port() == 0 {
+                    bound = bind_all(SocketAddr::new(addr6.ip(), 0), n);
+                }
+                match bound {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        tracing::warn!(addr = %addr6, error = %e, "no IPv6 listener: connections to IPv6 service addresses will fail");
+                        None
+                    }
+                }
+            }
+        };
+        let mut v6 = v6.map(Vec::into_iter);
+        let workers = v4
+            .into_iter()
+            .map(|v4| WorkerListeners { v4, v6: v6.as_mut().and_then(Iterator::next) })
+            .collect();
+        Ok(Self { workers, cfg, stats: Arc::default() })
     }
 
     pub fn local_addr4(&self) -> SocketAddr {
-        self.listeners[0].local_addr().unwrap_or(self.cfg.listen4)
+        self.workers[0].v4.local_addr().unwrap_or(self.cfg.listen4)
     }
 
     pub fn local_addr6(&self) -> Option<SocketAddr> {
-        self.listeners.get(1).and_then(|l| l.local_addr().ok())
+        self.workers[0].v6.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
     }
 
     pub fn stats(&self) -> Arc<ProxyStats> {
         Arc::clone(&self.stats)
     }
 
-    /// Serves until `shutdown`, then waits up to the drain timeout for open
-    /// connections to finish.
-    pub async fn serve(self, routes: Routes, orig: Arc<dyn OriginalDst>, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
-        let conn_shutdown = CancellationToken::new();
-        for listener in self.listeners {
+    /// Runs the workers until `shutdown`; then each stops accepting (accepting
+    /// what is already queued), and waits up to the drain timeout for its open
+    /// connections before closing them. Dropping the returned future instead
+    /// stops the workers at once.
+    pub async fn serve(
+        self,
+        routes: Routes,
+        orig: Arc<dyn OriginalDst>,
+        hooks: Arc<dyn WorkerHooks>,
+        shutdown: CancellationToken,
+    ) {
+        let abort = CancellationToken::new();
+        let _abort_on_drop = abort.clone().drop_guard();
+        let mut done = Vec::new();
+        for (i, listeners) in self.workers.into_iter().enumerate() {
             let ctx = Ctx {
                 routes: routes.clone(),
                 orig: Arc::clone(&orig),
                 stats: Arc::clone(&self.stats),
                 cfg: self.cfg.clone(),
             };
-            tracker.spawn(accept_loop(
-                listener,
-                ctx,
-                shutdown.clone(),
-                tracker.clone(),
-                conn_shutdown.clone(),
-            ));
+            let hooks = Arc::clone(&hooks);
+            let stop = Stop { graceful: shutdown.clone(), abort: abort.clone() };
+            // A channel, not JoinHandle::join: awaiting it holds no blocking thread,
+            // so a runtime that shuts down never waits on it.
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let spawned = std::thread::Builder::new().name(format!("sluice-worker-{i}")).spawn(move || {
+                run_worker(i, listeners, ctx, hooks, stop);
+                let _ = tx.send(());
+            });
+            match spawned {
+                Ok(_) => done.push(rx),
+                Err(e) => tracing::error!(worker = i, error = %e, "cannot start a worker thread"),
+            }
         }
-        shutdown.cancelled().await;
-        tracker.close();
-        let active = self.stats.active.load(Relaxed);
-        if active > 0 {
-            tracing::info!(active, timeout = ?self.cfg.drain_timeout, "draining open connections");
-        }
-        if tokio::time::timeout(self.cfg.drain_timeout, tracker.wait()).await.is_err() {
-            tracing::warn!(
-                active = self.stats.active.load(Relaxed),
-                "drain timeout: closing the remaining connections"
-            );
-            conn_shutdown.cancel();
-            tracker.wait().await;
+        for rx in done {
+            let _ = rx.await;
         }
     }
+}
+
+fn bind_all(addr: SocketAddr, n: usize) -> Result<Vec<std::net::TcpListener>, ProxyError> {
+    let first = reuseport_listener(addr)?;
+    let port = first.local_addr().map(|a| a.port()).unwrap_or(addr.port());
+    let mut v = vec![first];
+    for _ in 1..n {
+        v.push(reuseport_listener(SocketAddr::new(addr.ip(), port))?);
+    }
+    Ok(v)
+}
+
+/// A listener that shares its port with the node's other workers and with the
+/// workers of a node that takes over from this one.
+fn reuseport_listener(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
+    let bind = |addr: SocketAddr| -> io::Result<std::net::TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        s.set_nonblocking(true)?;
+        Ok(s.into())
+    };
+    bind(addr).map_err(|source| ProxyError::Bind { addr, source })
+}
+
+/// Graceful: stop accepting, drain. Abort: close everything now.
+#[derive(Clone)]
+struct Stop {
+    graceful: CancellationToken,
+    abort: CancellationToken,
 }
 
 #[derive(Clone)]
@@ -129,45 +234,107 @@ struct Ctx {
     cfg: ProxyConfig,
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    ctx: Ctx,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-    kill: CancellationToken,
-) {
-    let local = listener.local_addr().ok();
-    tracing::info!(addr = ?local, "proxy listening");
+fn run_worker(i: usize, listeners: WorkerListeners, ctx: Ctx, hooks: Arc<dyn WorkerHooks>, stop: Stop) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(worker = i, error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    if let Err(e) = hooks.listening(i, &listeners.v4, listeners.v6.as_ref()) {
+        tracing::error!(worker = i, error = %e, "cannot register the worker with the kernel; it serves anyway");
+    }
+    runtime.block_on(worker(i, listeners, ctx, Arc::clone(&hooks), stop));
+    hooks.stopped(i);
+}
+
+async fn worker(i: usize, listeners: WorkerListeners, ctx: Ctx, hooks: Arc<dyn WorkerHooks>, stop: Stop) {
+    let tracker = TaskTracker::new();
+    let kill = stop.abort.child_token();
+    let open = Arc::new(AtomicU32::new(0));
+    let mut accepting = Vec::new();
+    for l in std::iter::once(listeners.v4).chain(listeners.v6) {
+        match TcpListener::from_std(l) {
+            Ok(l) => accepting.push(l),
+            Err(e) => tracing::error!(worker = i, error = %e, "listener unusable"),
+        }
+    }
+    let spawn_conn = |stream: TcpStream, peer: SocketAddr| {
+        ctx.stats.accepted.fetch_add(1, Relaxed);
+        hooks.load_changed(i, open.fetch_add(1, Relaxed) + 1);
+        let (ctx, kill, open, hooks) = (ctx.clone(), kill.clone(), Arc::clone(&open), Arc::clone(&hooks));
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = kill.cancelled() => {}
+                _ = handle(stream, peer, &ctx) => {}
+            }
+            hooks.load_changed(i, open.fetch_sub(1, Relaxed) - 1);
+        });
+    };
+    tracing::debug!(worker = i, addrs = ?accepting.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>(), "worker accepting");
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => a,
+            _ = stop.graceful.cancelled() => break,
+            _ = stop.abort.cancelled() => break,
+            a = accept_any(&accepting) => a,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                ctx.stats.accepted.fetch_add(1, Relaxed);
-                let ctx = ctx.clone();
-                let kill = kill.clone();
-                tracker.spawn(async move {
-                    tokio::select! {
-                        _ = kill.cancelled() => {}
-                        _ = handle(stream, peer, ctx) => {}
-                    }
-                });
-            }
+            Ok((stream, peer)) => spawn_conn(stream, peer),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(worker = i, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+    // Stop: the kernel sends nothing new here; take what is already queued,
+    // then close (a closing listener's half-open connections migrate to an
+    // active worker).
+    hooks.draining(i);
+    for l in accepting {
+        // Non-blocking std accept: WouldBlock exactly when the queue is empty.
+        let Ok(l) = l.into_std() else { continue };
+        while let Ok((s, peer)) = l.accept() {
+            if let Ok(s) = s.set_nonblocking(true).and_then(|()| TcpStream::from_std(s)) {
+                spawn_conn(s, peer);
+            }
+        }
+    }
+    tracker.close();
+    let active = open.load(Relaxed);
+    if active > 0 {
+        tracing::info!(worker = i, active, timeout = ?ctx.cfg.drain_timeout, "draining open connections");
+    }
+    let drained = tokio::select! {
+        r = tokio::time::timeout(ctx.cfg.drain_timeout, tracker.wait()) => r.is_ok(),
+        _ = stop.abort.cancelled() => false,
+    };
+    if !drained {
+        tracing::warn!(
+            worker = i,
+            active = open.load(Relaxed),
+            "drain timeout: closing the remaining connections"
+        );
+        kill.cancel();
+        tracker.wait().await;
+    }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx) {
-    let Ok(local) = stream.local_addr() else {
-        return;
-    };
+/// Accepts from whichever listener has a connection first.
+async fn accept_any(listeners: &[TcpListener]) -> io::Result<(TcpStream, SocketAddr)> {
+    match listeners {
+        [a] => a.accept().await,
+        [a, b, ..] => tokio::select! {
+            r = a.accept() => r,
+            r = b.accept() => r,
+        },
+        [] => std::future::pending().await,
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &Ctx) {
+    let Ok(local) = stream.local_addr() else { return };
     let Some(orig) = ctx.orig.original_dst(peer, local) else {
         ctx.stats.no_orig_dst.fetch_add(1, Relaxed);
         tracing::warn!(error = %ProxyError::NoOriginalDst { peer, local }, "connection refused");

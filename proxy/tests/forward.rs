@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use sluice_proxy::{OriginalDst, Proxy, ProxyConfig, ProxyStats, Routes};
+use sluice_proxy::{NoHooks, OriginalDst, Proxy, ProxyConfig, ProxyStats, Routes};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -88,7 +88,7 @@ async fn proxy(endpoints: &[SocketAddr]) -> Running {
     let orig = Arc::new(Fixed(Mutex::new(Some(VIP.parse().unwrap()))));
     let stop = CancellationToken::new();
     let (addr, stats) = (p.local_addr4(), p.stats());
-    tokio::spawn(p.serve(routes.clone(), orig.clone(), stop.clone()));
+    tokio::spawn(p.serve(routes.clone(), orig.clone(), Arc::new(NoHooks), stop.clone()));
     Running { addr, stats, routes, orig, stop }
 }
 
@@ -201,7 +201,7 @@ async fn shutdown_waits_for_open_connections_then_returns() {
     let addr = p.local_addr4();
     let stop = CancellationToken::new();
     let orig = Arc::new(Fixed(Mutex::new(Some(VIP.parse().unwrap()))));
-    let task = tokio::spawn(p.serve(Routes::new(&config(&[a])), orig, stop.clone()));
+    let task = tokio::spawn(p.serve(Routes::new(&config(&[a])), orig, Arc::new(NoHooks), stop.clone()));
     let mut open = TcpStream::connect(addr).await.unwrap();
     open.write_all(b"hi").await.unwrap();
     let mut buf = [0u8; 2];

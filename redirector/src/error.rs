@@ -41,6 +41,8 @@ pub enum Error {
         "the object {object} has no {what} named {name}: the embedded programs and this code disagree (a build problem)"
     )]
     Missing { object: &'static str, what: &'static str, name: &'static str },
+    #[error("cannot take over: the running node's {what} is {theirs}, this one's is {ours}; use the same")]
+    TakeoverMismatch { what: &'static str, ours: String, theirs: String },
     #[error("pinning {path}: {source}")]
     Pin { path: PathBuf, source: Box<aya::pin::PinError> },
 }

@@ -6,6 +6,10 @@
 //! under `/sys/fs/bpf/sluice/<instance>/` and undoes all of it on drop.
 //! [`ServiceMap`] keeps the kernel's list of mesh addresses equal to the config;
 //! [`OrigDstTable`] answers the proxy's "where was this connection going?".
+//! [`Workers`] places the proxy's worker listeners in the `sk_reuseport`
+//! socket arrays; [`Liveness`] heartbeats so connect4/6 can apply the fail
+//! mode when the proxy dies; [`Redirector::take_over`] adopts a running
+//! node's pins for a restart that refuses nothing.
 //! [`cleanup`] removes what a node that died left behind. Every syscall goes
 //! through aya or nix, so this crate needs no `unsafe`.
 
@@ -13,16 +17,21 @@
 
 pub mod cleanup;
 mod error;
+mod live;
 mod lock;
 mod maps;
 pub mod mounts;
 pub mod probe;
 mod programs;
 mod redirector;
+mod workers;
 
 pub use error::Error;
+pub use live::{Liveness, monotonic_ns};
 pub use maps::{OrigDstTable, ServiceMap, Stats};
-pub use redirector::{Redirector, RedirectorConfig};
+pub use redirector::{Predecessor, Redirector, RedirectorConfig};
+pub use sluice_bpf::abi::{FailMode, LbMode, WorkerState};
+pub use workers::{WorkerInfo, Workers};
 
 /// Where every pin of Sluice lives; one folder per node instance below it.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/sluice";

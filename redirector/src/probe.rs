@@ -58,7 +58,7 @@ const PROGRAMS: &[(ProgramType, &str, &str, bool)] = &[
     (ProgramType::SockOps, "sock_ops", "original destination by 4-tuple", true),
     (ProgramType::SkMsg, "sk_msg", "sockmap fast path (optional)", false),
     (ProgramType::SkSkb, "sk_skb", "in-kernel splicing (optional)", false),
-    (ProgramType::SkReuseport, "sk_reuseport", "worker selection (optional)", false),
+    (ProgramType::SkReuseport, "sk_reuseport", "worker selection, restarts", true),
     (ProgramType::Xdp, "xdp", "L3/L4 policy (optional)", false),
     (ProgramType::SchedClassifier, "sched_cls (tc)", "egress policy (optional)", false),
 ];
@@ -68,7 +68,8 @@ const MAPS: &[(MapType, &str, &str, bool)] = &[
     (MapType::LruHash, "lru_hash", "original destinations", true),
     (MapType::PerCpuArray, "percpu_array", "counters", true),
     (MapType::SockHash, "sockhash", "sockmap fast path (optional)", false),
-    (MapType::ReuseportSockArray, "reuseport_sockarray", "worker selection (optional)", false),
+    (MapType::ReuseportSockArray, "reuseport_sockarray", "worker selection, restarts", true),
+    (MapType::Array, "array", "liveness, worker state", true),
     (MapType::LpmTrie, "lpm_trie", "CIDR policy (optional)", false),
     (MapType::RingBuf, "ringbuf", "drop events (optional)", false),
 ];

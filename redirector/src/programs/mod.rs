@@ -72,6 +72,16 @@ impl PinnedAttachment {
         let link = link.pin(path).map_err(|e| Error::Pin { path: path.into(), source: Box::new(e) })?;
         Ok(Self { link: Some(link), path: path.into() })
     }
+
+    /// A link another node pinned, now owned by this one.
+    pub(crate) fn adopt(link: PinnedLink, path: &Path) -> Self {
+        Self { link: Some(link), path: path.into() }
+    }
+
+    /// Lets go of the link but leaves its pin, so the program stays attached.
+    pub(crate) fn keep_pinned(&mut self) {
+        drop(self.link.take());
+    }
 }
 
 impl Drop for PinnedAttachment {
