@@ -7,8 +7,9 @@ set -euo pipefail
 # clang compiles the eBPF C (clang-16 or newer preferred; Debian 12's default
 # clang 14 also works), libbpf-dev gives bpf_helpers.h, bpftool lets tests
 # check attachments, iproute2 makes test network namespaces, util-linux gives
-# nsenter/setpriv, linux-libc-dev the UAPI headers.
-packages=(clang-16 libbpf-dev bpftool iproute2 util-linux linux-libc-dev pkg-config)
+# nsenter/setpriv, linux-libc-dev the UAPI headers, wrk drives load through
+# restarts.
+packages=(clang-16 libbpf-dev bpftool iproute2 util-linux linux-libc-dev pkg-config wrk)
 
 missing=()
 for p in "${packages[@]}"; do

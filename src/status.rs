@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use sluice_redirector::{PIN_ROOT, RUN_DIR, Stats, cleanup};
+use sluice_redirector::{FailMode, Liveness, PIN_ROOT, RUN_DIR, Stats, Workers, cleanup, monotonic_ns};
 
 use crate::{Failure, cli::StatusArgs, exit};
 
@@ -14,8 +14,30 @@ pub(crate) fn run(args: StatusArgs) -> Result<(), Failure> {
             format!("no node instance '{}' is running (nothing pinned at {})", args.instance, dir.display()),
         ));
     }
-    let stats = Stats::from_pin(&dir)?;
     println!("instance {} (pins at {})", args.instance, dir.display());
+    let live = Liveness::read_pinned(&dir)?;
+    let age_ms = monotonic_ns().saturating_sub(live.heartbeat_ns) / 1_000_000;
+    let mode = if live.fail_mode == FailMode::Closed as u32 { "closed" } else { "open" };
+    let state = if live.heartbeat_ns == 0 {
+        "no heartbeat yet".to_string()
+    } else if age_ms <= u64::from(live.timeout_ms) {
+        format!("up (heartbeat {age_ms} ms ago)")
+    } else {
+        format!("DOWN (last heartbeat {age_ms} ms ago; fail-{mode} applies)")
+    };
+    println!("proxy: {state}; fail mode {mode}, timeout {} ms", live.timeout_ms);
+    println!("workers:");
+    println!("  {:<6} {:<9} {:>6} {:>10}", "slot", "state", "open", "selected");
+    for w in Workers::read_pinned(&dir)? {
+        println!(
+            "  {:<6} {:<9} {:>6} {:>10}",
+            w.slot,
+            format!("{:?}", w.state).to_lowercase(),
+            w.load,
+            w.selected
+        );
+    }
+    let stats = Stats::from_pin(&dir)?;
     println!("kernel counters:");
     for (s, n) in stats.all() {
         println!("  {:<22} {n}", s.name());

@@ -23,6 +23,8 @@ pub struct NodeOpts<'a> {
     pub netns: Option<&'a NetnsGuard>,
     /// Run the node itself inside the mesh cgroup (proves it never redirects itself).
     pub node_in_cgroup: bool,
+    /// More `sluice node` arguments (`--workers 2`, `--takeover`, ...).
+    pub args: &'a [&'a str],
 }
 
 /// A running node; stopped (and its pins cleaned) on drop.
@@ -66,8 +68,19 @@ impl Node {
         argv.push("--cgroup".into());
         argv.push(o.cgroup.display().to_string());
         argv.extend(["--instance".into(), instance.clone(), "--proxy-port".into(), "0".into()]);
-        argv.extend(["--watch-interval-ms".into(), "50".into(), "--drain-ms".into(), "2000".into()]);
-        let log = std::fs::File::create(dir.0.join("node.log")).expect("log file");
+        argv.extend(["--watch-interval-ms".into(), "50".into()]);
+        if !o.args.contains(&"--drain-ms") {
+            argv.extend(["--drain-ms".into(), "2000".into()]);
+        }
+        if !o.args.contains(&"--workers") {
+            argv.extend(["--workers".into(), "1".into()]);
+        }
+        argv.extend(o.args.iter().map(|a| a.to_string()));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.0.join("node.log"))
+            .expect("log file");
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
             .env("SLUICE_LOG", "info,sluice_proxy=debug")
@@ -126,14 +139,42 @@ impl Node {
         self.child.as_ref().map(Child::id)
     }
 
-    /// The kernel counters, from `sluice status`.
-    pub fn kernel_stats(&self) -> HashMap<String, u64> {
+    /// `sluice status` of this instance.
+    pub fn status(&self) -> String {
         let out = Command::new(target_bin("sluice"))
             .args(["status", "--instance", &self.instance])
             .output()
             .expect("sluice status");
         assert!(out.status.success(), "sluice status: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The worker slots: (slot, state, open connections, connections selected).
+    pub fn workers(&self) -> Vec<(u32, String, u32, u64)> {
+        let status = self.status();
+        let table = status.split("workers:").nth(1).unwrap_or_default();
+        table
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((
+                    f.first()?.parse().ok()?,
+                    f.get(1)?.to_string(),
+                    f.get(2)?.parse().ok()?,
+                    f.get(3)?.parse().ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The kernel counters, from `sluice status`.
+    pub fn kernel_stats(&self) -> HashMap<String, u64> {
+        self.status()
+            .split("kernel counters:")
+            .nth(1)
+            .unwrap_or_default()
             .lines()
             .filter_map(|l| {
                 let mut it = l.split_whitespace();
@@ -162,6 +203,23 @@ impl Node {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("sluice node ignored {sig:?} for 10 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the node to exit by itself (10 s at most).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("node already stopped");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("sluice node did not exit within {timeout:?}:\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -25,7 +25,7 @@ fn config_for(vip: &str, port: u16, endpoint: SocketAddr) -> String {
 }
 
 fn start(test: &str, cg: &CgroupGuard, config: &str) -> Node {
-    Node::start(NodeOpts { test, config, cgroup: cg.path(), netns: None, node_in_cgroup: false })
+    Node::start(NodeOpts { test, config, cgroup: cg.path(), netns: None, node_in_cgroup: false, args: &[] })
 }
 
 #[test]
@@ -86,6 +86,7 @@ fn ipv6_vip_in_a_network_namespace() {
         cgroup: cg.path(),
         netns: Some(&ns),
         node_in_cgroup: false,
+        args: &[],
     });
     let vip: SocketAddr = "[fd00:5c::10]:8080".parse().unwrap();
     for (bytes, chunk) in [(1, 1), (MIB, 16 * 1024)] {
@@ -190,6 +191,7 @@ fn the_proxy_never_redirects_its_own_connections() {
         cgroup: cg.path(),
         netns: None,
         node_in_cgroup: true,
+        args: &[],
     });
     assert!(cg.procs().contains(&node.pid().unwrap()), "the node runs inside the mesh cgroup");
     let r = client(Some(cg.path()), None, echo.addr, 64 * 1024, 4096)

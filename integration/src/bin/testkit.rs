@@ -4,9 +4,15 @@
 //!
 //! `sluice-testkit echo [--netns NAME] [--after-eof] LISTEN`
 //!     prints `listening ADDR`, echoes every connection.
-//! `sluice-testkit client [--cgroup DIR] [--netns NAME] [--chunk N] ADDR BYTES`
+//! `sluice-testkit client [--cgroup DIR] [--netns NAME] [--chunk N] [--count N] [--timeout-ms MS] ADDR BYTES`
 //!     sends BYTES pseudo-random bytes, half-closes, reads to EOF, prints
-//!     `sent=N received=M sent_sha=.. received_sha=.. peer=..`.
+//!     `sent=N received=M sent_sha=.. received_sha=.. peer=..`; with --count,
+//!     does it N times (fails on the first connection that is not intact).
+//! `sluice-testkit hold [--cgroup DIR] ADDR`
+//!     connects, prints `connected`, holds the connection until stdin closes,
+//!     then checks one echoed byte.
+//! `sluice-testkit http LISTEN`
+//!     a minimal HTTP/1.1 server (keep-alive, `Connection: close`) answering 200 "ok".
 
 #![allow(clippy::unwrap_used)]
 
@@ -26,6 +32,11 @@ fn main() -> anyhow::Result<()> {
     let netns = take_opt(&mut args, "--netns");
     let chunk: usize = take_opt(&mut args, "--chunk").map(|c| c.parse()).transpose()?.unwrap_or(16 * 1024);
     let after_eof = take_flag(&mut args, "--after-eof");
+    let count: usize = take_opt(&mut args, "--count").map(|c| c.parse()).transpose()?.unwrap_or(1);
+    let timeout = take_opt(&mut args, "--timeout-ms")
+        .map(|c| c.parse().map(std::time::Duration::from_millis))
+        .transpose()?
+        .unwrap_or(std::time::Duration::from_secs(10));
     if let Some(cg) = cgroup {
         // Writing "0" moves the writing process; the kernel programs of that cgroup
         // apply to every socket we create from here on.
@@ -39,7 +50,24 @@ fn main() -> anyhow::Result<()> {
     }
     match (cmd.as_str(), args.as_slice()) {
         ("echo", [listen]) => echo(listen.parse()?, after_eof),
-        ("client", [addr, bytes]) => client(addr.parse()?, bytes.parse()?, chunk),
+        ("client", [addr, bytes]) => {
+            let (addr, bytes) = (addr.parse()?, bytes.parse()?);
+            for i in 0..count {
+                let x =
+                    client(addr, bytes, chunk, timeout).with_context(|| format!("connection {}", i + 1))?;
+                // One connection: report whatever happened; several: stop at the first broken one.
+                if i + 1 == count || !x.intact {
+                    println!("{}", x.line);
+                    if count > 1 && !x.intact {
+                        bail!("connection {} of {count} was not intact", i + 1);
+                    }
+                    break;
+                }
+            }
+            Ok(())
+        }
+        ("hold", [addr]) => hold(addr.parse()?, timeout),
+        ("http", [listen]) => http(listen.parse()?),
         _ => bail!("usage: sluice-testkit echo|client ... (see the source)"),
     }
 }
@@ -87,8 +115,15 @@ pub fn serve_echo(c: &mut TcpStream, after_eof: bool) -> std::io::Result<()> {
     c.shutdown(Shutdown::Write)
 }
 
-fn client(addr: SocketAddr, bytes: usize, chunk: usize) -> anyhow::Result<()> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+fn client(
+    addr: SocketAddr,
+    bytes: usize,
+    chunk: usize,
+    timeout: std::time::Duration,
+) -> anyhow::Result<Exchange> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
     let peer = s.peer_addr()?;
     let mut w = s.try_clone()?;
     let chunk = chunk.max(1);
@@ -124,11 +159,76 @@ fn client(addr: SocketAddr, bytes: usize, chunk: usize) -> anyhow::Result<()> {
         received += n;
     }
     let sent_sha = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
-    println!(
-        "sent={bytes} received={received} sent_sha={sent_sha} received_sha={} peer={peer}",
-        hex(&sha.finalize())
-    );
+    let received_sha = hex(&sha.finalize());
+    Ok(Exchange {
+        intact: received == bytes && received_sha == sent_sha,
+        line: format!(
+            "sent={bytes} received={received} sent_sha={sent_sha} received_sha={received_sha} peer={peer}"
+        ),
+    })
+}
+
+struct Exchange {
+    intact: bool,
+    line: String,
+}
+
+fn hold(addr: SocketAddr, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
+    println!("connected {}", s.local_addr()?);
+    std::io::stdout().flush()?;
+    let mut sink = Vec::new();
+    std::io::stdin().read_to_end(&mut sink)?;
+    s.write_all(b"!")?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    if &b != b"!" {
+        bail!("the held connection echoed {b:?}");
+    }
+    println!("still intact");
     Ok(())
+}
+
+fn http(listen: SocketAddr) -> anyhow::Result<()> {
+    let l = TcpListener::bind(listen)?;
+    println!("listening {}", l.local_addr()?);
+    std::io::stdout().flush()?;
+    for conn in l.incoming() {
+        let Ok(c) = conn else { continue };
+        std::thread::spawn(move || {
+            let _ = serve_http(c);
+        });
+    }
+    Ok(())
+}
+
+/// Requests without bodies (what wrk sends); answers each with 200 "ok".
+fn serve_http(mut c: TcpStream) -> std::io::Result<()> {
+    let _ = c.set_nodelay(true);
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            buf.drain(..end + 4);
+            let close = head.contains("connection: close");
+            let resp: &[u8] = if close {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            };
+            c.write_all(resp)?;
+            if close {
+                return c.shutdown(Shutdown::Write);
+            }
+        }
+        let n = c.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 fn hex(b: &[u8]) -> String {
