@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used)] // a test harness: a failed setup step should fail the test loudly
 
+pub mod bench;
 pub mod cgroup;
 pub mod echo;
 pub mod netns;
@@ -46,20 +47,18 @@ pub fn unique(test: &str) -> String {
     format!("sluice-t{}-{t}", std::process::id())
 }
 
-/// `target/<profile>/<name>`, next to the test executable's `deps/` folder.
+/// `target/<profile>/<name>`: beside the running executable (a binary such as
+/// `sluice-bench`) or one folder up (a test, which runs from `deps/`).
 pub fn target_bin(name: &str) -> PathBuf {
     if let Ok(p) = std::env::var(format!("SLUICE_{}_BIN", name.to_uppercase().replace('-', "_"))) {
         return p.into();
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build --workspace` first (or cargo test --workspace)",
-        p.display()
-    );
-    p
+    let dir = exe.parent().expect("target dir");
+    let candidates = [dir.join(name), dir.parent().map(|d| d.join(name)).unwrap_or_default()];
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!("{name} not built next to {}: run `cargo build --workspace --bins` first", exe.display())
+    })
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout` with `what`.

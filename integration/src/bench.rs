@@ -1,0 +1,96 @@
+//! Load generation for benchmarks: wrk inside a cgroup, and its output parsed.
+
+use std::{path::Path, process::Command};
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WrkResult {
+    pub requests_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+/// Runs `wrk --latency` from inside `cgroup` (so the mesh sees it) and parses it.
+pub fn wrk(
+    cgroup: &Path,
+    url: &str,
+    threads: u32,
+    conns: u32,
+    secs: u32,
+    close: bool,
+) -> Result<WrkResult, String> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg("echo $$ > \"$0\" && exec \"$@\"").arg(cgroup.join("cgroup.procs")).args([
+        "wrk",
+        &format!("-t{threads}"),
+        &format!("-c{conns}"),
+        &format!("-d{secs}s"),
+        "--latency",
+    ]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd.arg(url).output().map_err(|e| format!("wrk: {e} (apt-get install wrk)"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    parse_wrk(&text)
+        .ok_or_else(|| format!("cannot read wrk's output:\n{text}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Parses wrk's text report (with `--latency`).
+pub fn parse_wrk(text: &str) -> Option<WrkResult> {
+    let rps = text.lines().find_map(|l| l.trim().strip_prefix("Requests/sec:"))?.trim().parse().ok()?;
+    let pct = |p: &str| -> Option<f64> {
+        let l = text.lines().find(|l| l.trim_start().starts_with(p))?;
+        duration_ms(l.split_whitespace().nth(1)?)
+    };
+    let errors = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|rest| rest.split(',').filter_map(|kv| kv.split_whitespace().last()?.parse::<u64>().ok()).sum())
+        .unwrap_or(0)
+        + text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    Some(WrkResult { requests_per_sec: rps, p50_ms: pct("50%")?, p99_ms: pct("99%")?, errors })
+}
+
+fn duration_ms(s: &str) -> Option<f64> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        "m" => v * 60_000.0,
+        _ => return None,
+    })
+}
+
+/// The median of a few runs (the machine is shared and noisy).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_wrk_report() {
+        let text = "Running 5s test @ http://127.0.0.1:1/\n  2 threads and 16 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   351.54us  334.01us   8.44ms   94.82%\n  Latency Distribution\n     50%  290.00us\n     75%  400.00us\n     90%  600.00us\n     99%    1.50ms\n  247839 requests in 5.00s, 9.45MB read\n  Socket errors: connect 0, read 1, write 2, timeout 0\n  Non-2xx or 3xx responses: 3\nRequests/sec:  49567.80\nTransfer/sec:      1.89MB\n";
+        let r = parse_wrk(text).unwrap();
+        assert_eq!(r.requests_per_sec, 49567.80);
+        assert!((r.p50_ms - 0.29).abs() < 1e-9);
+        assert!((r.p99_ms - 1.5).abs() < 1e-9);
+        assert_eq!(r.errors, 6);
+    }
+
+    #[test]
+    fn median_of_three() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
+}
