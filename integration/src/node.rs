@@ -193,22 +193,10 @@ impl Node {
     /// Sends `sig` and waits for the exit (10 s at most).
     pub fn stop_with(&mut self, sig: Signal) -> ExitStatus {
         self.signal(sig);
-        let mut child = self.child.take().expect("node already stopped");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("sluice node ignored {sig:?} for 10 s:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit(Duration::from_secs(10))
     }
 
-    /// Waits for the node to exit by itself (10 s at most).
+    /// Waits for the node to exit (kills it and fails after `timeout`).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("node already stopped");
         let deadline = Instant::now() + timeout;
