@@ -89,6 +89,92 @@ struct sl_live {
 	__u32 timeout_ms;   /* older heartbeats mean the proxy is down */
 };
 
+/*
+ * L3/L4 policy (XDP on ingress, tc on egress). Rules are matched in order,
+ * first match wins; at most SL_MAX_RULES per direction. Everything is kept in
+ * two slots: the node fills the inactive one, then flips sl_pcfg.active_slot,
+ * so a packet sees the old policy or the new one, never a mix.
+ */
+#define SL_MAX_RULES 64
+#define SL_POLICY_SLOTS 2
+
+enum sl_dir { SL_DIR_INGRESS = 0, SL_DIR_EGRESS = 1 };
+enum sl_action { SL_ACT_ALLOW = 0, SL_ACT_DENY = 1 };
+/* sl_rule.proto: an IPPROTO_* number, or 0 for any. */
+#define SL_PROTO_ANY 0
+
+/*
+ * Key of the sl_psrc/sl_pdst LPM tries. The prefix covers slot, dir and the
+ * padding (32 bits) and then the address bits: prefixlen = 32 + address bits
+ * (IPv4: 32 + 96 + n, as addresses are IPv4-mapped).
+ */
+struct sl_lpm_key {
+	__u32 prefixlen;
+	__u8 slot;
+	__u8 dir;
+	__u8 _pad[2];
+	__u32 addr_be[4];
+};
+
+/* sl_prules[slot * 2 * SL_MAX_RULES + dir * SL_MAX_RULES + rule]. */
+struct sl_rule {
+	__u8 action;   /* enum sl_action */
+	__u8 proto;    /* IPPROTO_*, or SL_PROTO_ANY */
+	__u16 port_lo; /* destination ports, host order; port_hi == 0: any port */
+	__u16 port_hi;
+	__u16 _pad;
+};
+
+struct sl_pol_cfg {
+	__u32 active_slot;
+	__u32 default_in;  /* enum sl_action when no rule matches, ingress */
+	__u32 default_eg;  /* egress */
+	__u32 rate_pps;    /* per-source ingress limit; 0: none */
+	__u32 rate_burst;  /* bucket size, packets */
+	__u32 events_per_sec; /* drop events per CPU per second; more are counted, not sent */
+};
+
+/* Token bucket of one source address. */
+struct sl_rl_state {
+	__u64 tokens_milli; /* thousandths of a packet */
+	__u64 last_ns;
+};
+
+/* Why a packet was dropped (sl_drop_event.reason). */
+enum sl_drop_reason {
+	SL_DROP_RULE = 0,
+	SL_DROP_DEFAULT = 1,
+	SL_DROP_RATE_LIMIT = 2,
+	SL_DROP_MALFORMED = 3,
+};
+
+/* One sampled drop, through the sl_pevents ring buffer. */
+struct sl_drop_event {
+	__u64 ts_ns;
+	__u32 src_be[4];
+	__u32 dst_be[4];
+	__u16 sport; /* host order */
+	__u16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u8 reason; /* enum sl_drop_reason */
+	__u8 _pad;
+	__u32 rule; /* with SL_DROP_RULE */
+	__u32 _pad2;
+};
+
+/* sl_pstats, per direction: SL_PSTAT_PER_DIR counters from dir * SL_PSTAT_PER_DIR. */
+enum sl_pstat {
+	SL_PSTAT_ALLOWED_DEFAULT = 0,
+	SL_PSTAT_DENIED_DEFAULT = 1,
+	SL_PSTAT_RATE_LIMITED = 2,
+	SL_PSTAT_MALFORMED = 3,
+	SL_PSTAT_NOT_IP = 4,
+	SL_PSTAT_EVENTS_SUPPRESSED = 5,
+	SL_PSTAT_RULE_BASE = 8, /* + rule index: packets that matched rule N */
+	SL_PSTAT_PER_DIR = SL_PSTAT_RULE_BASE + SL_MAX_RULES,
+};
+
 /* Indexes into sl_stats (per-CPU u64 counters). */
 enum sl_stat {
 	SL_STAT_REDIRECT4 = 0,   /* connect4 rewrote a mesh destination */
@@ -119,6 +205,14 @@ _Static_assert(sizeof(struct sl_config) == 32, "sl_config size");
 _Static_assert(sizeof(struct sl_live) == 16, "sl_live size");
 _Static_assert(__builtin_offsetof(struct sl_live, fail_mode) == 8, "sl_live.fail_mode");
 _Static_assert(sizeof(struct sl_rp_cfg) == 8, "sl_rp_cfg size");
+_Static_assert(sizeof(struct sl_lpm_key) == 24, "sl_lpm_key size");
+_Static_assert(__builtin_offsetof(struct sl_lpm_key, addr_be) == 8, "sl_lpm_key.addr_be");
+_Static_assert(sizeof(struct sl_rule) == 8, "sl_rule size");
+_Static_assert(sizeof(struct sl_pol_cfg) == 24, "sl_pol_cfg size");
+_Static_assert(sizeof(struct sl_rl_state) == 16, "sl_rl_state size");
+_Static_assert(sizeof(struct sl_drop_event) == 56, "sl_drop_event size");
+_Static_assert(__builtin_offsetof(struct sl_drop_event, sport) == 40, "sl_drop_event.sport");
+_Static_assert(__builtin_offsetof(struct sl_drop_event, rule) == 48, "sl_drop_event.rule");
 _Static_assert(__builtin_offsetof(struct sl_config, proxy_addr6_be) == 4, "sl_config.proxy_addr6_be");
 _Static_assert(__builtin_offsetof(struct sl_config, proxy_port4_be) == 20, "sl_config.proxy_port4_be");
 _Static_assert(__builtin_offsetof(struct sl_config, own_mark) == 24, "sl_config.own_mark");

@@ -179,6 +179,138 @@ pub struct Live {
     pub timeout_ms: u32,
 }
 
+/// `SL_MAX_RULES`: rules per direction.
+pub const MAX_RULES: u32 = 64;
+
+/// `enum sl_dir`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dir {
+    Ingress = 0,
+    Egress = 1,
+}
+
+/// `enum sl_action`.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Allow = 0,
+    Deny = 1,
+}
+
+/// `struct sl_lpm_key`: the prefix covers slot, dir and padding (32 bits), then the address.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct LpmKey {
+    pub prefixlen: u32,
+    pub slot: u8,
+    pub dir: u8,
+    pub _pad: [u8; 2],
+    pub addr_be: AddrBe,
+}
+
+impl LpmKey {
+    /// `addr_bits` counts in the 128-bit (IPv4-mapped) space.
+    pub fn new(slot: u8, dir: Dir, ip: IpAddr, addr_bits: u32) -> Self {
+        Self { prefixlen: 32 + addr_bits, slot, dir: dir as u8, _pad: [0; 2], addr_be: addr_be(ip) }
+    }
+}
+
+/// `struct sl_rule`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rule {
+    pub action: u8,
+    pub proto: u8,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub _pad: u16,
+}
+
+/// `struct sl_pol_cfg`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolCfg {
+    pub active_slot: u32,
+    pub default_in: u32,
+    pub default_eg: u32,
+    pub rate_pps: u32,
+    pub rate_burst: u32,
+    pub events_per_sec: u32,
+}
+
+/// `struct sl_drop_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DropEvent {
+    pub ts_ns: u64,
+    pub src_be: AddrBe,
+    pub dst_be: AddrBe,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub reason: u8,
+    pub _pad: u8,
+    pub rule: u32,
+    pub _pad2: u32,
+}
+
+impl DropEvent {
+    /// Reads one from ring buffer bytes (None when too short).
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() < std::mem::size_of::<Self>() {
+            return None;
+        }
+        let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let addr = |o: usize| std::array::from_fn(|i| u32_at(o + 4 * i));
+        Some(Self {
+            ts_ns: u64::from_ne_bytes(b[0..8].try_into().ok()?),
+            src_be: addr(8),
+            dst_be: addr(24),
+            sport: u16::from_ne_bytes([b[40], b[41]]),
+            dport: u16::from_ne_bytes([b[42], b[43]]),
+            proto: b[44],
+            dir: b[45],
+            reason: b[46],
+            _pad: 0,
+            rule: u32_at(48),
+            _pad2: 0,
+        })
+    }
+
+    pub fn reason_name(&self) -> &'static str {
+        match self.reason {
+            0 => "rule",
+            1 => "default",
+            2 => "rate_limit",
+            3 => "malformed",
+            _ => "unknown",
+        }
+    }
+}
+
+/// `enum sl_pstat`: the policy counters of one direction start at `dir * PER_DIR`.
+pub mod pstat {
+    pub const ALLOWED_DEFAULT: u32 = 0;
+    pub const DENIED_DEFAULT: u32 = 1;
+    pub const RATE_LIMITED: u32 = 2;
+    pub const MALFORMED: u32 = 3;
+    pub const NOT_IP: u32 = 4;
+    pub const EVENTS_SUPPRESSED: u32 = 5;
+    pub const RULE_BASE: u32 = 8;
+    pub const PER_DIR: u32 = RULE_BASE + super::MAX_RULES;
+    /// The named counters (not per rule).
+    pub const NAMED: [(u32, &str); 6] = [
+        (ALLOWED_DEFAULT, "allowed_default"),
+        (DENIED_DEFAULT, "denied_default"),
+        (RATE_LIMITED, "rate_limited"),
+        (MALFORMED, "malformed"),
+        (NOT_IP, "not_ip"),
+        (EVENTS_SUPPRESSED, "events_suppressed"),
+    ];
+}
+
 /// `enum sl_stat`: indexes into `sl_stats`.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +382,12 @@ mod pod {
     unsafe impl aya::Pod for Live {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RpCfg {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LpmKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Rule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PolCfg {}
 }
 
 const _: () = {
@@ -271,6 +409,13 @@ const _: () = {
     assert!(size_of::<Live>() == 16);
     assert!(offset_of!(Live, fail_mode) == 8);
     assert!(size_of::<RpCfg>() == 8);
+    assert!(size_of::<LpmKey>() == 24);
+    assert!(offset_of!(LpmKey, addr_be) == 8);
+    assert!(size_of::<Rule>() == 8);
+    assert!(size_of::<PolCfg>() == 24);
+    assert!(size_of::<DropEvent>() == 56);
+    assert!(offset_of!(DropEvent, sport) == 40);
+    assert!(offset_of!(DropEvent, rule) == 48);
 };
 
 #[cfg(test)]

@@ -38,8 +38,16 @@ pub const REUSEPORT: Object = Object {
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reuseport.bpf.o")),
 };
 
+/// `xdp` (program `sl_xdp_policy`): L3/L4 policy on ingress.
+pub const XDP: Object =
+    Object { name: "xdp", bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp.bpf.o")) };
+
+/// `classifier` (program `sl_tc_egress`): L3/L4 policy on egress.
+pub const TC: Object =
+    Object { name: "tc", bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc.bpf.o")) };
+
 /// Every object, in load order.
-pub const OBJECTS: &[Object] = &[SOCK_ADDR, SOCK_OPS, REUSEPORT];
+pub const OBJECTS: &[Object] = &[SOCK_ADDR, SOCK_OPS, REUSEPORT, XDP, TC];
 
 /// Map names (`sl_` prefix, at most 15 characters, as `bpftool map` shows them).
 pub mod maps {
@@ -65,6 +73,33 @@ pub mod maps {
     pub const WORKER_SELECTED: &str = "sl_wsel";
     /// [`crate::abi::RpCfg`]: how sk_reuseport picks.
     pub const REUSEPORT_CFG: &str = "sl_rpcfg";
+    /// Policy: source prefixes → rule bitmask (LPM trie of [`crate::abi::LpmKey`] → `u64`).
+    pub const POLICY_SRC: &str = "sl_psrc";
+    /// Policy: destination prefixes → rule bitmask.
+    pub const POLICY_DST: &str = "sl_pdst";
+    /// Policy rules: [`crate::abi::Rule`] by slot, direction and index.
+    pub const POLICY_RULES: &str = "sl_prules";
+    /// Policy settings: [`crate::abi::PolCfg`].
+    pub const POLICY_CFG: &str = "sl_pcfg";
+    /// Per-CPU policy counters (see [`crate::abi::pstat`]).
+    pub const POLICY_STATS: &str = "sl_pstats";
+    /// Token buckets by source.
+    pub const POLICY_RATE: &str = "sl_prl";
+    /// Drop events ring buffer: [`crate::abi::DropEvent`].
+    pub const POLICY_EVENTS: &str = "sl_pevents";
+    /// Per-CPU drop event budget.
+    pub const POLICY_EVENT_BUDGET: &str = "sl_pevrl";
+    /// The policy objects' maps, pinned by name.
+    pub const POLICY: &[&str] = &[
+        POLICY_SRC,
+        POLICY_DST,
+        POLICY_RULES,
+        POLICY_CFG,
+        POLICY_STATS,
+        POLICY_RATE,
+        POLICY_EVENTS,
+        POLICY_EVENT_BUDGET,
+    ];
     /// Every map shared between objects (pinned by name, so the objects share them).
     pub const SHARED: &[&str] = &[
         SERVICES,
@@ -87,6 +122,8 @@ pub mod programs {
     pub const CONNECT6: &str = "sl_connect6";
     pub const SOCK_OPS: &str = "sl_sock_ops";
     pub const REUSEPORT: &str = "sl_reuseport";
+    pub const XDP_POLICY: &str = "sl_xdp_policy";
+    pub const TC_EGRESS: &str = "sl_tc_egress";
 }
 
 /// Name of the `const volatile struct sl_config` global.
@@ -107,7 +144,7 @@ mod tests {
 
     #[test]
     fn map_names_fit_the_kernel() {
-        for m in maps::SHARED {
+        for m in maps::SHARED.iter().chain(maps::POLICY) {
             assert!(m.len() <= 15 && m.starts_with("sl_"), "{m}");
         }
     }

@@ -14,6 +14,7 @@ pub mod cgroup;
 pub mod echo;
 pub mod netns;
 pub mod node;
+pub mod packet;
 pub mod process;
 
 use std::{path::PathBuf, time::Duration};

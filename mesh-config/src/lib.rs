@@ -12,12 +12,19 @@
 
 mod error;
 mod model;
+mod policy;
 mod raw;
 mod validate;
 pub mod watch;
 
 pub use error::{ConfigError, Location};
-pub use model::{Endpoint, MeshConfig, Protocol, Service, ServiceAddr, ServicePort};
+pub use model::{
+    Cidr, Direction, Endpoint, L4Protocol, MeshConfig, Policy, PolicyAction, PolicyRule, Protocol, RateLimit,
+    Service, ServiceAddr, ServicePort,
+};
+
+/// Kernel rules per direction (`SL_MAX_RULES` in bpf/lib/abi.h).
+pub const MAX_POLICY_RULES: usize = 64;
 
 use std::path::Path;
 

@@ -10,6 +10,115 @@ use std::{
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MeshConfig {
     pub services: Vec<Service>,
+    /// L3/L4 policy enforced in XDP (ingress) and tc (egress); `None`: no policy.
+    pub policy: Option<Policy>,
+}
+
+/// L3/L4 policy: ordered rules, first match wins, then the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Network interfaces it applies to (ingress XDP, egress tc).
+    pub interfaces: Vec<String>,
+    pub default_ingress: PolicyAction,
+    pub default_egress: PolicyAction,
+    pub rules: Vec<PolicyRule>,
+    /// Per source address, on ingress.
+    pub rate_limit: Option<RateLimit>,
+    /// Drop events per CPU per second sent to the logs; more are only counted.
+    pub drop_events_per_second: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyAction {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// An IP prefix; host bits are zero (validation refuses others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// The prefix length in the 128-bit space where IPv4 is mapped (::ffff:0:0/96).
+    pub fn mapped_bits(&self) -> u32 {
+        match self.addr {
+            IpAddr::V4(_) => 96 + u32::from(self.prefix),
+            IpAddr::V6(_) => u32::from(self.prefix),
+        }
+    }
+
+    /// Every address, both families.
+    pub fn any() -> [Cidr; 2] {
+        [
+            Cidr { addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), prefix: 0 },
+            Cidr { addr: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), prefix: 0 },
+        ]
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// IP protocol of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4Protocol {
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+}
+
+impl L4Protocol {
+    /// The IPPROTO number (0 for any).
+    pub fn number(self) -> u8 {
+        match self {
+            L4Protocol::Any => 0,
+            L4Protocol::Tcp => 6,
+            L4Protocol::Udp => 17,
+            L4Protocol::Icmp => 1,
+            L4Protocol::Icmpv6 => 58,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub name: String,
+    pub action: PolicyAction,
+    pub direction: Direction,
+    /// Empty: any source.
+    pub sources: Vec<Cidr>,
+    /// Empty: any destination.
+    pub destinations: Vec<Cidr>,
+    pub protocol: L4Protocol,
+    /// Destination port ranges (inclusive); empty: any port.
+    pub ports: Vec<(u16, u16)>,
+}
+
+impl PolicyRule {
+    /// Kernel rules it takes: one per port range.
+    pub fn kernel_rules(&self) -> usize {
+        self.ports.len().max(1)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub packets_per_second: u32,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

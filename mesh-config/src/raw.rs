@@ -16,6 +16,64 @@ pub(crate) struct RawConfig {
     pub services: Option<Vec<Spanned<RawService>>>,
     #[serde(default)]
     pub endpoints: Option<Vec<Spanned<RawEndpoint>>>,
+    #[serde(default)]
+    pub policy: Option<Spanned<RawPolicy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicy {
+    pub interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    pub default: Option<Spanned<String>>,
+    pub egress_default: Option<Spanned<String>>,
+    pub rules: Option<Vec<Spanned<RawRule>>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub drop_events_per_second: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    pub name: Option<Spanned<String>>,
+    pub action: Spanned<String>,
+    pub direction: Option<Spanned<String>>,
+    pub sources: Option<Vec<Spanned<String>>>,
+    pub destinations: Option<Vec<Spanned<String>>>,
+    pub protocol: Option<Spanned<String>>,
+    pub ports: Option<Vec<Spanned<PortSpec>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub packets_per_second: Spanned<u32>,
+    pub burst: Option<Spanned<u32>>,
+}
+
+/// A port (`80`) or a range (`"8000-8100"`), as written.
+#[derive(Debug)]
+pub(crate) struct PortSpec(pub String);
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = PortSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a port (80) or a range (\"8000-8100\")")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<PortSpec, E> {
+                Ok(PortSpec(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<PortSpec, E> {
+                Ok(PortSpec(v.to_string()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<PortSpec, E> {
+                Ok(PortSpec(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]

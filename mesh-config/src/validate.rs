@@ -52,7 +52,8 @@ pub(crate) fn validate(file: &Path, raw: RawConfig) -> Result<MeshConfig, Config
         let ep = v.endpoint(&field, &e.value, &services[si])?;
         services[si].endpoints.push(ep);
     }
-    Ok(MeshConfig { services })
+    let policy = raw.policy.as_ref().map(|p| crate::policy::validate(file, p)).transpose()?;
+    Ok(MeshConfig { services, policy })
 }
 
 struct Validator<'a> {

@@ -43,6 +43,14 @@ pub enum Error {
     Missing { object: &'static str, what: &'static str, name: &'static str },
     #[error("cannot take over: the running node's {what} is {theirs}, this one's is {ours}; use the same")]
     TakeoverMismatch { what: &'static str, ours: String, theirs: String },
+    #[error(
+        "refusing to attach the policy to {interface}: it carries this host's default route, and a wrong rule there cuts the host off; pass --policy-allow-uplink if you mean it"
+    )]
+    Uplink { interface: String },
+    #[error(
+        "attaching {what} to interface {interface}: {source} (does the interface exist? `ip link` lists them)"
+    )]
+    Interface { interface: String, what: &'static str, source: Box<aya::programs::ProgramError> },
     #[error("pinning {path}: {source}")]
     Pin { path: PathBuf, source: Box<aya::pin::PinError> },
 }

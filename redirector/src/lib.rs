@@ -9,11 +9,14 @@
 //! [`Workers`] places the proxy's worker listeners in the `sk_reuseport`
 //! socket arrays; [`Liveness`] heartbeats so connect4/6 can apply the fail
 //! mode when the proxy dies; [`Redirector::take_over`] adopts a running
-//! node's pins for a restart that refuses nothing.
+//! node's pins for a restart that refuses nothing. [`policy::PolicyEnforcer`] puts the
+//! L3/L4 policy into the XDP and tc programs.
 //! [`cleanup`] removes what a node that died left behind. Every syscall goes
 //! through aya or nix, so this crate needs no `unsafe`.
 
-#![forbid(unsafe_code)]
+// The one unsafe impl (aya::Pod for the LPM key data) sits in policy.rs with its SAFETY note;
+// BPF_PROG_TEST_RUN's raw syscall lives in sys.rs.
+#![deny(unsafe_code)]
 
 pub mod cleanup;
 mod error;
@@ -21,9 +24,11 @@ mod live;
 mod lock;
 mod maps;
 pub mod mounts;
+pub mod policy;
 pub mod probe;
 mod programs;
 mod redirector;
+pub mod sys;
 mod workers;
 
 pub use error::Error;

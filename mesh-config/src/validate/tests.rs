@@ -210,3 +210,76 @@ proptest! {
         let _ = parse(Path::new("f.yaml"), &text);
     }
 }
+
+const POLICY: &str = "\
+policy:
+  interfaces: [veth0, veth1]
+  default: allow
+  egress_default: allow
+  rate_limit: {packets_per_second: 1000, burst: 50}
+  rules:
+    - name: no-bad-net
+      action: deny
+      sources: [10.66.0.0/16, \"fd66::/16\"]
+    - action: allow
+      protocol: tcp
+      ports: [22, \"8000-8100\"]
+      destinations: [10.77.0.1]
+    - action: deny
+      direction: egress
+      destinations: [192.0.2.0/24]
+";
+
+#[test]
+fn policy_is_understood() {
+    let c = parse(Path::new("p.yaml"), POLICY).unwrap();
+    let p = c.policy.unwrap();
+    assert_eq!(p.interfaces, ["veth0", "veth1"]);
+    assert_eq!(p.rules.len(), 3);
+    assert_eq!(p.rules[0].name, "no-bad-net");
+    assert_eq!(p.rules[0].sources[1].mapped_bits(), 16);
+    assert_eq!(p.rules[0].sources[0].mapped_bits(), 96 + 16);
+    assert_eq!(p.rules[1].ports, [(22, 22), (8000, 8100)]);
+    assert_eq!(p.rules[1].kernel_rules(), 2);
+    assert_eq!(p.rules[1].destinations[0].prefix, 32);
+    assert_eq!(p.rules[2].direction, crate::Direction::Egress);
+    assert_eq!(p.rate_limit, Some(crate::RateLimit { packets_per_second: 1000, burst: 50 }));
+    assert!(parse(Path::new("p.yaml"), "services: []\n").unwrap().policy.is_none());
+}
+
+#[test]
+fn policy_refusals_name_the_field() {
+    let base = "policy:\n  interfaces: [veth0]\n  rules:\n    - ";
+    for (rule, field, hint) in [
+        ("{action: deny, sources: [10.0.0.1/8]}", "policy.rules[0].sources[0]", "10.0.0.0/8"),
+        ("{action: deny, sources: [10.0.0.0/33]}", "policy.rules[0].sources[0]", "prefix"),
+        ("{action: deny, sources: [nonsense]}", "policy.rules[0].sources[0]", "10.0.0.0/8"),
+        ("{action: deny, ports: [80]}", "policy.rules[0].ports[0]", "protocol: tcp"),
+        ("{action: deny, protocol: tcp, ports: [\"90-80\"]}", "policy.rules[0].ports[0]", "low-high"),
+        ("{action: deny, protocol: tcp, ports: [0]}", "policy.rules[0].ports[0]", "1 to 65535"),
+        ("{action: drop}", "policy.rules[0].action", "allow or deny"),
+        ("{action: deny, direction: sideways}", "policy.rules[0].direction", "ingress"),
+        ("{action: deny, protocol: sctp}", "policy.rules[0].protocol", "tcp, udp"),
+        ("{action: deny, colour: red}", "colour", "remove the field"),
+    ] {
+        let e = err(&format!("{base}{rule}\n"));
+        assert_eq!(e.field, field, "{rule}: {e}");
+        assert_eq!(e.location.map(|l| l.line), Some(4), "{rule}: {e}");
+        assert!(e.hint.as_deref().unwrap_or("").contains(hint), "{rule}: {e}");
+    }
+}
+
+#[test]
+fn policy_limits() {
+    let many: String =
+        (0..65).map(|i| format!("    - {{action: deny, sources: [10.{i}.0.0/16]}}\n")).collect();
+    let e = err(&format!("policy:\n  interfaces: [veth0]\n  rules:\n{many}"));
+    assert_eq!(e.field, "policy.rules");
+    assert!(e.message.contains("65"), "{e}");
+    let e = err("policy:\n  rules:\n    - {action: deny}\n");
+    assert_eq!(e.field, "policy.interfaces");
+    let e = err("policy:\n  interfaces: [veth0]\n  rate_limit: {packets_per_second: 0}\n");
+    assert_eq!(e.field, "policy.rate_limit.packets_per_second");
+    let e = err("policy:\n  interfaces: [veth0, veth0]\n");
+    assert_eq!(e.field, "policy.interfaces[1]");
+}
