@@ -20,7 +20,7 @@ int sl_tc_egress(struct __sk_buff *skb)
 	bpf_skb_pull_data(skb, skb->len < SL_PULL_BYTES ? skb->len : SL_PULL_BYTES);
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;
-	return sl_filter(data, end, SL_DIR_EGRESS) == SL_ACT_DENY ? TC_ACT_SHOT : TC_ACT_OK;
+	return sl_filter(data, end, skb->len, SL_DIR_EGRESS) == SL_ACT_DENY ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -99,6 +99,10 @@ pub(crate) struct NodeArgs {
     /// drain and exit.
     #[arg(long)]
     pub takeover: bool,
+    /// Allow the L3/L4 policy on the interface of the default route (refused
+    /// otherwise: a wrong rule there cuts the host off).
+    #[arg(long)]
+    pub policy_allow_uplink: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -88,6 +88,7 @@ async fn walk_through(s: &Scratch, args: &DemoArgs) -> Result<(), Failure> {
         fail_mode: crate::cli::FailModeArg::Open,
         liveness_timeout_ms: 500,
         takeover: false,
+        policy_allow_uplink: false,
     };
     let mut node = NodeHandle::start(&node_args).await?;
     say(&format!(

@@ -12,10 +12,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sluice_mesh_config::watch::{Change, Watcher};
+use sluice_mesh_config::{
+    MeshConfig, Policy, PolicyAction,
+    watch::{Change, Watcher},
+};
 use sluice_proxy::{OriginalDst, Proxy, ProxyConfig, ProxyStats, Routes, WorkerHooks};
 use sluice_redirector::{
     FailMode, LbMode, Liveness, OrigDstTable, Predecessor, Redirector, RedirectorConfig, Stats, Workers,
+    policy::PolicyEnforcer,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -126,6 +130,8 @@ pub(crate) struct NodeHandle {
     serving: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
     holds_lock: bool,
+    policy: Option<PolicyEnforcer>,
+    allow_uplink: bool,
     /// However the handle goes away, the workers are told to stop.
     _stop_workers: tokio_util::sync::DropGuard,
 }
@@ -175,6 +181,10 @@ impl NodeHandle {
             None => Redirector::start(&rcfg)?,
         };
         let heartbeat = tokio::spawn(heartbeat(redirector.liveness()));
+        let policy = match &config.policy {
+            None => None,
+            Some(p) => Some(start_policy(&redirector, p, args.policy_allow_uplink)?),
+        };
         let report = redirector.services().sync(&config)?;
         tracing::info!(services = config.services.len(), addresses = report.added, "config applied");
 
@@ -203,6 +213,8 @@ impl NodeHandle {
             tracing::info!(predecessor = p.pid, "told the running node to drain and exit");
         }
         Ok(Self {
+            policy,
+            allow_uplink: args.policy_allow_uplink,
             holds_lock: predecessor.is_none(),
             redirector,
             routes,
@@ -225,6 +237,41 @@ impl NodeHandle {
             tracing::info!("the replaced node has exited; this node owns the instance now");
         }
         self.poll_config();
+        self.log_policy_drops();
+    }
+
+    /// Drop events from the kernel (already sampled there) into the log.
+    fn log_policy_drops(&self) {
+        let Some(p) = &self.policy else { return };
+        for e in p.drain_events() {
+            let src = sluice_bpf::abi::ip_from_be(e.src_be);
+            let dst = sluice_bpf::abi::ip_from_be(e.dst_be);
+            tracing::warn!(
+                direction = if e.dir == 0 { "ingress" } else { "egress" },
+                reason = e.reason_name(),
+                rule = e.rule,
+                proto = e.proto,
+                %src,
+                sport = e.sport,
+                %dst,
+                dport = e.dport,
+                "policy drop"
+            );
+        }
+    }
+
+    /// Applies the policy part of a config; on error nothing changes.
+    fn apply_policy(&mut self, config: &MeshConfig) -> Result<(), String> {
+        match (&config.policy, &mut self.policy) {
+            (None, None) => Ok(()),
+            (None, Some(p)) => p.apply(&Policy::none()).map_err(|e| e.to_string()),
+            (Some(new), Some(p)) => p.apply(new).map_err(|e| e.to_string()),
+            (Some(new), None) => {
+                self.policy =
+                    Some(start_policy(&self.redirector, new, self.allow_uplink).map_err(|e| e.message)?);
+                Ok(())
+            }
+        }
     }
 
     /// Applies a changed config file; a bad one is refused and the last good
@@ -232,7 +279,13 @@ impl NodeHandle {
     pub fn poll_config(&mut self) -> Option<Result<(), String>> {
         match self.watcher.poll()? {
             Change::Valid(new) => {
-                // Routes first: an address the map starts redirecting must already be routable.
+                // The policy first: it is the part that can still be refused (a
+                // missing interface), and then nothing of the change applies.
+                if let Err(e) = self.apply_policy(&new) {
+                    tracing::error!(error = %e, "config change refused; the last good config stays in force");
+                    return Some(Err(e));
+                }
+                // Routes next: an address the map starts redirecting must already be routable.
                 self.routes.apply(&new);
                 match self.redirector.services().sync(&new) {
                     Ok(r) => {
@@ -266,6 +319,7 @@ impl NodeHandle {
     /// away, then drains the proxy.
     pub async fn stop(self) {
         self.heartbeat.abort();
+        drop(self.policy);
         drop(self.redirector);
         self.shutdown.cancel();
         let _ = self.serving.await;
@@ -278,7 +332,41 @@ impl NodeHandle {
         self.shutdown.cancel();
         let _ = self.serving.await;
         self.heartbeat.abort();
+        if let Some(p) = self.policy {
+            p.hand_over();
+        }
         self.redirector.hand_over();
+    }
+}
+
+fn start_policy(
+    redirector: &Redirector,
+    policy: &Policy,
+    allow_uplink: bool,
+) -> Result<PolicyEnforcer, Failure> {
+    let mut p = PolicyEnforcer::new(redirector.pin_dir(), allow_uplink)?;
+    p.apply(policy)?;
+    for (iface, mode) in p.interfaces() {
+        tracing::info!(interface = %iface, xdp = mode, "L3/L4 policy in force");
+    }
+    Ok(p)
+}
+
+trait NoPolicy {
+    fn none() -> Self;
+}
+
+impl NoPolicy for Policy {
+    /// No rules, allow everything, no interfaces (detaches from all).
+    fn none() -> Self {
+        Policy {
+            interfaces: Vec::new(),
+            default_ingress: PolicyAction::Allow,
+            default_egress: PolicyAction::Allow,
+            rules: Vec::new(),
+            rate_limit: None,
+            drop_events_per_second: 0,
+        }
     }
 }
 

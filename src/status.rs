@@ -37,6 +37,12 @@ pub(crate) fn run(args: StatusArgs) -> Result<(), Failure> {
             w.selected
         );
     }
+    if dir.join(sluice_bpf::maps::POLICY_STATS).exists() {
+        println!("policy counters:");
+        for (name, n) in sluice_redirector::policy::read_pinned_counters(&dir)? {
+            println!("  {name:<32} {n}");
+        }
+    }
     let stats = Stats::from_pin(&dir)?;
     println!("kernel counters:");
     for (s, n) in stats.all() {

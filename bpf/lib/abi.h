@@ -136,7 +136,7 @@ struct sl_pol_cfg {
 
 /* Token bucket of one source address. */
 struct sl_rl_state {
-	__u64 tokens_milli; /* thousandths of a packet */
+	__u64 tokens_nano; /* billionths of a packet: refills stay exact at any packet rate */
 	__u64 last_ns;
 };
 

@@ -64,15 +64,21 @@ static __always_inline int sl_parse_ports(void *l4, void *end, struct sl_pkt *p)
 	return SL_PARSE_OK;
 }
 
-static __always_inline int sl_parse_ipv4(void *l3, void *end, struct sl_pkt *p)
+/*
+ * `room` is how many bytes the whole packet has from l3 on. It is not
+ * end - l3: with XDP multi-buffer frames and GSO skbs only the first part of
+ * the packet is in [data, end). A length field of 0 (BIG TCP) is not checked.
+ */
+static __always_inline int sl_parse_ipv4(void *l3, void *end, __u64 room, struct sl_pkt *p)
 {
 	struct iphdr *ip = l3;
-	__u32 hlen;
+	__u32 hlen, tot;
 
 	if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
 		return SL_PARSE_MALFORMED;
 	hlen = ip->ihl * 4;
-	if (l3 + hlen > end || bpf_ntohs(ip->tot_len) < hlen || l3 + bpf_ntohs(ip->tot_len) > end)
+	tot = bpf_ntohs(ip->tot_len);
+	if (l3 + hlen > end || (tot != 0 && (tot < hlen || tot > room)))
 		return SL_PARSE_MALFORMED;
 	sl_addr_from_v4(p->src_be, ip->saddr);
 	sl_addr_from_v4(p->dst_be, ip->daddr);
@@ -83,15 +89,17 @@ static __always_inline int sl_parse_ipv4(void *l3, void *end, struct sl_pkt *p)
 	return sl_parse_ports(l3 + hlen, end, p);
 }
 
-static __always_inline int sl_parse_ipv6(void *l3, void *end, struct sl_pkt *p)
+static __always_inline int sl_parse_ipv6(void *l3, void *end, __u64 room, struct sl_pkt *p)
 {
 	struct ipv6hdr *ip6 = l3;
 	void *cur = ip6 + 1;
+	__u32 payload;
 	__u8 next;
 
 	if (cur > end || ip6->version != 6)
 		return SL_PARSE_MALFORMED;
-	if (l3 + sizeof(*ip6) + bpf_ntohs(ip6->payload_len) > end)
+	payload = bpf_ntohs(ip6->payload_len);
+	if (payload != 0 && sizeof(*ip6) + payload > room)
 		return SL_PARSE_MALFORMED;
 	__builtin_memcpy(p->src_be, &ip6->saddr, 16);
 	__builtin_memcpy(p->dst_be, &ip6->daddr, 16);
@@ -129,7 +137,8 @@ static __always_inline int sl_parse_ipv6(void *l3, void *end, struct sl_pkt *p)
 	return sl_parse_ports(cur, end, p);
 }
 
-static __always_inline int sl_parse(void *data, void *end, struct sl_pkt *p)
+/* `len`: the whole packet's length from `data` (first buffer and the rest). */
+static __always_inline int sl_parse(void *data, void *end, __u64 len, struct sl_pkt *p)
 {
 	struct ethhdr *eth = data;
 	void *cur = eth + 1;
@@ -149,10 +158,13 @@ static __always_inline int sl_parse(void *data, void *end, struct sl_pkt *p)
 		proto = v->encap_proto;
 		cur = v + 1;
 	}
+	__u64 off = cur - data;
+	__u64 room = len > off ? len - off : 0;
+
 	if (proto == bpf_htons(ETH_P_IP))
-		return sl_parse_ipv4(cur, end, p);
+		return sl_parse_ipv4(cur, end, room, p);
 	if (proto == bpf_htons(ETH_P_IPV6))
-		return sl_parse_ipv6(cur, end, p);
+		return sl_parse_ipv6(cur, end, room, p);
 	return SL_PARSE_NOT_IP;
 }
 

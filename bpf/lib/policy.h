@@ -116,34 +116,45 @@ static __always_inline void sl_drop_event(const struct sl_pol_cfg *cfg, const st
 	bpf_ringbuf_submit(e, 0);
 }
 
+#define SL_NANO 1000000000ULL
+
 /* True when the source is over its rate: the packet is dropped. */
 static __always_inline int sl_rate_limited(const struct sl_pol_cfg *cfg, const struct sl_pkt *p)
 {
 	struct sl_svc_key key = {};
 	struct sl_rl_state *st, fresh = {};
-	__u64 now = bpf_ktime_get_ns(), cap = (__u64)cfg->rate_burst * 1000;
+	__u64 now = bpf_ktime_get_ns(), cap = (__u64)cfg->rate_burst * SL_NANO, pps = cfg->rate_pps;
 
 	__builtin_memcpy(key.addr_be, p->src_be, 16);
 	st = bpf_map_lookup_elem(&sl_prl, &key);
 	if (!st) {
 		/* A new source starts with a full bucket, less this packet. */
-		fresh.tokens_milli = cap >= 1000 ? cap - 1000 : 0;
+		fresh.tokens_nano = cap >= SL_NANO ? cap - SL_NANO : 0;
 		fresh.last_ns = now;
 		bpf_map_update_elem(&sl_prl, &key, &fresh, BPF_ANY);
-		return cap < 1000;
+		return cap < SL_NANO;
 	}
-	/* Refill: rate_pps packets per second, in thousandths of a packet per ns. */
+	/*
+	 * Refill: pps packets per second is pps nano-packets per ns. Exact (no
+	 * rounding to zero however close the packets come), and capped before the
+	 * multiplication can overflow.
+	 */
 	__u64 elapsed = now > st->last_ns ? now - st->last_ns : 0;
-	__u64 tokens = st->tokens_milli + elapsed * cfg->rate_pps / 1000000;
+	__u64 tokens = st->tokens_nano < cap ? st->tokens_nano : cap;
+	__u64 room = cap - tokens;
 
+	if (pps == 0 || elapsed >= room / pps + 1)
+		tokens = cap;
+	else
+		tokens += elapsed * pps;
 	if (tokens > cap)
 		tokens = cap;
 	st->last_ns = now;
-	if (tokens < 1000) {
-		st->tokens_milli = tokens;
+	if (tokens < SL_NANO) {
+		st->tokens_nano = tokens;
 		return 1;
 	}
-	st->tokens_milli = tokens - 1000;
+	st->tokens_nano = tokens - SL_NANO;
 	return 0;
 }
 
@@ -224,11 +235,11 @@ static __always_inline __u32 sl_policy(const struct sl_pkt *p, __u32 dir)
 }
 
 /* Parse + decide; SL_ACT_DENY for malformed IP packets, ALLOW for non-IP. */
-static __always_inline __u32 sl_filter(void *data, void *end, __u32 dir)
+static __always_inline __u32 sl_filter(void *data, void *end, __u64 len, __u32 dir)
 {
 	struct sl_pkt p = {};
 
-	switch (sl_parse(data, end, &p)) {
+	switch (sl_parse(data, end, len, &p)) {
 	case SL_PARSE_NOT_IP:
 		sl_pcount(dir, SL_PSTAT_NOT_IP);
 		return SL_ACT_ALLOW;

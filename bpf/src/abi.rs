@@ -239,6 +239,14 @@ pub struct PolCfg {
     pub events_per_sec: u32,
 }
 
+/// `struct sl_rl_state`: a source's token bucket.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RlState {
+    pub tokens_nano: u64,
+    pub last_ns: u64,
+}
+
 /// `struct sl_drop_event`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -414,6 +422,7 @@ const _: () = {
     assert!(size_of::<Rule>() == 8);
     assert!(size_of::<PolCfg>() == 24);
     assert!(size_of::<DropEvent>() == 56);
+    assert!(size_of::<RlState>() == 16);
     assert!(offset_of!(DropEvent, sport) == 40);
     assert!(offset_of!(DropEvent, rule) == 48);
 };

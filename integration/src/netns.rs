@@ -9,7 +9,16 @@ pub struct NetnsGuard {
 
 impl NetnsGuard {
     pub fn new(test: &str) -> Self {
-        let name = crate::unique(test);
+        Self::named(&crate::unique(test))
+    }
+
+    /// A second (third, ...) namespace of one test: `suffix` tells them apart.
+    pub fn with_suffix(test: &str, suffix: &str) -> Self {
+        Self::named(&format!("{}-{suffix}", crate::unique(test)))
+    }
+
+    fn named(name: &str) -> Self {
+        let name = name.to_string();
         run(&["netns", "add", &name]);
         let g = Self { name };
         run(&["-n", &g.name, "link", "set", "lo", "up"]);
@@ -18,6 +27,18 @@ impl NetnsGuard {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A veth pair: `here` in this namespace with `addr_here` (CIDR), `there` in
+    /// `peer` with `addr_there`. Both up; no routes beyond the link.
+    pub fn veth(&self, here: &str, addr_here: &str, peer: &NetnsGuard, there: &str, addr_there: &str) {
+        run(&[
+            "-n", &self.name, "link", "add", here, "type", "veth", "peer", "name", there, "netns", &peer.name,
+        ]);
+        run(&["-n", &self.name, "addr", "add", addr_here, "dev", here]);
+        run(&["-n", &peer.name, "addr", "add", addr_there, "dev", there]);
+        run(&["-n", &self.name, "link", "set", here, "up"]);
+        run(&["-n", &peer.name, "link", "set", there, "up"]);
     }
 
     /// `nsenter` arguments that run a command in this namespace (keeping the

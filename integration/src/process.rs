@@ -33,8 +33,20 @@ pub fn client(
     bytes: usize,
     chunk: usize,
 ) -> Result<ClientResult, String> {
+    client_timeout(cgroup, netns, addr, bytes, chunk, 10_000)
+}
+
+/// [`client`] giving up after `timeout_ms` (connect and each read).
+pub fn client_timeout(
+    cgroup: Option<&Path>,
+    netns: Option<&str>,
+    addr: SocketAddr,
+    bytes: usize,
+    chunk: usize,
+    timeout_ms: u64,
+) -> Result<ClientResult, String> {
     let mut cmd = Command::new(crate::target_bin("sluice-testkit"));
-    cmd.arg("client");
+    cmd.args(["client", "--timeout-ms", &timeout_ms.to_string()]);
     if let Some(cg) = cgroup {
         cmd.arg("--cgroup").arg(cg);
     }
@@ -117,6 +129,62 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `sluice-testkit udp-sink` in `netns` for `secs`: the guard, its address, and
+/// a reader for its per-source counts (read them once it has exited).
+pub fn udp_sink(netns: &str, listen: &str, secs: u64) -> (Child, SocketAddr) {
+    let mut child = Command::new(crate::target_bin("sluice-testkit"))
+        .args(["udp-sink", "--netns", netns, "--secs", &secs.to_string(), listen])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn udp-sink");
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    out.read_line(&mut line).expect("read");
+    let addr = line.trim().strip_prefix("listening ").and_then(|a| a.parse().ok()).expect("sink address");
+    child.stdout = Some(out.into_inner());
+    (child, addr)
+}
+
+/// The per-source counts a finished sink printed.
+pub fn sink_counts(child: Child) -> std::collections::HashMap<String, u64> {
+    let out = child.wait_with_output().expect("udp-sink");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (ip, n) = l.split_once(' ')?;
+            Some((ip.to_string(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `sluice-testkit udp-send` from `netns`: datagrams actually sent.
+pub fn udp_send(netns: &str, to: SocketAddr, count: usize, pps: u64) -> Child {
+    Command::new(crate::target_bin("sluice-testkit"))
+        .args([
+            "udp-send",
+            "--netns",
+            netns,
+            "--count",
+            &count.to_string(),
+            "--pps",
+            &pps.to_string(),
+            &to.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn udp-send")
+}
+
+/// What a finished `udp-send` says it sent.
+pub fn sent(child: Child) -> u64 {
+    let out = child.wait_with_output().expect("udp-send");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("sent ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Starts `sluice-testkit http` (a tiny HTTP/1.1 server); returns it and its address.

@@ -262,6 +262,8 @@ impl PolicyEnforcer {
     /// old one, then attaches to new interfaces and detaches from dropped ones.
     /// Nothing is detached or reattached for a rule change.
     pub fn apply(&mut self, policy: &Policy) -> Result<(), Error> {
+        // Attach first: if an interface is missing, nothing has changed yet.
+        self.attach_new(&policy.interfaces)?;
         let compiled = compile(policy);
         let active = self.cfg.get(&0, 0).map(|c| c.active_slot).unwrap_or(0) as u8;
         let configured = self.cfg.get(&0, 0).map(|c| c != PolCfg::default()).unwrap_or(false);
@@ -295,7 +297,8 @@ impl PolicyEnforcer {
             self.clear_slot(1 - slot)?;
         }
         self.names = compiled.rules;
-        self.reconcile_interfaces(&policy.interfaces)
+        self.detach_gone(&policy.interfaces);
+        Ok(())
     }
 
     fn clear_slot(&mut self, slot: u8) -> Result<(), Error> {
@@ -309,12 +312,15 @@ impl PolicyEnforcer {
         Ok(())
     }
 
-    fn reconcile_interfaces(&mut self, wanted: &[String]) -> Result<(), Error> {
+    fn detach_gone(&mut self, wanted: &[String]) {
         let gone: Vec<String> = self.attached.keys().filter(|k| !wanted.contains(k)).cloned().collect();
         for iface in gone {
             self.attached.remove(&iface);
             tracing::info!(interface = %iface, "policy detached");
         }
+    }
+
+    fn attach_new(&mut self, wanted: &[String]) -> Result<(), Error> {
         for iface in wanted {
             if self.attached.contains_key(iface) {
                 continue;

@@ -11,6 +11,10 @@
 //! `sluice-testkit hold [--cgroup DIR] ADDR`
 //!     connects, prints `connected`, holds the connection until stdin closes,
 //!     then checks one echoed byte.
+//! `sluice-testkit udp-sink [--netns NAME] --secs N LISTEN`
+//!     counts UDP datagrams per source for N seconds, then prints `SRC COUNT` lines.
+//! `sluice-testkit udp-send [--netns NAME] --count N [--pps R] ADDR`
+//!     sends N datagrams (R per second; 0: as fast as it can), prints `sent N`.
 //! `sluice-testkit http LISTEN`
 //!     a minimal HTTP/1.1 server (keep-alive, `Connection: close`) answering 200 "ok".
 
@@ -33,6 +37,8 @@ fn main() -> anyhow::Result<()> {
     let chunk: usize = take_opt(&mut args, "--chunk").map(|c| c.parse()).transpose()?.unwrap_or(16 * 1024);
     let after_eof = take_flag(&mut args, "--after-eof");
     let count: usize = take_opt(&mut args, "--count").map(|c| c.parse()).transpose()?.unwrap_or(1);
+    let secs: u64 = take_opt(&mut args, "--secs").map(|c| c.parse()).transpose()?.unwrap_or(2);
+    let pps: u64 = take_opt(&mut args, "--pps").map(|c| c.parse()).transpose()?.unwrap_or(0);
     let timeout = take_opt(&mut args, "--timeout-ms")
         .map(|c| c.parse().map(std::time::Duration::from_millis))
         .transpose()?
@@ -68,6 +74,8 @@ fn main() -> anyhow::Result<()> {
         }
         ("hold", [addr]) => hold(addr.parse()?, timeout),
         ("http", [listen]) => http(listen.parse()?),
+        ("udp-sink", [listen]) => udp_sink(listen.parse()?, secs),
+        ("udp-send", [addr]) => udp_send(addr.parse()?, count, pps),
         _ => bail!("usage: sluice-testkit echo|client ... (see the source)"),
     }
 }
@@ -229,6 +237,54 @@ fn serve_http(mut c: TcpStream) -> std::io::Result<()> {
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+fn udp_sink(listen: SocketAddr, secs: u64) -> anyhow::Result<()> {
+    let s = std::net::UdpSocket::bind(listen)?;
+    println!("listening {}", s.local_addr()?);
+    std::io::stdout().flush()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut counts = std::collections::BTreeMap::<std::net::IpAddr, u64>::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        s.set_read_timeout(Some(left))?;
+        match s.recv_from(&mut buf) {
+            Ok((_, from)) => *counts.entry(from.ip()).or_default() += 1,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for (ip, n) in counts {
+        println!("{ip} {n}");
+    }
+    Ok(())
+}
+
+fn udp_send(addr: SocketAddr, count: usize, pps: u64) -> anyhow::Result<()> {
+    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let s = std::net::UdpSocket::bind(bind)?;
+    let start = std::time::Instant::now();
+    let mut sent = 0;
+    for i in 0..count {
+        if let Some(offset) = (i as u64 * 1_000_000_000).checked_div(pps) {
+            let due = start + std::time::Duration::from_nanos(offset);
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        // A full socket buffer under a flood is not an error for a flood.
+        if s.send_to(&[0u8; 64], addr).is_ok() {
+            sent += 1;
+        }
+    }
+    println!("sent {sent}");
+    Ok(())
 }
 
 fn hex(b: &[u8]) -> String {
