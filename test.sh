@@ -41,6 +41,8 @@ if [ "$(id -u)" -eq 0 ]; then
   cg2=$(awk '$9=="cgroup2"{print $5; exit}' /proc/self/mountinfo)
   cgs=$(find "$cg2" -maxdepth 1 -type d -name 'sluice-t*' 2>/dev/null | tr '\n' ' ')
   [ -n "$cgs" ] && left="$left cgroups:$cgs"
+  runf=$(ls /run/sluice 2>/dev/null | grep -E '^(t[0-9]|demo-)' | tr '\n' ' ' || true)
+  [ -n "$runf" ] && left="$left run-files:$runf"
   ns=$(ip netns list 2>/dev/null | awk '{print $1}' | grep '^sluice-t' | tr '\n' ' ' || true)
   [ -n "$ns" ] && left="$left netns:$ns"
   if [ -z "$(ls -A /sys/fs/bpf/sluice 2>/dev/null)" ]; then

@@ -284,5 +284,9 @@ impl Drop for Scratch {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The node has stopped (or was dropped) by now: its instance lock is free.
+        let _ = std::fs::remove_file(
+            Path::new(sluice_redirector::RUN_DIR).join(format!("demo-{}.lock", std::process::id())),
+        );
     }
 }

@@ -132,6 +132,7 @@ pub(crate) struct NodeHandle {
     holds_lock: bool,
     policy: Option<PolicyEnforcer>,
     allow_uplink: bool,
+    instance: String,
     /// However the handle goes away, the workers are told to stop.
     _stop_workers: tokio_util::sync::DropGuard,
 }
@@ -185,6 +186,7 @@ impl NodeHandle {
             None => None,
             Some(p) => Some(start_policy(&redirector, p, args.policy_allow_uplink)?),
         };
+        write_policy_state(&args.instance, policy.as_ref());
         let report = redirector.services().sync(&config)?;
         tracing::info!(services = config.services.len(), addresses = report.added, "config applied");
 
@@ -215,6 +217,7 @@ impl NodeHandle {
         Ok(Self {
             policy,
             allow_uplink: args.policy_allow_uplink,
+            instance: args.instance.clone(),
             holds_lock: predecessor.is_none(),
             redirector,
             routes,
@@ -262,6 +265,12 @@ impl NodeHandle {
 
     /// Applies the policy part of a config; on error nothing changes.
     fn apply_policy(&mut self, config: &MeshConfig) -> Result<(), String> {
+        let r = self.apply_policy_inner(config);
+        write_policy_state(&self.instance, self.policy.as_ref());
+        r
+    }
+
+    fn apply_policy_inner(&mut self, config: &MeshConfig) -> Result<(), String> {
         match (&config.policy, &mut self.policy) {
             (None, None) => Ok(()),
             (None, Some(p)) => p.apply(&Policy::none()).map_err(|e| e.to_string()),
@@ -320,6 +329,7 @@ impl NodeHandle {
     pub async fn stop(self) {
         self.heartbeat.abort();
         drop(self.policy);
+        write_policy_state(&self.instance, None);
         drop(self.redirector);
         self.shutdown.cancel();
         let _ = self.serving.await;
@@ -350,6 +360,25 @@ fn start_policy(
         tracing::info!(interface = %iface, xdp = mode, "L3/L4 policy in force");
     }
     Ok(p)
+}
+
+/// Where the policy is attached and in which XDP mode, for `sluice status`
+/// (bpffs holds no plain files, so it is kept beside the instance lock).
+pub(crate) fn policy_state_path(instance: &str) -> std::path::PathBuf {
+    std::path::Path::new(sluice_redirector::RUN_DIR).join(format!("{instance}.policy"))
+}
+
+fn write_policy_state(instance: &str, policy: Option<&PolicyEnforcer>) {
+    let path = policy_state_path(instance);
+    match policy {
+        Some(p) if !p.interfaces().is_empty() => {
+            let text: String = p.interfaces().iter().map(|(i, m)| format!("{i} {m}\n")).collect();
+            let _ = std::fs::write(path, text);
+        }
+        _ => {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 trait NoPolicy {

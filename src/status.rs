@@ -37,6 +37,13 @@ pub(crate) fn run(args: StatusArgs) -> Result<(), Failure> {
             w.selected
         );
     }
+    if let Ok(text) = std::fs::read_to_string(crate::node::policy_state_path(&args.instance)) {
+        let ifaces: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(i, m)| format!("{i} (XDP {m}, tc egress)")))
+            .collect();
+        println!("policy on: {}", ifaces.join(", "));
+    }
     if dir.join(sluice_bpf::maps::POLICY_STATS).exists() {
         println!("policy counters:");
         for (name, n) in sluice_redirector::policy::read_pinned_counters(&dir)? {

@@ -228,9 +228,8 @@ impl Drop for Node {
             let _ = c.kill();
             let _ = c.wait();
         }
-        if self.pin_dir().exists() {
-            let _ = self.cleanup();
-        }
+        // Pins a killed node left, and the instance's lock and state files.
+        let _ = self.cleanup();
         if std::thread::panicking() {
             eprintln!("--- sluice node log ({}) ---\n{}", self.instance, self.log());
         }

@@ -4,13 +4,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use sluice_integration::{
     CgroupGuard, NetnsGuard, Node,
     node::NodeOpts,
     privileged,
     process::{client_timeout, echo_process, sent, sink_counts, udp_send, udp_sink},
+    wait_for,
 };
 
 struct Net {
@@ -40,6 +41,8 @@ fn node(test: &str, net: &Net, cg: &CgroupGuard, policy: &str) -> Node {
         args: &[],
     });
     assert!(node.log().contains("L3/L4 policy in force"), "{}", node.log());
+    let status = node.status();
+    assert!(status.contains("policy on: s1 (XDP native, tc egress), s2 (XDP native, tc egress)"), "{status}");
     node
 }
 
@@ -88,6 +91,27 @@ fn a_denied_source_gets_nothing_and_an_allowed_one_passes() {
     assert_eq!(counts.get("10.77.2.2"), Some(&20), "{counts:?}");
     assert!(policy_counter(&node, "ingress_matched_rule_0") >= 21, "{}", node.status());
     assert!(node.log().contains("policy drop"), "drop events reach the log:\n{}", node.log());
+    let xdp_link = std::fs::metadata(node.pin_dir().join("link_xdp_s2")).unwrap();
+
+    // A bad policy change is refused; the policy in force stays.
+    node.write_config("services: []\npolicy:\n  interfaces: [s1, s2]\n  rules:\n    - {action: deny, sources: [10.77.2.2/33]}\n");
+    wait_for("the refusal", Duration::from_secs(10), || {
+        node.log().contains("config change refused").then_some(())
+    });
+    assert!(node.log().contains("mesh.yaml:5:32: policy.rules[0].sources[0]"), "{}", node.log());
+    assert!(client_timeout(None, Some(net.c2.name()), via2, 10, 10, 5000).unwrap().intact());
+    // A good one applies by map updates: c2 is cut off, c1 let in, nothing re-attached.
+    node.write_config("services: []\npolicy:\n  interfaces: [s1, s2]\n  rules:\n    - {action: deny, sources: [10.77.2.2/32]}\n");
+    wait_for("c1 to get in", Duration::from_secs(10), || {
+        client_timeout(None, Some(net.c1.name()), via1, 10, 10, 300).ok().filter(|r| r.intact())
+    });
+    assert!(client_timeout(None, Some(net.c2.name()), via2, 10, 10, 1000).is_err(), "c2 is denied now");
+    let again = std::fs::metadata(node.pin_dir().join("link_xdp_s2")).unwrap();
+    assert_eq!(
+        std::os::linux::fs::MetadataExt::st_ino(&xdp_link),
+        std::os::linux::fs::MetadataExt::st_ino(&again),
+        "the XDP link was not replaced"
+    );
 }
 
 #[test]

@@ -41,6 +41,19 @@ pub fn cleanup(pin_root: &Path, run_dir: &Path, only: Option<&str>) -> Result<Re
         // Stays while other instances still have pins in it.
         let _ = std::fs::remove_dir(pin_root);
     }
+    // Lock and state files of instances that are not running.
+    if let Ok(entries) = std::fs::read_dir(run_dir) {
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some((name, _)) = file.rsplit_once('.') else { continue };
+            if only.is_some_and(|o| o != name) || InstanceLock::is_held(run_dir, name) {
+                continue;
+            }
+            if std::fs::remove_file(entry.path()).is_ok() {
+                report.removed.push(entry.path());
+            }
+        }
+    }
     for p in aya::programs::loaded_programs().flatten() {
         if let Some(name) = p.name_as_str().filter(|n| n.starts_with("sl_")) {
             report.still_loaded.push(format!("{name} (id {})", p.id()));

@@ -80,16 +80,11 @@ impl InstanceLock {
         Holder::decode(&std::fs::read_to_string(Self::path(run_dir, instance)).ok()?)
     }
 
-    /// Whether a live node holds the lock of `instance` (without taking it for long).
+    /// Whether a live node holds the lock of `instance` (without creating the
+    /// file, and without keeping the lock).
     pub(crate) fn is_held(run_dir: &Path, instance: &str) -> bool {
-        match Self::acquire(run_dir, instance) {
-            Ok(lock) => {
-                drop(lock);
-                false
-            }
-            Err(Error::InstanceBusy { .. }) => true,
-            Err(_) => false,
-        }
+        let Ok(file) = File::open(Self::path(run_dir, instance)) else { return false };
+        matches!(file.try_lock(), Err(TryLockError::WouldBlock))
     }
 }
 

@@ -134,6 +134,13 @@ pub fn run() -> Vec<Row> {
         let status = kernel_probe(root, || is_map_supported(*t).map_err(|e| e.to_string()));
         rows.push(Row::kernel(format!("map {name}"), used_for, *required, status));
     }
+    rows.push(Row {
+        what: "XDP attach mode".into(),
+        used_for: "L3/L4 policy",
+        required: false,
+        status: Status::Yes,
+        detail: "native (driver) where the interface's driver has it, generic otherwise; `sluice status` shows which".into(),
+    });
     rows.push(verifier_row(root));
     rows
 }
