@@ -8,8 +8,8 @@ set -euo pipefail
 # clang 14 also works), libbpf-dev gives bpf_helpers.h, bpftool lets tests
 # check attachments, iproute2 makes test network namespaces, util-linux gives
 # nsenter/setpriv, linux-libc-dev the UAPI headers, wrk drives load through
-# restarts.
-packages=(clang-16 libbpf-dev bpftool iproute2 util-linux linux-libc-dev pkg-config wrk)
+# restarts, nftables is the baseline of the policy benchmark.
+packages=(clang-16 libbpf-dev bpftool iproute2 util-linux linux-libc-dev pkg-config wrk nftables)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -395,6 +395,7 @@ impl NoPolicy for Policy {
             rules: Vec::new(),
             rate_limit: None,
             drop_events_per_second: 0,
+            xdp_mode: sluice_mesh_config::XdpMode::Auto,
         }
     }
 }

@@ -171,6 +171,8 @@ static long sl_match_cb(__u32 i, void *ctx)
 	__u32 idx = m->base + i;
 	struct sl_rule *r;
 
+	if ((m->candidates >> i) == 0)
+		return 1; /* no candidate left: stop */
 	if (!((m->candidates >> i) & 1))
 		return 0;
 	r = bpf_map_lookup_elem(&sl_prules, &idx);

@@ -20,7 +20,7 @@ pub mod watch;
 pub use error::{ConfigError, Location};
 pub use model::{
     Cidr, Direction, Endpoint, L4Protocol, MeshConfig, Policy, PolicyAction, PolicyRule, Protocol, RateLimit,
-    Service, ServiceAddr, ServicePort,
+    Service, ServiceAddr, ServicePort, XdpMode,
 };
 
 /// Kernel rules per direction (`SL_MAX_RULES` in bpf/lib/abi.h).

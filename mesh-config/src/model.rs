@@ -26,6 +26,19 @@ pub struct Policy {
     pub rate_limit: Option<RateLimit>,
     /// Drop events per CPU per second sent to the logs; more are only counted.
     pub drop_events_per_second: u32,
+    pub xdp_mode: XdpMode,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpMode {
+    /// Native (driver) where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// Native only: fail if the driver cannot.
+    Native,
+    /// Generic (after the kernel built the skb): works on every interface.
+    Generic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use serde_saphyr::Spanned;
 
 use crate::{
     ConfigError, MAX_POLICY_RULES,
-    model::{Cidr, Direction, L4Protocol, Policy, PolicyAction, PolicyRule, RateLimit},
+    model::{Cidr, Direction, L4Protocol, Policy, PolicyAction, PolicyRule, RateLimit, XdpMode},
     raw::{PortSpec, RawPolicy, RawRule, loc},
 };
 
@@ -91,7 +91,32 @@ pub(crate) fn validate(file: &Path, raw: &Spanned<RawPolicy>) -> Result<Policy, 
         .hint("list the interfaces, e.g. interfaces: [veth0]"));
     }
     let drop_events_per_second = p.drop_events_per_second.as_ref().map_or(100, |e| e.value);
-    Ok(Policy { interfaces, default_ingress, default_egress, rules, rate_limit, drop_events_per_second })
+    let xdp_mode = match &p.xdp_mode {
+        None => XdpMode::Auto,
+        Some(m) => match m.value.as_str() {
+            "auto" => XdpMode::Auto,
+            "native" => XdpMode::Native,
+            "generic" => XdpMode::Generic,
+            other => {
+                return Err(ConfigError::at(
+                    file,
+                    loc(m),
+                    "policy.xdp_mode",
+                    format!("unknown XDP mode '{other}'"),
+                )
+                .hint("use auto (native where the driver has it), native or generic"));
+            }
+        },
+    };
+    Ok(Policy {
+        interfaces,
+        default_ingress,
+        default_egress,
+        rules,
+        rate_limit,
+        drop_events_per_second,
+        xdp_mode,
+    })
 }
 
 fn action_or(

@@ -29,6 +29,7 @@ pub(crate) struct RawPolicy {
     pub rules: Option<Vec<Spanned<RawRule>>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub drop_events_per_second: Option<Spanned<u32>>,
+    pub xdp_mode: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -263,7 +263,7 @@ impl PolicyEnforcer {
     /// Nothing is detached or reattached for a rule change.
     pub fn apply(&mut self, policy: &Policy) -> Result<(), Error> {
         // Attach first: if an interface is missing, nothing has changed yet.
-        self.attach_new(&policy.interfaces)?;
+        self.attach_new(&policy.interfaces, policy.xdp_mode)?;
         let compiled = compile(policy);
         let active = self.cfg.get(&0, 0).map(|c| c.active_slot).unwrap_or(0) as u8;
         let configured = self.cfg.get(&0, 0).map(|c| c != PolCfg::default()).unwrap_or(false);
@@ -320,7 +320,7 @@ impl PolicyEnforcer {
         }
     }
 
-    fn attach_new(&mut self, wanted: &[String]) -> Result<(), Error> {
+    fn attach_new(&mut self, wanted: &[String], mode: sluice_mesh_config::XdpMode) -> Result<(), Error> {
         for iface in wanted {
             if self.attached.contains_key(iface) {
                 continue;
@@ -328,14 +328,19 @@ impl PolicyEnforcer {
             if !self.allow_uplink && default_route_interfaces().contains(iface) {
                 return Err(Error::Uplink { interface: iface.clone() });
             }
-            let att = self.attach(iface)?;
+            let att = self.attach(iface, mode)?;
             tracing::info!(interface = %iface, xdp_mode = att.2, "policy attached (XDP ingress, tc egress)");
             self.attached.insert(iface.clone(), att);
         }
         Ok(())
     }
 
-    fn attach(&mut self, iface: &str) -> Result<(PinnedAttachment, PinnedAttachment, &'static str), Error> {
+    fn attach(
+        &mut self,
+        iface: &str,
+        want: sluice_mesh_config::XdpMode,
+    ) -> Result<(PinnedAttachment, PinnedAttachment, &'static str), Error> {
+        use sluice_mesh_config::XdpMode as M;
         let xdp_pin = self.pin_dir.join(format!("link_xdp_{iface}"));
         let tc_pin = self.pin_dir.join(format!("link_tc_{iface}"));
         let adopt = |p: &Path| -> Result<Option<PinnedAttachment>, Error> {
@@ -356,17 +361,15 @@ impl PolicyEnforcer {
             .ok_or(Error::Missing { object: "xdp", what: "program", name: programs::XDP_POLICY })?
             .try_into()
             .map_err(|e| Error::program(programs::XDP_POLICY, e))?;
-        // Native (driver) mode where the driver has it, generic otherwise.
-        let (id, mode) = match xdp.attach(iface, XdpMode::Driver) {
-            Ok(id) => (id, "native"),
-            Err(_) => (
-                xdp.attach(iface, XdpMode::Skb).map_err(|e| Error::Interface {
-                    interface: iface.into(),
-                    what: "XDP",
-                    source: Box::new(e),
-                })?,
-                "generic",
-            ),
+        let err = |e| Error::Interface { interface: iface.into(), what: "XDP", source: Box::new(e) };
+        // Auto: native (driver) mode where the driver has it, generic otherwise.
+        let (id, mode) = match want {
+            M::Native => (xdp.attach(iface, XdpMode::Driver).map_err(err)?, "native"),
+            M::Generic => (xdp.attach(iface, XdpMode::Skb).map_err(err)?, "generic"),
+            M::Auto => match xdp.attach(iface, XdpMode::Driver) {
+                Ok(id) => (id, "native"),
+                Err(_) => (xdp.attach(iface, XdpMode::Skb).map_err(err)?, "generic"),
+            },
         };
         let link = xdp.take_link(id).map_err(|e| Error::program(programs::XDP_POLICY, e))?;
         let x = PinnedAttachment::pin(

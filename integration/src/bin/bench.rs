@@ -3,7 +3,14 @@
 //! `sluice-bench workers [--secs N] [--rounds N]`: HTTP/1.1 through Sluice's L4
 //! path with 1 and 2 proxy workers, and direct, driven by wrk from inside the
 //! mesh cgroup, keep-alive and new-connection-per-request. Rounds alternate the
-//! modes; the table shows medians. Needs root; build with `--release`.
+//! modes; the table shows medians.
+//!
+//! `sluice-bench policy [--packets N] [--rounds N]`: a UDP flood over a veth
+//! into a network namespace, dropped by Sluice's XDP policy or by an
+//! equivalent nftables rule (netdev ingress hook on the same veth): drops per
+//! second and CPU time per dropped packet.
+//!
+//! Needs root; build with `--release`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -31,9 +38,188 @@ fn main() -> anyhow::Result<()> {
     };
     let secs = opt("--secs", 10)?;
     let rounds = opt("--rounds", 3)?;
+    let packets = opt("--packets", 2_000_000)?;
     match args.first().map(String::as_str) {
         Some("workers") => workers(secs, rounds),
-        _ => bail!("usage: sluice-bench workers [--secs N] [--rounds N]"),
+        Some("policy") => policy(packets, rounds),
+        _ => bail!("usage: sluice-bench workers [--secs N] [--rounds N] | policy [--packets N] [--rounds N]"),
+    }
+}
+
+/// Busy and softirq CPU jiffies of the machine, from /proc/stat.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle, f.get(6).copied().unwrap_or(0))
+}
+
+fn nft(ns: &str, args: &str) -> anyhow::Result<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft"])
+        .args(args.split_whitespace())
+        .output()?;
+    if !out.status.success() {
+        bail!("nft {args}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn policy(packets: u32, rounds: u32) -> anyhow::Result<()> {
+    use sluice_integration::{
+        NetnsGuard,
+        process::{sent, udp_send},
+    };
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark attaches XDP programs: run it as root");
+    }
+    let server = NetnsGuard::with_suffix("benchpolicy", "s");
+    let client = NetnsGuard::with_suffix("benchpolicy", "c");
+    server.veth("s1", "10.77.1.1/24", &client, "c1", "10.77.1.2/24");
+    let cg = CgroupGuard::new("benchpolicy");
+    let target: SocketAddr = "10.77.1.1:9".parse()?;
+    println!("UDP flood of {packets} 64-byte datagrams, c1 -> s1 (veth), {rounds} rounds, medians");
+    println!(
+        "{:<34} {:>12} {:>14} {:>14} {:>16}",
+        "mode", "sent pkt/s", "dropped pkt/s", "CPU ns/packet", "softirq ns/pkt"
+    );
+    let mut rows: Vec<(&str, Vec<(f64, f64, f64, f64)>)> = vec![
+        ("no filter (UDP port closed)", Vec::new()),
+        ("sluice XDP native (veth)", Vec::new()),
+        ("sluice XDP generic", Vec::new()),
+        ("nftables netdev ingress drop", Vec::new()),
+    ];
+    for _ in 0..rounds {
+        for (mode, runs) in rows.iter_mut() {
+            let xdp = mode.starts_with("sluice");
+            let nft_mode = mode.starts_with("nftables");
+            let node = if xdp {
+                let xdp_mode = if mode.contains("native") { "native" } else { "generic" };
+                let config = format!(
+                    "services: []\npolicy:\n  interfaces: [s1]\n  xdp_mode: {xdp_mode}\n  rules:\n    - {{action: deny, sources: [10.77.1.2/32]}}\n"
+                );
+                Some(Node::start(NodeOpts {
+                    test: "benchpolicy",
+                    config: &config,
+                    cgroup: cg.path(),
+                    netns: Some(&server),
+                    node_in_cgroup: false,
+                    args: &[],
+                }))
+            } else if nft_mode {
+                nft(server.name(), "add table netdev sluicebench")?;
+                nft(
+                    server.name(),
+                    "add chain netdev sluicebench in { type filter hook ingress device s1 priority -500 ; }",
+                )?;
+                nft(server.name(), "add rule netdev sluicebench in ip saddr 10.77.1.2 counter drop")?;
+                None
+            } else {
+                None
+            };
+            let dropped_before = if xdp || nft_mode { dropped(node.as_ref(), server.name())? } else { 0 };
+            let (busy0, soft0) = cpu_jiffies();
+            let started = std::time::Instant::now();
+            let n = sent(udp_send(client.name(), target, packets as usize, 0));
+            let secs = started.elapsed().as_secs_f64();
+            // Let the last packets through the stack before reading the counters.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let (busy1, soft1) = cpu_jiffies();
+            // Without a filter every packet reaches the stack (and a closed port): count them as "handled".
+            let dropped =
+                if xdp || nft_mode { dropped(node.as_ref(), server.name())? - dropped_before } else { n };
+            let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+            let per_packet = |j: u64| j as f64 / hz * 1e9 / dropped.max(1) as f64;
+            runs.push((
+                n as f64 / secs,
+                dropped as f64 / secs,
+                per_packet(busy1 - busy0),
+                per_packet(soft1 - soft0),
+            ));
+            if nft_mode {
+                nft(server.name(), "delete table netdev sluicebench")?;
+            }
+            drop(node);
+        }
+    }
+    for (mode, runs) in rows {
+        let m = |f: fn(&(f64, f64, f64, f64)) -> f64| median(runs.iter().map(f).collect());
+        println!(
+            "{mode:<34} {:>12.0} {:>14.0} {:>14.0} {:>16.0}",
+            m(|r| r.0),
+            m(|r| r.1),
+            m(|r| r.2),
+            m(|r| r.3)
+        );
+    }
+    println!(
+        "(CPU: the machine's busy time during the flood, sender included; softirq: receive-path time only)"
+    );
+    program_cost()
+}
+
+/// The XDP program alone, in the kernel, without a network: BPF_PROG_TEST_RUN.
+fn program_cost() -> anyhow::Result<()> {
+    use sluice_integration::packet::tcp4;
+    let pins = std::path::Path::new("/sys/fs/bpf/sluice")
+        .join(sluice_integration::unique("benchprog").trim_start_matches("sluice-"));
+    std::fs::create_dir_all(&pins)?;
+    let run = || -> anyhow::Result<Vec<(String, u32)>> {
+        let yaml = "policy:\n  interfaces: [x]\n  rules:\n    - {action: deny, sources: [10.66.0.0/16]}\n    - {action: deny, protocol: tcp, ports: [22]}\n";
+        let mut policy = sluice_mesh_config::parse(std::path::Path::new("b.yaml"), yaml)?
+            .policy
+            .ok_or_else(|| anyhow::anyhow!("no policy"))?;
+        policy.interfaces.clear();
+        let mut e = sluice_redirector::policy::PolicyEnforcer::new(&pins, false)?;
+        e.apply(&policy)?;
+        let mut out = Vec::new();
+        for (what, pkt) in [
+            ("denied by rule 0 (source)", tcp4("10.66.0.1", "10.0.0.1", 80)),
+            ("denied by rule 1 (port)", tcp4("10.77.0.1", "10.0.0.1", 22)),
+            ("allowed by default", tcp4("10.77.0.1", "10.0.0.1", 80)),
+        ] {
+            let r = sluice_redirector::sys::prog_test_run(e.xdp_program_fd()?, &pkt, 1_000_000)?;
+            out.push((what.to_string(), r.duration_ns));
+        }
+        Ok(out)
+    };
+    let result = run();
+    let _ = std::fs::remove_dir_all(&pins);
+    println!("\nXDP program alone (BPF_PROG_TEST_RUN, 1,000,000 repeats, ns per packet):");
+    for (what, ns) in result? {
+        println!("  {what:<28} {ns}");
+    }
+    Ok(())
+}
+
+/// Packets dropped so far by the XDP rule (from `sluice status`) or the nft rule.
+fn dropped(node: Option<&Node>, ns: &str) -> anyhow::Result<u64> {
+    match node {
+        Some(node) => {
+            let status = node.status();
+            Ok(status
+                .lines()
+                .find(|l| l.trim_start().starts_with("ingress_matched_rule_0"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0))
+        }
+        None => {
+            let text = nft(ns, "list table netdev sluicebench")?;
+            Ok(text
+                .split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0))
+        }
     }
 }
 
