@@ -28,6 +28,13 @@ fn validate_accepts_the_example_config() {
 }
 
 #[test]
+fn validate_accepts_the_example_policy() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.yaml");
+    let out = sluice(&["config", "validate", example]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn validate_reports_file_line_column_field_and_fix() {
     for (text, at, field) in [
         (
