@@ -103,6 +103,9 @@ pub(crate) struct NodeArgs {
     /// otherwise: a wrong rule there cuts the host off).
     #[arg(long)]
     pub policy_allow_uplink: bool,
+    /// Admin listener on 127.0.0.1 (/ready, /live, /metrics); 0: any free port.
+    #[arg(long, default_value_t = 15000)]
+    pub admin_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -89,6 +89,7 @@ async fn walk_through(s: &Scratch, args: &DemoArgs) -> Result<(), Failure> {
         liveness_timeout_ms: 500,
         takeover: false,
         policy_allow_uplink: false,
+        admin_port: 0,
     };
     let mut node = NodeHandle::start(&node_args).await?;
     say(&format!(

@@ -5,9 +5,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod admin;
 mod check;
 mod cli;
 mod demo;
+mod metrics;
 mod node;
 mod status;
 

@@ -93,11 +93,12 @@ async fn run_async(args: NodeArgs) -> Result<(), Failure> {
         (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?, sig(SignalKind::user_defined2())?);
     let mut node = NodeHandle::start(&args).await?;
     println!(
-        "sluice node ready: proxy {} and {}, cgroup {}, {} workers",
+        "sluice node ready: proxy {} and {}, cgroup {}, {} workers, admin {}",
         node.proxy4,
         node.proxy6,
         node.redirector.cgroup().display(),
-        node.workers
+        node.workers,
+        node.admin_addr
     );
     let mut tick = tokio::time::interval(Duration::from_millis(args.watch_interval_ms.max(10)));
     let replaced = loop {
@@ -133,6 +134,8 @@ pub(crate) struct NodeHandle {
     policy: Option<PolicyEnforcer>,
     allow_uplink: bool,
     instance: String,
+    pub admin_addr: SocketAddr,
+    drop_events: Arc<std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>>,
     /// However the handle goes away, the workers are told to stop.
     _stop_workers: tokio_util::sync::DropGuard,
 }
@@ -210,6 +213,17 @@ impl NodeHandle {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let drop_events = Arc::default();
+        let admin = crate::admin::Admin::new();
+        *admin.render.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::metrics::renderer(
+            redirector.pin_dir().to_path_buf(),
+            proxy_stats.clone(),
+            Arc::clone(&drop_events),
+        ));
+        let admin_addr = admin.clone().serve(args.admin_port, shutdown.clone()).await.map_err(|e| {
+            Failure::new(exit::FAILED, format!("admin listener on 127.0.0.1:{}: {e}", args.admin_port))
+        })?;
+        admin.ready.store(true, Ordering::SeqCst);
         if let Some(p) = &predecessor {
             p.signal_replaced()?;
             tracing::info!(predecessor = p.pid, "told the running node to drain and exit");
@@ -218,6 +232,8 @@ impl NodeHandle {
             policy,
             allow_uplink: args.policy_allow_uplink,
             instance: args.instance.clone(),
+            admin_addr,
+            drop_events,
             holds_lock: predecessor.is_none(),
             redirector,
             routes,
@@ -247,10 +263,17 @@ impl NodeHandle {
     fn log_policy_drops(&self) {
         let Some(p) = &self.policy else { return };
         for e in p.drain_events() {
+            let dir = if e.dir == 0 { "ingress" } else { "egress" };
+            *self
+                .drop_events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry((dir, e.reason_name()))
+                .or_default() += 1;
             let src = sluice_bpf::abi::ip_from_be(e.src_be);
             let dst = sluice_bpf::abi::ip_from_be(e.dst_be);
             tracing::warn!(
-                direction = if e.dir == 0 { "ingress" } else { "egress" },
+                direction = dir,
                 reason = e.reason_name(),
                 rule = e.rule,
                 proto = e.proto,

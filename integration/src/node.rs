@@ -33,6 +33,8 @@ pub struct Node {
     child: Option<Child>,
     pub instance: String,
     pub proxy4: SocketAddr,
+    pub admin: SocketAddr,
+    netns: Option<String>,
     dir: tempfile_dir::Dir,
 }
 
@@ -72,6 +74,10 @@ impl Node {
         if !o.args.contains(&"--drain-ms") {
             argv.extend(["--drain-ms".into(), "2000".into()]);
         }
+        if !o.args.contains(&"--admin-port") {
+            // Parallel tests must not share an admin port (it is SO_REUSEPORT).
+            argv.extend(["--admin-port".into(), "0".into()]);
+        }
         if !o.args.contains(&"--workers") {
             argv.extend(["--workers".into(), "1".into()]);
         }
@@ -95,14 +101,16 @@ impl Node {
                 let _ = tx.send(line);
             }
         });
-        let mut node =
-            Self { child: Some(child), instance, proxy4: SocketAddr::from(([0, 0, 0, 0], 0)), dir };
+        let unset = SocketAddr::from(([0, 0, 0, 0], 0));
+        let netns = o.netns.map(|n| n.name().to_string());
+        let mut node = Self { child: Some(child), instance, proxy4: unset, admin: unset, netns, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) if line.starts_with("sluice node ready") => {
                     node.proxy4 =
                         line.split_whitespace().nth(4).and_then(|a| a.parse().ok()).expect("proxy address");
+                    node.admin = line.rsplit(' ').next().and_then(|a| a.parse().ok()).expect("admin address");
                     return node;
                 }
                 Ok(_) => {}
@@ -137,6 +145,26 @@ impl Node {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// GET `path` on the admin listener (inside the node's namespace): status line and body.
+    pub fn admin_get(&self, path: &str) -> String {
+        let mut cmd = Command::new(target_bin("sluice-testkit"));
+        cmd.arg("get");
+        if let Some(ns) = &self.netns {
+            cmd.args(["--netns", ns]);
+        }
+        let out = cmd.arg(self.admin.to_string()).arg(path).output().expect("testkit get");
+        assert!(out.status.success(), "GET {path}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// One sample of `/metrics`: the value of the line `name{labels}` (exact text).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.admin_get("/metrics")
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.rsplit_once(' ').filter(|(k, _)| *k == series).and_then(|(_, v)| v.parse().ok()))
     }
 
     /// `sluice status` of this instance.

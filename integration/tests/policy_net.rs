@@ -138,4 +138,15 @@ fn a_flood_from_one_source_is_limited_and_another_source_is_unaffected() {
     // The burst (100) plus 200/s for the flood's 2 s: about 500.
     assert!((380..=650).contains(&got_flood), "flood limited to burst + rate: {got_flood} of {flooded}");
     assert_eq!(policy_counter(&node, "ingress_rate_limited"), flooded - got_flood, "{}", node.status());
+    // The same counters on /metrics, and the sampled drop events that reached the log.
+    let limited = node.metric("sluice_policy_packets_total{direction=\"ingress\",reason=\"rate_limited\"}");
+    assert_eq!(limited, Some((flooded - got_flood) as f64));
+    wait_for("drop events to be counted", Duration::from_secs(5), || {
+        node.metric("sluice_policy_drop_events_total{direction=\"ingress\",reason=\"rate_limit\"}")
+            .filter(|n| *n > 0.0)
+    });
+    assert!(
+        node.admin_get("/ready").starts_with("HTTP/1.0 200")
+            || node.admin_get("/ready").starts_with("HTTP/1.1 200")
+    );
 }

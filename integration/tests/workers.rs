@@ -57,6 +57,10 @@ fn flow_hash_spreads_new_connections_over_the_workers() {
     let stats = node.kernel_stats();
     assert_eq!(stats["worker_selected"], N as u64);
     assert_eq!(stats["worker_fallback"], 0);
+    // The same from /metrics.
+    let from_metrics: f64 =
+        (0..2).filter_map(|s| node.metric(&format!("sluice_worker_connections_total{{slot=\"{s}\"}}"))).sum();
+    assert_eq!(from_metrics, N as f64);
 }
 
 #[test]

@@ -15,6 +15,8 @@
 //!     counts UDP datagrams per source for N seconds, then prints `SRC COUNT` lines.
 //! `sluice-testkit udp-send [--netns NAME] --count N [--pps R] ADDR`
 //!     sends N datagrams (R per second; 0: as fast as it can), prints `sent N`.
+//! `sluice-testkit get [--netns NAME] ADDR PATH`
+//!     an HTTP/1.0 GET; prints the status line and the body.
 //! `sluice-testkit http LISTEN`
 //!     a minimal HTTP/1.1 server (keep-alive, `Connection: close`) answering 200 "ok".
 
@@ -74,6 +76,15 @@ fn main() -> anyhow::Result<()> {
         }
         ("hold", [addr]) => hold(addr.parse()?, timeout),
         ("http", [listen]) => http(listen.parse()?),
+        ("get", [addr, path]) => {
+            let mut s = TcpStream::connect_timeout(&addr.parse()?, timeout)?;
+            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp)?;
+            let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+            println!("{}\n{body}", head.lines().next().unwrap_or_default());
+            Ok(())
+        }
         ("udp-sink", [listen]) => udp_sink(listen.parse()?, secs),
         ("udp-send", [addr]) => udp_send(addr.parse()?, count, pps),
         _ => bail!("usage: sluice-testkit echo|client ... (see the source)"),

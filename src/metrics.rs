@@ -1,0 +1,145 @@
+//! What `/metrics` shows: read from the node's pins on each scrape (so it is
+//! the kernel's own count), plus the proxy's counters.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, atomic::Ordering::Relaxed},
+};
+
+use sluice_proxy::ProxyStats;
+use sluice_redirector::{Liveness, Stats, Workers, monotonic_ns, policy};
+
+use crate::admin::{Metrics, Render};
+
+pub(crate) type DropEvents = Arc<Mutex<BTreeMap<(&'static str, &'static str), u64>>>;
+
+pub(crate) fn renderer(pin_dir: PathBuf, proxy: Arc<ProxyStats>, drops: DropEvents) -> Render {
+    Arc::new(move || render(&pin_dir, &proxy, &drops))
+}
+
+fn render(pin_dir: &std::path::Path, proxy: &ProxyStats, drops: &DropEvents) -> String {
+    let mut m = Metrics::default();
+    m.sample("sluice_up", "gauge", "1 while the node runs.", &[], 1.0);
+    if let Ok(live) = Liveness::read_pinned(pin_dir) {
+        let age = monotonic_ns().saturating_sub(live.heartbeat_ns) as f64 / 1e9;
+        m.sample(
+            "sluice_heartbeat_age_seconds",
+            "gauge",
+            "Age of the proxy's last heartbeat in the kernel map.",
+            &[],
+            age,
+        );
+    }
+    if let Ok(stats) = Stats::from_pin(pin_dir) {
+        for (s, n) in stats.all() {
+            m.sample(
+                "sluice_kernel_events_total",
+                "counter",
+                "Redirection, liveness and worker-selection events counted by the eBPF programs.",
+                &[("event", s.name())],
+                n as f64,
+            );
+        }
+    }
+    if let Ok(workers) = Workers::read_pinned(pin_dir) {
+        for w in &workers {
+            let slot = w.slot.to_string();
+            let state = format!("{:?}", w.state).to_lowercase();
+            m.sample(
+                "sluice_worker_state",
+                "gauge",
+                "1 for the state each worker slot is in.",
+                &[("slot", &slot), ("state", &state)],
+                1.0,
+            );
+        }
+        for w in &workers {
+            let slot = w.slot.to_string();
+            m.sample(
+                "sluice_worker_open_connections",
+                "gauge",
+                "Open connections per worker.",
+                &[("slot", &slot)],
+                f64::from(w.load),
+            );
+        }
+        for w in &workers {
+            let slot = w.slot.to_string();
+            m.sample(
+                "sluice_worker_connections_total",
+                "counter",
+                "Connections sk_reuseport gave each worker slot.",
+                &[("slot", &slot)],
+                w.selected as f64,
+            );
+        }
+    }
+    for (name, v) in [
+        ("accepted", &proxy.accepted),
+        ("forwarded", &proxy.forwarded),
+        ("no_orig_dst", &proxy.no_orig_dst),
+        ("unknown_service", &proxy.unknown_service),
+        ("no_endpoint", &proxy.no_endpoint),
+        ("upstream_connect_failed", &proxy.upstream_connect_failed),
+    ] {
+        m.sample(
+            "sluice_proxy_connections_total",
+            "counter",
+            "Proxy connections by outcome.",
+            &[("outcome", name)],
+            v.load(Relaxed) as f64,
+        );
+    }
+    m.sample(
+        "sluice_proxy_active_connections",
+        "gauge",
+        "Connections being forwarded.",
+        &[],
+        proxy.active.load(Relaxed) as f64,
+    );
+    for (dir, v) in [("up", &proxy.bytes_up), ("down", &proxy.bytes_down)] {
+        m.sample(
+            "sluice_proxy_bytes_total",
+            "counter",
+            "Bytes forwarded (up: to endpoints).",
+            &[("direction", dir)],
+            v.load(Relaxed) as f64,
+        );
+    }
+    if let Ok(counters) = policy::read_pinned_counters(pin_dir) {
+        for (name, n) in &counters {
+            let Some((dir, reason)) = name.split_once('_') else { continue };
+            if reason.starts_with("matched_rule_") {
+                continue;
+            }
+            m.sample(
+                "sluice_policy_packets_total",
+                "counter",
+                "Packets seen by the XDP (ingress) and tc (egress) policy programs, by outcome.",
+                &[("direction", dir), ("reason", reason)],
+                *n as f64,
+            );
+        }
+        for (name, n) in &counters {
+            let Some((dir, rule)) = name.split_once("_matched_rule_") else { continue };
+            m.sample(
+                "sluice_policy_rule_packets_total",
+                "counter",
+                "Packets that matched each policy rule (index in the kernel's rule table).",
+                &[("direction", dir), ("rule", rule)],
+                *n as f64,
+            );
+        }
+    }
+    for ((dir, reason), n) in drops.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        m.sample(
+            "sluice_policy_drop_events_total",
+            "counter",
+            "Sampled drop events received from the kernel and logged.",
+            &[("direction", dir), ("reason", reason)],
+            *n as f64,
+        );
+    }
+    m.finish()
+}
