@@ -269,3 +269,86 @@ fn tc_egress_and_a_policy_change_without_reattaching() {
     assert_eq!(xdp(&e, &tcp4("10.66.1.5", "10.0.0.1", 80)), XDP_DROP);
     assert_eq!(xdp(&e, &tcp4("10.77.0.1", "10.0.0.1", 80)), XDP_PASS);
 }
+
+/// The rules as the config states them, evaluated in Rust: first match wins.
+fn reference(
+    policy: &sluice_mesh_config::Policy,
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    proto: u8,
+    dport: u16,
+) -> u32 {
+    use sluice_mesh_config::{Cidr, Direction, PolicyAction};
+    let contains = |c: &Cidr, ip: std::net::IpAddr| -> bool {
+        let m = |ip: std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+            std::net::IpAddr::V6(v6) => u128::from(v6),
+        };
+        let bits = c.mapped_bits();
+        bits == 0 || (m(ip) >> (128 - bits)) == (m(c.addr) >> (128 - bits))
+    };
+    let has_ports = proto == TCP || proto == UDP;
+    for r in policy.rules.iter().filter(|r| r.direction == Direction::Ingress) {
+        let src_ok = r.sources.is_empty() || r.sources.iter().any(|c| contains(c, src));
+        let dst_ok = r.destinations.is_empty() || r.destinations.iter().any(|c| contains(c, dst));
+        let proto_ok = r.protocol.number() == 0 || r.protocol.number() == proto;
+        let port_ok =
+            r.ports.is_empty() || (has_ports && r.ports.iter().any(|(lo, hi)| (*lo..=*hi).contains(&dport)));
+        if src_ok && dst_ok && proto_ok && port_ok {
+            return if r.action == PolicyAction::Deny { XDP_DROP } else { XDP_PASS };
+        }
+    }
+    if policy.default_ingress == PolicyAction::Deny { XDP_DROP } else { XDP_PASS }
+}
+
+#[test]
+fn random_packets_get_the_verdict_of_a_reference_model() {
+    if !privileged("random_packets_get_the_verdict_of_a_reference_model") {
+        return;
+    }
+    let pins = Pins::new("polmodel");
+    let e = enforcer(&pins, POLICY);
+    let policy = sluice_mesh_config::parse(Path::new("p.yaml"), POLICY).unwrap().policy.unwrap();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    let v4_src = [
+        "10.66.0.9",
+        "10.66.1.5",
+        "10.66.255.1",
+        "10.67.0.1",
+        "10.77.0.1",
+        "192.0.2.9",
+        "192.0.3.9",
+        "0.0.0.0",
+    ];
+    let v4_dst = ["10.0.0.1", "10.1.1.1", "10.255.0.1", "11.0.0.1", "192.168.1.1", "198.51.100.7"];
+    let v6_src = ["fd66::1", "fd66:ffff::9", "fd67::1", "fd77::1", "::1"];
+    let v6_dst = ["fd00::1", "fe80::1", "2001:db8::1"];
+    let ports = [22u16, 21, 23, 80, 4999, 5000, 5005, 5010, 5011, 65535, 1];
+    let protos = [TCP, UDP, ICMP];
+    let mut checked = 0;
+    for _ in 0..3000 {
+        let proto = protos[next(protos.len())];
+        let dport = ports[next(ports.len())];
+        let (src, dst, pkt): (std::net::IpAddr, std::net::IpAddr, Vec<u8>) = if next(2) == 0 {
+            let (s, d) = (v4_src[next(v4_src.len())], v4_dst[next(v4_dst.len())]);
+            let l3 = ipv4(s.parse().unwrap(), d.parse().unwrap(), proto, 0, &l4(proto, 1234, dport));
+            let vlans: &[u16] = [&[][..], &[7][..], &[7, 8][..]][next(3)];
+            (s.parse().unwrap(), d.parse().unwrap(), frame(vlans, ETH_P_IP, &l3))
+        } else {
+            let (s, d) = (v6_src[next(v6_src.len())], v6_dst[next(v6_dst.len())]);
+            let exts: &[(u8, [u8; 6])] = [&[][..], &[(0, [0u8; 6])][..]][next(2)];
+            let l3 = ipv6(s.parse().unwrap(), d.parse().unwrap(), proto, exts, &l4(proto, 1234, dport));
+            (s.parse().unwrap(), d.parse().unwrap(), frame(&[], ETH_P_IPV6, &l3))
+        };
+        let want = reference(&policy, src, dst, proto, dport);
+        assert_eq!(xdp(&e, &pkt), want, "{src} -> {dst} proto {proto} port {dport}");
+        checked += 1;
+    }
+    assert_eq!(checked, 3000);
+}

@@ -421,26 +421,12 @@ impl PolicyEnforcer {
 
     /// The XDP program's fd, for BPF_PROG_TEST_RUN.
     pub fn xdp_program_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>, Error> {
-        use std::os::fd::AsFd;
-        let p: &Xdp = self
-            .xdp
-            .program(programs::XDP_POLICY)
-            .ok_or(Error::Missing { object: "xdp", what: "program", name: programs::XDP_POLICY })?
-            .try_into()
-            .map_err(|e| Error::program(programs::XDP_POLICY, e))?;
-        Ok(p.fd().map_err(|e| Error::program(programs::XDP_POLICY, e))?.as_fd())
+        program_fd(&self.xdp, "xdp", programs::XDP_POLICY)
     }
 
     /// The tc program's fd, for BPF_PROG_TEST_RUN.
     pub fn tc_program_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>, Error> {
-        use std::os::fd::AsFd;
-        let p: &SchedClassifier = self
-            .tc
-            .program(programs::TC_EGRESS)
-            .ok_or(Error::Missing { object: "tc", what: "program", name: programs::TC_EGRESS })?
-            .try_into()
-            .map_err(|e| Error::program(programs::TC_EGRESS, e))?;
-        Ok(p.fd().map_err(|e| Error::program(programs::TC_EGRESS, e))?.as_fd())
+        program_fd(&self.tc, "tc", programs::TC_EGRESS)
     }
 
     /// Leaves the pinned XDP/tc links in place (handover to a new node).
@@ -450,6 +436,16 @@ impl PolicyEnforcer {
             t.keep_pinned();
         }
     }
+}
+
+fn program_fd<'a>(
+    ebpf: &'a Ebpf,
+    object: &'static str,
+    name: &'static str,
+) -> Result<std::os::fd::BorrowedFd<'a>, Error> {
+    use std::os::fd::AsFd;
+    let prog = ebpf.program(name).ok_or(Error::Missing { object, what: "program", name })?;
+    Ok(prog.fd().map_err(|e| Error::program(name, e))?.as_fd())
 }
 
 fn read_counters(stats: &PerCpuArray<MapData, u64>, names: &[KernelRule]) -> Vec<(String, u64)> {
