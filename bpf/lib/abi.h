@@ -23,8 +23,22 @@ struct sl_svc_key {
 
 /* Value of sl_svc. */
 struct sl_svc_val {
-	__u32 svc_id; /* index of the service in the config, for counters */
-	__u32 flags;  /* reserved, zero */
+	__u32 svc_id;   /* index of the service in the config, for counters */
+	__u32 flags;    /* SL_SVC_* */
+	__u32 ep_base;  /* zero-hop: first endpoint in sl_zh_eps */
+	__u32 ep_count; /* zero-hop: how many */
+};
+
+/* sl_svc_val.flags: connect straight to an endpoint, never through the proxy. */
+#define SL_SVC_ZERO_HOP 1
+/* sl_zh_eps holds two generations of this many endpoints each. */
+#define SL_ZH_EPS_PER_GEN 2048
+
+/* A zero-hop endpoint (sl_zh_eps), and the VIP a zero-hop socket dialed (sl_zh_peer). */
+struct sl_sockaddr {
+	__u32 addr_be[4];
+	__u16 port_be;
+	__u16 _pad;
 };
 
 /* The destination an application dialed, before the rewrite. */
@@ -188,12 +202,16 @@ enum sl_stat {
 	SL_STAT_RP_SELECTED = 8, /* sk_reuseport chose a worker */
 	SL_STAT_RP_FALLBACK = 9, /* sk_reuseport found no active worker: kernel default */
 	SL_STAT_RP_MIGRATED = 10, /* a closing worker's queued connection moved to another */
-	SL_STAT_MAX = 11,
+	SL_STAT_ZERO_HOP = 11,    /* connect went straight to a local endpoint (no proxy) */
+	SL_STAT_PEER_REWRITTEN = 12, /* getpeername showed the service address */
+	SL_STAT_MAX = 13,
 };
 
 _Static_assert(sizeof(struct sl_svc_key) == 20, "sl_svc_key size");
 _Static_assert(__builtin_offsetof(struct sl_svc_key, port_be) == 16, "sl_svc_key.port_be");
-_Static_assert(sizeof(struct sl_svc_val) == 8, "sl_svc_val size");
+_Static_assert(sizeof(struct sl_svc_val) == 16, "sl_svc_val size");
+_Static_assert(__builtin_offsetof(struct sl_svc_val, ep_base) == 8, "sl_svc_val.ep_base");
+_Static_assert(sizeof(struct sl_sockaddr) == 20, "sl_sockaddr size");
 _Static_assert(sizeof(struct sl_orig_dst) == 24, "sl_orig_dst size");
 _Static_assert(__builtin_offsetof(struct sl_orig_dst, port_be) == 16, "sl_orig_dst.port_be");
 _Static_assert(__builtin_offsetof(struct sl_orig_dst, svc_id) == 20, "sl_orig_dst.svc_id");

@@ -40,6 +40,22 @@ struct {
 	__type(value, __u64);
 } sl_stats SEC(".maps");
 
+/* Zero-hop endpoints, two generations (the node writes one, then points sl_svc at it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * SL_ZH_EPS_PER_GEN);
+	__type(key, __u32);
+	__type(value, struct sl_sockaddr);
+} sl_zh_eps SEC(".maps");
+
+/* What a zero-hop socket dialed, by socket cookie, for getpeername. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct sl_sockaddr);
+} sl_zh_peer SEC(".maps");
+
 /* Proxy liveness: one entry, written by the node. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -58,16 +58,51 @@ static __always_inline int sl_remember(struct bpf_sock_addr *ctx, const struct s
 	return 1;
 }
 
-/* SL_REDIRECT: go to the proxy; SL_DIRECT: leave alone; SL_REFUSE: fail the connect. */
-enum sl_decision { SL_DIRECT = 0, SL_REDIRECT = 1, SL_REFUSE = 2 };
+/* SL_REDIRECT: go to the proxy; SL_DIRECT: leave alone; SL_REFUSE: fail the connect;
+ * SL_ZERO_HOP: *ep is the endpoint to connect to instead. */
+enum sl_decision { SL_DIRECT = 0, SL_REDIRECT = 1, SL_REFUSE = 2, SL_ZERO_HOP = 3 };
 
-static __always_inline enum sl_decision sl_decide(struct bpf_sock_addr *ctx, const struct sl_svc_key *key)
+/*
+ * Zero-hop: picks an endpoint (random, so new connections spread) and keeps
+ * the VIP for getpeername. NULL: no usable endpoint, take the proxy path.
+ */
+static __always_inline const struct sl_sockaddr *sl_zero_hop(struct bpf_sock_addr *ctx,
+							      const struct sl_svc_key *key,
+							      const struct sl_svc_val *svc)
+{
+	const struct sl_sockaddr *ep;
+	struct sl_sockaddr vip = {};
+	__u32 idx;
+	__u64 cookie;
+
+	if (!(svc->flags & SL_SVC_ZERO_HOP) || svc->ep_count == 0)
+		return NULL;
+	idx = svc->ep_base + bpf_get_prandom_u32() % svc->ep_count;
+	ep = bpf_map_lookup_elem(&sl_zh_eps, &idx);
+	/* An AF_INET socket cannot reach an IPv6 endpoint: take the proxy path. */
+	if (!ep || (ctx->user_family == AF_INET && !sl_addr_is_v4mapped(ep->addr_be)))
+		return NULL;
+	__builtin_memcpy(vip.addr_be, key->addr_be, sizeof(vip.addr_be));
+	vip.port_be = key->port_be;
+	cookie = bpf_get_socket_cookie(ctx);
+	if (bpf_map_update_elem(&sl_zh_peer, &cookie, &vip, BPF_ANY) != 0)
+		return NULL;
+	sl_count(SL_STAT_ZERO_HOP);
+	return ep;
+}
+
+static __always_inline enum sl_decision sl_decide(struct bpf_sock_addr *ctx, const struct sl_svc_key *key,
+						  const struct sl_sockaddr **ep)
 {
 	const struct sl_svc_val *svc = sl_mesh_lookup(ctx, key);
 	const struct sl_live *live;
 
 	if (!svc)
 		return SL_DIRECT;
+	/* Zero-hop needs no proxy, so the proxy's liveness does not matter to it. */
+	*ep = sl_zero_hop(ctx, key, svc);
+	if (*ep)
+		return SL_ZERO_HOP;
 	if (!sl_proxy_up(&live)) {
 		if (live && live->fail_mode == SL_FAIL_CLOSED) {
 			sl_count(SL_STAT_DOWN_CLOSED);

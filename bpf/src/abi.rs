@@ -59,6 +59,28 @@ impl SvcKey {
 pub struct SvcVal {
     pub svc_id: u32,
     pub flags: u32,
+    pub ep_base: u32,
+    pub ep_count: u32,
+}
+
+/// `SL_SVC_ZERO_HOP`.
+pub const SVC_ZERO_HOP: u32 = 1;
+/// `SL_ZH_EPS_PER_GEN`: zero-hop endpoints per generation of `sl_zh_eps`.
+pub const ZH_EPS_PER_GEN: u32 = 2048;
+
+/// `struct sl_sockaddr`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sockaddr {
+    pub addr_be: AddrBe,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+
+impl Sockaddr {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr_be: addr_be(addr.ip()), port_be: port_be(addr.port()), _pad: 0 }
+    }
 }
 
 /// `struct sl_orig_dst`.
@@ -334,10 +356,12 @@ pub enum Stat {
     RpSelected = 8,
     RpFallback = 9,
     RpMigrated = 10,
+    ZeroHop = 11,
+    PeerRewritten = 12,
 }
 
 impl Stat {
-    pub const ALL: [Stat; 11] = [
+    pub const ALL: [Stat; 13] = [
         Stat::Redirect4,
         Stat::Redirect6,
         Stat::OwnSkipped,
@@ -349,9 +373,11 @@ impl Stat {
         Stat::RpSelected,
         Stat::RpFallback,
         Stat::RpMigrated,
+        Stat::ZeroHop,
+        Stat::PeerRewritten,
     ];
     /// `SL_STAT_MAX`: the number of counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 13;
 
     /// The name used in `sluice status` and metrics.
     pub fn name(self) -> &'static str {
@@ -367,6 +393,8 @@ impl Stat {
             Stat::RpSelected => "worker_selected",
             Stat::RpFallback => "worker_fallback",
             Stat::RpMigrated => "worker_migrated",
+            Stat::ZeroHop => "zero_hop_connect",
+            Stat::PeerRewritten => "zero_hop_getpeername",
         }
     }
 }
@@ -389,6 +417,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for Live {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for Sockaddr {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for RpCfg {}
     // SAFETY: as above.
     unsafe impl aya::Pod for LpmKey {}
@@ -402,7 +432,9 @@ const _: () = {
     use std::mem::{offset_of, size_of};
     assert!(size_of::<SvcKey>() == 20);
     assert!(offset_of!(SvcKey, port_be) == 16);
-    assert!(size_of::<SvcVal>() == 8);
+    assert!(size_of::<SvcVal>() == 16);
+    assert!(offset_of!(SvcVal, ep_base) == 8);
+    assert!(size_of::<Sockaddr>() == 20);
     assert!(size_of::<OrigDst>() == 24);
     assert!(offset_of!(OrigDst, port_be) == 16);
     assert!(offset_of!(OrigDst, svc_id) == 20);

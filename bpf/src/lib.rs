@@ -20,7 +20,7 @@ pub struct Object {
     pub bytes: &'static [u8],
 }
 
-/// `cgroup/connect4` and `cgroup/connect6` (programs `sl_connect4`, `sl_connect6`).
+/// `cgroup/connect4`, `cgroup/connect6`, `cgroup/getpeername4`, `cgroup/getpeername6`.
 pub const SOCK_ADDR: Object = Object {
     name: "sock_addr",
     bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_addr.bpf.o")),
@@ -59,6 +59,10 @@ pub mod maps {
     pub const ORIG_DST: &str = "sl_orig";
     /// Per-CPU `u64` counters indexed by [`crate::abi::Stat`].
     pub const STATS: &str = "sl_stats";
+    /// Zero-hop endpoints: [`crate::abi::Sockaddr`], two generations.
+    pub const ZH_ENDPOINTS: &str = "sl_zh_eps";
+    /// What zero-hop sockets dialed, by cookie (for getpeername).
+    pub const ZH_PEER: &str = "sl_zh_peer";
     /// Proxy liveness: [`crate::abi::Live`].
     pub const LIVE: &str = "sl_live";
     /// Worker listeners (IPv4), `REUSEPORT_SOCKARRAY` by slot.
@@ -113,6 +117,8 @@ pub mod maps {
         WORKER_LOAD,
         WORKER_SELECTED,
         REUSEPORT_CFG,
+        ZH_ENDPOINTS,
+        ZH_PEER,
     ];
 }
 
@@ -120,6 +126,8 @@ pub mod maps {
 pub mod programs {
     pub const CONNECT4: &str = "sl_connect4";
     pub const CONNECT6: &str = "sl_connect6";
+    pub const GETPEERNAME4: &str = "sl_getpeername4";
+    pub const GETPEERNAME6: &str = "sl_getpeername6";
     pub const SOCK_OPS: &str = "sl_sock_ops";
     pub const REUSEPORT: &str = "sl_reuseport";
     pub const XDP_POLICY: &str = "sl_xdp_policy";

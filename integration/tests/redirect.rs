@@ -212,7 +212,7 @@ fn sigterm_and_sigint_detach_and_remove_pins() {
         let cg = CgroupGuard::new("signals");
         let echo = EchoServer::start("127.0.0.1:0");
         let mut node = start("signals", &cg, &config_for("127.100.0.15", 8080, echo.addr));
-        assert_eq!(attached_programs(cg.path()).len(), 3, "connect4, connect6, sock_ops");
+        assert_eq!(attached_programs(cg.path()).len(), 5, "connect4/6, getpeername4/6, sock_ops");
         assert!(node.pin_dir().exists());
         let status = node.stop_with(sig);
         assert!(status.success(), "{sig:?}: {status}\n{}", node.log());
@@ -237,7 +237,7 @@ fn after_kill_9_a_new_node_takes_over_and_bpf_cleanup_removes_the_rest() {
     // kill -9 cannot clean up: the pinned links keep the programs attached, and a
     // redirected connect is refused (nothing listens on the dead proxy's port).
     assert!(first.pin_dir().exists());
-    assert_eq!(attached_programs(cg.path()).len(), 3);
+    assert_eq!(attached_programs(cg.path()).len(), 5);
     assert!(client(Some(cg.path()), None, vip, 1, 1).unwrap_err().contains("refused"));
 
     // A new node of the same instance replaces the crashed one's pins and attachments.
@@ -248,7 +248,7 @@ fn after_kill_9_a_new_node_takes_over_and_bpf_cleanup_removes_the_rest() {
         "{}",
         second.log()
     );
-    assert_eq!(attached_programs(cg.path()).len(), 3, "the old links are gone, not doubled");
+    assert_eq!(attached_programs(cg.path()).len(), 5, "the old links are gone, not doubled");
     assert!(client(Some(cg.path()), None, vip, 1000, 100).unwrap().intact());
 
     assert!(!second.stop_with(Sig::SIGKILL).success());

@@ -176,7 +176,7 @@ fn restart_under_load(test: &str, vip: &str, close: bool) {
     let requests = assert_wrk_clean(&out);
     assert!(requests > 100, "{out}");
     // The new node owns the kernel state now and keeps serving.
-    assert_eq!(attached_programs(cg.path()).len(), 3);
+    assert_eq!(attached_programs(cg.path()).len(), 5);
     wait_for("the new node to own the instance", Duration::from_secs(5), || {
         new.log().contains("owns the instance now").then_some(())
     });

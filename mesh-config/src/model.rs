@@ -148,6 +148,9 @@ pub struct ServicePort {
     /// The port endpoints listen on, unless an endpoint says otherwise.
     pub target_port: u16,
     pub protocol: Protocol,
+    /// L4 only: the kernel connects applications straight to an endpoint; the
+    /// proxy never sees these connections.
+    pub zero_hop: bool,
 }
 
 /// How the proxy treats a service port's traffic.

@@ -91,6 +91,7 @@ pub(crate) struct RawPort {
     pub port: Spanned<u16>,
     pub target_port: Option<Spanned<u16>>,
     pub protocol: Option<Spanned<String>>,
+    pub zero_hop: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -120,7 +120,8 @@ impl Validator<'_> {
                     .hint(format!("supported: {}", Protocol::NAMES.join(", ")))
                 })?,
             };
-            ports.push(ServicePort { port, target_port, protocol });
+            let zero_hop = p.value.zero_hop.as_ref().is_some_and(|z| z.value);
+            ports.push(ServicePort { port, target_port, protocol, zero_hop });
         }
         for (j, vip) in vips.iter().enumerate() {
             for (k, p) in ports.iter().enumerate() {

@@ -8,19 +8,26 @@ use std::{
     sync::Mutex,
 };
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use sluice_bpf::{
-    abi::{FlowKey, OrigDst, Stat, SvcKey, SvcVal},
+    abi::{FlowKey, OrigDst, SVC_ZERO_HOP, Sockaddr, Stat, SvcKey, SvcVal, ZH_EPS_PER_GEN},
     maps,
 };
 use sluice_mesh_config::MeshConfig;
 
 use crate::Error;
 
-/// `sl_svc`: which destinations connect4/6 send to the proxy.
-#[derive(Debug)]
+/// `sl_svc`: which destinations connect4/6 send to the proxy, and `sl_zh_eps`:
+/// the endpoints of zero-hop service ports.
 pub struct ServiceMap {
     map: HashMap<MapData, SvcKey, SvcVal>,
+    endpoints: Array<MapData, Sockaddr>,
+}
+
+impl std::fmt::Debug for ServiceMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceMap").field("addresses", &self.addresses()).finish()
+    }
 }
 
 /// What a [`ServiceMap::sync`] changed.
@@ -32,20 +39,54 @@ pub struct SyncReport {
 }
 
 impl ServiceMap {
-    pub(crate) fn new(map: Map) -> Result<Self, Error> {
-        Ok(Self { map: HashMap::try_from(map).map_err(|e| Error::map(maps::SERVICES, e))? })
+    pub(crate) fn new(map: Map, endpoints: Map) -> Result<Self, Error> {
+        Ok(Self {
+            map: HashMap::try_from(map).map_err(|e| Error::map(maps::SERVICES, e))?,
+            endpoints: Array::try_from(endpoints).map_err(|e| Error::map(maps::ZH_ENDPOINTS, e))?,
+        })
     }
 
-    /// Makes the map hold exactly the config's service addresses. Adds before it
+    /// Makes the maps hold exactly the config's service addresses. Adds before it
     /// removes, so an address present in both old and new configs never
-    /// disappears, even for an instant.
+    /// disappears, even for an instant. Zero-hop endpoints go into the
+    /// generation of `sl_zh_eps` that no entry points at, before the entries
+    /// are switched to it.
     pub fn sync(&mut self, config: &MeshConfig) -> Result<SyncReport, Error> {
+        let current: HashSet<SvcKey> = self.map.keys().filter_map(Result::ok).collect();
+        let in_use = current.iter().filter_map(|k| self.map.get(k, 0).ok()).find(|v| v.ep_count > 0);
+        let generation = match in_use {
+            Some(v) if v.ep_base < ZH_EPS_PER_GEN => 1,
+            _ => 0,
+        };
+        let mut next = generation * ZH_EPS_PER_GEN;
+        let mut ranges: HashMap2<(usize, usize), (u32, u32)> = HashMap2::new();
+        for (si, svc) in config.services.iter().enumerate() {
+            for (pi, port) in svc.ports.iter().enumerate().filter(|(_, p)| p.zero_hop) {
+                let base = next;
+                for ep in &svc.endpoints {
+                    if next >= (generation + 1) * ZH_EPS_PER_GEN {
+                        return Err(Error::io(
+                            "zero-hop endpoints",
+                            std::io::Error::other(format!("more than {ZH_EPS_PER_GEN} zero-hop endpoints")),
+                        ));
+                    }
+                    self.endpoints
+                        .set(next, Sockaddr::new(ep.socket_addr(port)), 0)
+                        .map_err(|e| Error::map(maps::ZH_ENDPOINTS, e))?;
+                    next += 1;
+                }
+                ranges.insert((si, pi), (base, next - base));
+            }
+        }
         let desired: HashMap2<SvcKey, SvcVal> = config
             .service_addrs()
             .into_iter()
-            .map(|(addr, sa)| (SvcKey::new(addr), SvcVal { svc_id: sa.service as u32, flags: 0 }))
+            .map(|(addr, sa)| {
+                let (ep_base, ep_count) = ranges.get(&(sa.service, sa.port)).copied().unwrap_or((0, 0));
+                let flags = if ep_count > 0 { SVC_ZERO_HOP } else { 0 };
+                (SvcKey::new(addr), SvcVal { svc_id: sa.service as u32, flags, ep_base, ep_count })
+            })
             .collect();
-        let current: HashSet<SvcKey> = self.map.keys().filter_map(Result::ok).collect();
         let mut report = SyncReport::default();
         for (k, v) in &desired {
             let old = self.map.get(k, 0).ok();

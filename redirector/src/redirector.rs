@@ -13,7 +13,7 @@ use sluice_bpf::{
     CONFIG_GLOBAL, Object,
     abi::{self, FailMode, LbMode},
     maps,
-    programs::{CONNECT4, CONNECT6, SOCK_OPS},
+    programs::{CONNECT4, CONNECT6, GETPEERNAME4, GETPEERNAME6, SOCK_OPS},
 };
 
 use crate::{
@@ -188,7 +188,7 @@ impl Redirector {
         let pin_dir = cfg.pin_dir();
         let reuseport = load(&sluice_bpf::REUSEPORT, &pin_dir, None)?;
         let mut attachments = Vec::new();
-        for name in [SOCK_OPS, CONNECT4, CONNECT6] {
+        for name in [SOCK_OPS, CONNECT4, CONNECT6, GETPEERNAME4, GETPEERNAME6] {
             let path = pin_dir.join(format!("link_{name}"));
             let link = PinnedLink::from_pin(&path).map_err(|e| {
                 Error::io(format!("adopting {}", path.display()), std::io::Error::other(e.to_string()))
@@ -211,7 +211,7 @@ impl Redirector {
         attachments: Vec<PinnedAttachment>,
     ) -> Result<Self, Error> {
         let mut take = |name: &'static str| take_map(&mut reuseport, "reuseport", name);
-        let services = ServiceMap::new(take(maps::SERVICES)?)?;
+        let services = ServiceMap::new(take(maps::SERVICES)?, take(maps::ZH_ENDPOINTS)?)?;
         let stats = Stats::new(take(maps::STATS)?)?;
         let orig = Arc::new(OrigDstTable::new(take(maps::ORIG_DST)?)?);
         let live = Arc::new(Liveness::new(take(maps::LIVE)?, cfg.fail_mode, cfg.liveness_timeout)?);

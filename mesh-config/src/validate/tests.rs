@@ -42,6 +42,19 @@ fn good_config_is_understood() {
 }
 
 #[test]
+fn zero_hop_ports() {
+    let c = parse(
+        Path::new("m.yaml"),
+        "services:\n  - {name: a, vips: [127.100.0.1], ports: [{port: 1, zero_hop: true}, {port: 2}]}\n",
+    )
+    .unwrap();
+    assert!(c.services[0].ports[0].zero_hop);
+    assert!(!c.services[0].ports[1].zero_hop);
+    let e = err("services:\n  - {name: a, vips: [127.100.0.1], ports: [{port: 1, zero_hop: maybe}]}\n");
+    assert_eq!(e.location.map(|l| l.line), Some(2), "{e}");
+}
+
+#[test]
 fn unknown_field_names_line_column_and_field() {
     let e = err("services:\n  - name: echo\n    vipz: [127.100.0.10]\n    ports: [{port: 1}]\n");
     assert_eq!(e.location.map(|l| l.line), Some(3), "{e}");

@@ -1,0 +1,106 @@
+//! Zero-hop L4: the kernel connects applications straight to an endpoint of
+//! the service; the proxy never sees the connection, and getpeername shows the
+//! service address the application dialed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use sluice_integration::{
+    CgroupGuard, EchoServer, Node, client,
+    node::{NodeOpts, Sig},
+    privileged,
+    process::client_count,
+    wait_for,
+};
+
+fn config(vip: SocketAddr, endpoints: &[&EchoServer]) -> String {
+    let mut c = format!(
+        "services:\n  - name: db\n    vips: [\"{}\"]\n    ports: [{{port: {}, zero_hop: true}}]\nendpoints:\n",
+        vip.ip(),
+        vip.port()
+    );
+    for e in endpoints {
+        c.push_str(&format!("  - {{service: db, address: \"{}\", port: {}}}\n", e.addr.ip(), e.addr.port()));
+    }
+    c
+}
+
+fn start(test: &str, cg: &CgroupGuard, config: &str, args: &[&str]) -> Node {
+    Node::start(NodeOpts { test, config, cgroup: cg.path(), netns: None, node_in_cgroup: false, args })
+}
+
+#[test]
+fn zero_hop_goes_straight_to_an_endpoint_and_getpeername_shows_the_vip() {
+    if !privileged("zero_hop_goes_straight_to_an_endpoint_and_getpeername_shows_the_vip") {
+        return;
+    }
+    let cg = CgroupGuard::new("zerohop");
+    let (a, b) = (EchoServer::start("127.0.0.1:0"), EchoServer::start("127.0.0.1:0"));
+    let vip: SocketAddr = "127.100.0.80:5432".parse().unwrap();
+    let node = start("zerohop", &cg, &config(vip, &[&a, &b]), &[]);
+
+    let r = client(Some(cg.path()), None, vip, 1 << 20, 16 * 1024).unwrap();
+    assert!(r.intact(), "{r:?}");
+    assert_eq!(r.peer, vip.to_string(), "getpeername shows what the application dialed");
+    client_count(cg.path(), vip, 40).unwrap();
+    assert_eq!(a.connections() + b.connections(), 41);
+    assert!(
+        a.connections() > 0 && b.connections() > 0,
+        "spread over both endpoints: {} / {}",
+        a.connections(),
+        b.connections()
+    );
+    let stats = node.kernel_stats();
+    assert_eq!(stats["zero_hop_connect"], 41, "{stats:?}");
+    assert_eq!(stats["redirect_connect4"], 0, "nothing went to the proxy: {stats:?}");
+    assert!(stats["zero_hop_getpeername"] >= 41, "{stats:?}");
+    assert_eq!(node.metric("sluice_proxy_connections_total{outcome=\"accepted\"}"), Some(0.0));
+}
+
+#[test]
+fn a_reload_moves_zero_hop_connections_between_endpoints() {
+    if !privileged("a_reload_moves_zero_hop_connections_between_endpoints") {
+        return;
+    }
+    let cg = CgroupGuard::new("zhreload");
+    let (a, b) = (EchoServer::start("127.0.0.1:0"), EchoServer::start("127.0.0.1:0"));
+    let vip: SocketAddr = "127.100.0.81:5432".parse().unwrap();
+    let node = start("zhreload", &cg, &config(vip, &[&a]), &[]);
+    client_count(cg.path(), vip, 5).unwrap();
+    assert_eq!((a.connections(), b.connections()), (5, 0));
+    // Twice, so both generations of the endpoint table are used.
+    for (to, other) in [(&b, &a), (&a, &b)] {
+        node.write_config(&config(vip, &[to]));
+        let before = other.connections();
+        wait_for("the reload", Duration::from_secs(10), || {
+            let n = to.connections();
+            client_count(cg.path(), vip, 1).unwrap();
+            (to.connections() > n).then_some(())
+        });
+        let other_now = other.connections();
+        client_count(cg.path(), vip, 10).unwrap();
+        assert_eq!(other.connections(), other_now, "nothing to the removed endpoint after the reload");
+        assert!(other_now - before <= 100);
+    }
+}
+
+#[test]
+fn zero_hop_needs_no_proxy_even_fail_closed() {
+    if !privileged("zero_hop_needs_no_proxy_even_fail_closed") {
+        return;
+    }
+    let cg = CgroupGuard::new("zhdead");
+    let a = EchoServer::start("127.0.0.1:0");
+    let vip: SocketAddr = "127.100.0.82:5432".parse().unwrap();
+    let mut node =
+        start("zhdead", &cg, &config(vip, &[&a]), &["--fail-mode", "closed", "--liveness-timeout-ms", "300"]);
+    node.stop_with(Sig::SIGKILL);
+    wait_for("the heartbeat to go stale", Duration::from_secs(5), || {
+        node.status().contains("DOWN").then_some(())
+    });
+    let r = client(Some(cg.path()), None, vip, 1000, 100).unwrap();
+    assert!(r.intact());
+    assert_eq!(r.peer, vip.to_string());
+    assert_eq!(node.kernel_stats()["proxy_down_fail_closed"], 0);
+}
