@@ -1,7 +1,7 @@
 //! `sluice-bench`: benchmarks run on this machine, side by side in one run.
 //!
 //! `sluice-bench workers [--secs N] [--rounds N]`: HTTP/1.1 through Sluice's L4
-//! path with 1 and 2 proxy workers, and direct, driven by wrk from inside the
+//! path with 1 and 2 proxy workers, zero-hop (kernel only), and direct, driven by wrk from inside the
 //! mesh cgroup, keep-alive and new-connection-per-request. Rounds alternate the
 //! modes; the table shows medians.
 //!
@@ -24,7 +24,15 @@ use sluice_integration::{
     process::http_process,
 };
 
+/// Set by Ctrl-C: the benchmark stops between runs, so its guards clean up.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn stopped() -> bool {
+    STOP.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 fn main() -> anyhow::Result<()> {
+    ctrlc::set_handler(|| STOP.store(true, std::sync::atomic::Ordering::SeqCst))?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut opt = |name: &str, default: u32| -> anyhow::Result<u32> {
         Ok(match args.iter().position(|a| a == name) {
@@ -101,6 +109,9 @@ fn policy(packets: u32, rounds: u32) -> anyhow::Result<()> {
     ];
     for _ in 0..rounds {
         for (mode, runs) in rows.iter_mut() {
+            if stopped() {
+                bail!("interrupted; cleaned up");
+            }
             let xdp = mode.starts_with("sluice");
             let nft_mode = mode.starts_with("nftables");
             let node = if xdp {
@@ -232,13 +243,20 @@ fn workers(secs: u32, rounds: u32) -> anyhow::Result<()> {
     let cg = CgroupGuard::new("benchworkers");
     let (_backend, backend) = http_process("127.0.0.1:0");
     let vip: SocketAddr = "127.100.0.90:80".parse()?;
-    let config = format!(
-        "services:\n  - {{name: bench, vips: [{}], ports: [{{port: 80}}]}}\nendpoints:\n  - {{service: bench, address: 127.0.0.1, port: {}}}\n",
-        vip.ip(),
-        backend.port()
-    );
-    let modes: [(&str, Option<&str>); 3] =
-        [("direct", None), ("sluice, 1 worker", Some("1")), ("sluice, 2 workers", Some("2"))];
+    let config = |zero_hop: bool| {
+        format!(
+            "services:\n  - {{name: bench, vips: [{}], ports: [{{port: 80, zero_hop: {zero_hop}}}]}}\nendpoints:\n  - {{service: bench, address: 127.0.0.1, port: {}}}\n",
+            vip.ip(),
+            backend.port()
+        )
+    };
+    // (name, proxy workers; None: no node; "0": zero-hop, the proxy unused)
+    let modes: [(&str, Option<&str>); 4] = [
+        ("direct", None),
+        ("sluice zero-hop", Some("0")),
+        ("sluice, 1 worker", Some("1")),
+        ("sluice, 2 workers", Some("2")),
+    ];
     println!(
         "wrk -t2 -c32 -d{secs}s, {rounds} rounds, medians; backend: sluice-testkit http (thread per connection)"
     );
@@ -249,16 +267,20 @@ fn workers(secs: u32, rounds: u32) -> anyhow::Result<()> {
         let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); modes.len()];
         for _ in 0..rounds {
             for (i, (_, workers)) in modes.iter().enumerate() {
+                if stopped() {
+                    bail!("interrupted; cleaned up");
+                }
                 let (_node, url) = match workers {
                     None => (None, format!("http://{backend}/")),
                     Some(n) => {
+                        let zero_hop = *n == "0";
                         let node = Node::start(NodeOpts {
                             test: "benchworkers",
-                            config: &config,
+                            config: &config(zero_hop),
                             cgroup: cg.path(),
                             netns: None,
                             node_in_cgroup: false,
-                            args: &["--workers", n],
+                            args: &["--workers", if zero_hop { "1" } else { n }],
                         });
                         (Some(node), format!("http://{vip}/"))
                     }
