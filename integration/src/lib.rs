@@ -17,7 +17,7 @@ pub mod node;
 pub mod packet;
 pub mod process;
 
-use std::{path::PathBuf, time::Duration};
+use std::{io::Write, path::PathBuf, time::Duration};
 
 pub use cgroup::CgroupGuard;
 pub use echo::EchoServer;
@@ -37,7 +37,9 @@ pub fn privileged(test: &str) -> bool {
     if std::env::var("SLUICE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
         panic!("{test} needs root, and SLUICE_REQUIRE_PRIVILEGED=1 forbids skipping it");
     }
-    eprintln!("{SKIP_MARKER}: {test} needs root (run the tests with sudo)");
+    // Straight to stderr, not eprintln!: the test harness captures the macros'
+    // output of passing tests, and a skip must be seen.
+    let _ = writeln!(std::io::stderr(), "{SKIP_MARKER}: {test} needs root (run the tests with sudo)");
     false
 }
 
