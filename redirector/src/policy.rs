@@ -225,20 +225,12 @@ impl PolicyEnforcer {
     pub fn new(pin_dir: &Path, allow_uplink: bool) -> Result<Self, Error> {
         let mut xdp = load(&sluice_bpf::XDP, pin_dir)?;
         let mut tc = load(&sluice_bpf::TC, pin_dir)?;
-        {
-            let p: &mut Xdp = xdp
-                .program_mut(programs::XDP_POLICY)
-                .ok_or(Error::Missing { object: "xdp", what: "program", name: programs::XDP_POLICY })?
-                .try_into()
-                .map_err(|e| Error::program(programs::XDP_POLICY, e))?;
-            p.load().map_err(|e| Error::program(programs::XDP_POLICY, e))?;
-            let p: &mut SchedClassifier = tc
-                .program_mut(programs::TC_EGRESS)
-                .ok_or(Error::Missing { object: "tc", what: "program", name: programs::TC_EGRESS })?
-                .try_into()
-                .map_err(|e| Error::program(programs::TC_EGRESS, e))?;
-            p.load().map_err(|e| Error::program(programs::TC_EGRESS, e))?;
-        }
+        prog_mut::<Xdp>(&mut xdp, "xdp", programs::XDP_POLICY)?
+            .load()
+            .map_err(|e| Error::program(programs::XDP_POLICY, e))?;
+        prog_mut::<SchedClassifier>(&mut tc, "tc", programs::TC_EGRESS)?
+            .load()
+            .map_err(|e| Error::program(programs::TC_EGRESS, e))?;
         Ok(Self {
             src: m(LpmTrie::try_from(take(&mut xdp, maps::POLICY_SRC)?), maps::POLICY_SRC)?,
             dst: m(LpmTrie::try_from(take(&mut xdp, maps::POLICY_DST)?), maps::POLICY_DST)?,
@@ -355,12 +347,7 @@ impl PolicyEnforcer {
         if let (Some(x), Some(t)) = (adopt(&xdp_pin)?, adopt(&tc_pin)?) {
             return Ok((x, t, "adopted"));
         }
-        let xdp: &mut Xdp = self
-            .xdp
-            .program_mut(programs::XDP_POLICY)
-            .ok_or(Error::Missing { object: "xdp", what: "program", name: programs::XDP_POLICY })?
-            .try_into()
-            .map_err(|e| Error::program(programs::XDP_POLICY, e))?;
+        let xdp = prog_mut::<Xdp>(&mut self.xdp, "xdp", programs::XDP_POLICY)?;
         let err = |e| Error::Interface { interface: iface.into(), what: "XDP", source: Box::new(e) };
         // Auto: native (driver) mode where the driver has it, generic otherwise.
         let (id, mode) = match want {
@@ -376,12 +363,7 @@ impl PolicyEnforcer {
             fd_link(link).map_err(|e| Error::program(programs::XDP_POLICY, e))?,
             &xdp_pin,
         )?;
-        let tc: &mut SchedClassifier = self
-            .tc
-            .program_mut(programs::TC_EGRESS)
-            .ok_or(Error::Missing { object: "tc", what: "program", name: programs::TC_EGRESS })?
-            .try_into()
-            .map_err(|e| Error::program(programs::TC_EGRESS, e))?;
+        let tc = prog_mut::<SchedClassifier>(&mut self.tc, "tc", programs::TC_EGRESS)?;
         let id = tc.attach(iface, TcAttachType::Egress).map_err(|e| Error::Interface {
             interface: iface.into(),
             what: "tc egress",
@@ -436,6 +418,17 @@ impl PolicyEnforcer {
             t.keep_pinned();
         }
     }
+}
+
+/// Program `name` of `object`, as its type.
+fn prog_mut<'a, P>(ebpf: &'a mut Ebpf, object: &'static str, name: &'static str) -> Result<&'a mut P, Error>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(Error::Missing { object, what: "program", name })?
+        .try_into()
+        .map_err(|e| Error::program(name, e))
 }
 
 fn program_fd<'a>(
