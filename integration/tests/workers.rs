@@ -254,3 +254,28 @@ fn kill_9_with_fail_closed_refuses_at_once() {
     assert_eq!(node.kernel_stats()["proxy_down_fail_closed"], 1);
     eprintln!("fail-closed: heartbeat stale {stale:?} after kill -9");
 }
+
+#[test]
+fn a_second_node_of_the_same_instance_is_refused_without_takeover() {
+    if !privileged("a_second_node_of_the_same_instance_is_refused_without_takeover") {
+        return;
+    }
+    let cg = CgroupGuard::new("busy");
+    let echo = EchoServer::start("127.0.0.1:0");
+    let node = start("busy", &cg, &config_for("127.100.0.47:80".parse().unwrap(), echo.addr), &[]);
+    let config = node.config_path();
+    let out = Command::new(sluice_integration::target_bin("sluice"))
+        .args(["node", "--config"])
+        .arg(&config)
+        .arg("--cgroup")
+        .arg(cg.path())
+        .args(["--instance", &node.instance, "--proxy-port", "0", "--admin-port", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is running") && err.contains("--takeover"), "{err}");
+    // The running node is untouched.
+    assert_eq!(attached_programs(cg.path()).len(), 5);
+    assert!(node.status().contains("proxy: up"));
+}

@@ -26,7 +26,7 @@ pub enum Error {
     #[error("invalid instance name '{0}': use 1 to 32 of a-z, 0-9, '-' and '_'")]
     InstanceName(String),
     #[error(
-        "another sluice node (instance '{instance}') is running: its lock {lock} is held; stop it first or pick another --instance"
+        "another sluice node (instance '{instance}') is running: its lock {lock} is held; replace it with --takeover, stop it first, or pick another --instance"
     )]
     InstanceBusy { instance: String, lock: PathBuf },
     #[error("{what}: {source}")]
