@@ -384,7 +384,7 @@ impl PolicyEnforcer {
 
     /// Named counters and per-rule counters of both directions.
     pub fn counters(&self) -> Vec<(String, u64)> {
-        read_counters(&self.stats, &self.names)
+        read_counters(&self.stats, Some(&self.names))
     }
 
     /// Drop events waiting in the ring buffer.
@@ -441,7 +441,9 @@ fn program_fd<'a>(
     Ok(prog.fd().map_err(|e| Error::program(name, e))?.as_fd())
 }
 
-fn read_counters(stats: &PerCpuArray<MapData, u64>, names: &[KernelRule]) -> Vec<(String, u64)> {
+/// Named counters, then one per rule: by config name when `names` is known
+/// (the live node), else by kernel index, non-zero only (read from pins).
+fn read_counters(stats: &PerCpuArray<MapData, u64>, names: Option<&[KernelRule]>) -> Vec<(String, u64)> {
     let get = |i: u32| stats.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
     let mut out = Vec::new();
     for (dir, label) in [(Dir::Ingress, "ingress"), (Dir::Egress, "egress")] {
@@ -449,12 +451,22 @@ fn read_counters(stats: &PerCpuArray<MapData, u64>, names: &[KernelRule]) -> Vec
         for (i, name) in pstat::NAMED {
             out.push((format!("{label}_{name}"), get(base + i)));
         }
-        for r in names.iter().filter(|r| r.dir == dir) {
-            let verb = if r.rule.action == Action::Deny as u8 { "denied" } else { "allowed" };
-            out.push((
-                format!("{label}_{verb}_rule_{}_{}", r.index, r.name),
-                get(base + pstat::RULE_BASE + r.index),
-            ));
+        match names {
+            Some(names) => {
+                for r in names.iter().filter(|r| r.dir == dir) {
+                    let verb = if r.rule.action == Action::Deny as u8 { "denied" } else { "allowed" };
+                    let n = get(base + pstat::RULE_BASE + r.index);
+                    out.push((format!("{label}_{verb}_rule_{}_{}", r.index, r.name), n));
+                }
+            }
+            None => {
+                for r in 0..MAX_RULES {
+                    let n = get(base + pstat::RULE_BASE + r);
+                    if n > 0 {
+                        out.push((format!("{label}_matched_rule_{r}"), n));
+                    }
+                }
+            }
         }
     }
     out
@@ -466,21 +478,7 @@ pub fn read_pinned_counters(pin_dir: &Path) -> Result<Vec<(String, u64)>, Error>
         MapData::from_pin(pin_dir.join(maps::POLICY_STATS)).map_err(|e| Error::map(maps::POLICY_STATS, e))?;
     let stats = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
         .map_err(|e| Error::map(maps::POLICY_STATS, e))?;
-    let get = |i: u32| stats.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
-    let mut out = Vec::new();
-    for (dir, label) in [(Dir::Ingress, "ingress"), (Dir::Egress, "egress")] {
-        let base = dir as u32 * pstat::PER_DIR;
-        for (i, name) in pstat::NAMED {
-            out.push((format!("{label}_{name}"), get(base + i)));
-        }
-        for r in 0..MAX_RULES {
-            let n = get(base + pstat::RULE_BASE + r);
-            if n > 0 {
-                out.push((format!("{label}_matched_rule_{r}"), n));
-            }
-        }
-    }
-    Ok(out)
+    Ok(read_counters(&stats, None))
 }
 
 /// Interfaces that carry a default route (from /proc/net/route and /proc/net/ipv6_route).
