@@ -106,6 +106,26 @@ pub(crate) struct NodeArgs {
     /// Admin listener on 127.0.0.1 (/ready, /live, /metrics); 0: any free port.
     #[arg(long, default_value_t = 15000)]
     pub admin_port: u16,
+    /// How long protocol detection waits for a client's first bytes on `auto`
+    /// ports before forwarding the connection as opaque TCP (server-first protocols).
+    #[arg(long, default_value_t = 100)]
+    pub detect_timeout_ms: u64,
+    /// An HTTP/1 request head must arrive within this (slow-header attacks).
+    #[arg(long, default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+    /// Largest HTTP/1 request head and HTTP/2 header list, in bytes.
+    #[arg(long, default_value_t = 32 * 1024)]
+    pub http_max_header_bytes: usize,
+    /// Most header fields in an HTTP/1 request (more: 431).
+    #[arg(long, default_value_t = 100)]
+    pub http_max_headers: usize,
+    /// Concurrent streams per HTTP/2 client connection.
+    #[arg(long, default_value_t = 1024)]
+    pub h2_max_concurrent_streams: u32,
+    /// Streams an HTTP/2 client may reset before the proxy accepted them
+    /// (rapid-reset protection); more close the connection.
+    #[arg(long, default_value_t = 100)]
+    pub h2_max_pending_resets: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

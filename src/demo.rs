@@ -90,6 +90,12 @@ async fn walk_through(s: &Scratch, args: &DemoArgs) -> Result<(), Failure> {
         takeover: false,
         policy_allow_uplink: false,
         admin_port: 0,
+        detect_timeout_ms: 100,
+        http_header_timeout_ms: 10_000,
+        http_max_header_bytes: 32 * 1024,
+        http_max_headers: 100,
+        h2_max_concurrent_streams: 1024,
+        h2_max_pending_resets: 100,
     };
     let mut node = NodeHandle::start(&node_args).await?;
     say(&format!(

@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex, atomic::Ordering::Relaxed},
 };
 
-use sluice_proxy::ProxyStats;
+use sluice_proxy::{ProxyStats, detect::Detected};
 use sluice_redirector::{Liveness, Stats, Workers, monotonic_ns, policy};
 
 use crate::admin::{Metrics, Render};
@@ -16,6 +16,62 @@ pub(crate) type DropEvents = Arc<Mutex<BTreeMap<(&'static str, &'static str), u6
 
 pub(crate) fn renderer(pin_dir: PathBuf, proxy: Arc<ProxyStats>, drops: DropEvents) -> Render {
     Arc::new(move || render(&pin_dir, &proxy, &drops))
+}
+
+fn http_metrics(m: &mut Metrics, proxy: &ProxyStats) {
+    for (d, v) in Detected::ALL.iter().zip(&proxy.detected) {
+        m.sample(
+            "sluice_protocol_detected_total",
+            "counter",
+            "Protocol detection outcomes on connections to auto ports.",
+            &[("protocol", d.name())],
+            v.load(Relaxed) as f64,
+        );
+    }
+    for (class, v) in proxy.http_status.iter().enumerate().skip(1) {
+        let label = format!("{class}xx");
+        m.sample(
+            "sluice_http_responses_total",
+            "counter",
+            "HTTP responses sent to clients, by status class.",
+            &[("class", &label)],
+            v.load(Relaxed) as f64,
+        );
+    }
+    for (name, help, v) in [
+        ("sluice_http_connections_total", "Client connections served as HTTP.", &proxy.http_connections),
+        ("sluice_http_requests_total", "HTTP requests received from clients.", &proxy.http_requests),
+        (
+            "sluice_http_proxy_errors_total",
+            "Requests the proxy answered itself (no route, no endpoint, circuit open, timeouts, upstream failures).",
+            &proxy.http_errors,
+        ),
+        (
+            "sluice_http_refused_total",
+            "HTTP/1 connections closed with 400 for a request-smuggling shape.",
+            &proxy.http_refused,
+        ),
+        (
+            "sluice_http_header_timeouts_total",
+            "HTTP/1 connections closed because the request head was too slow.",
+            &proxy.http_header_timeouts,
+        ),
+        ("sluice_http_upgrades_total", "Upgraded (e.g. WebSocket) connections.", &proxy.http_upgrades),
+        ("sluice_http_retries_total", "Retried request attempts.", &proxy.retries),
+        (
+            "sluice_http_retry_budget_exhausted_total",
+            "Retries not made because the route's retry budget was spent.",
+            &proxy.retry_budget_exhausted,
+        ),
+        (
+            "sluice_http_circuit_open_total",
+            "Requests refused by an endpoint's circuit breaker.",
+            &proxy.circuit_open,
+        ),
+        ("sluice_http_outlier_ejections_total", "Endpoints ejected by outlier detection.", &proxy.ejections),
+    ] {
+        m.sample(name, "counter", help, &[], v.load(Relaxed) as f64);
+    }
 }
 
 fn render(pin_dir: &std::path::Path, proxy: &ProxyStats, drops: &DropEvents) -> String {
@@ -107,6 +163,7 @@ fn render(pin_dir: &std::path::Path, proxy: &ProxyStats, drops: &DropEvents) -> 
             v.load(Relaxed) as f64,
         );
     }
+    http_metrics(&mut m, proxy);
     if let Ok(counters) = policy::read_pinned_counters(pin_dir) {
         for (name, n) in &counters {
             let Some((dir, reason)) = name.split_once('_') else { continue };

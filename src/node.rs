@@ -16,7 +16,7 @@ use sluice_mesh_config::{
     MeshConfig, Policy, PolicyAction,
     watch::{Change, Watcher},
 };
-use sluice_proxy::{OriginalDst, Proxy, ProxyConfig, ProxyStats, Routes, WorkerHooks};
+use sluice_proxy::{HttpLimits, OriginalDst, Proxy, ProxyConfig, ProxyStats, Routes, WorkerHooks};
 use sluice_redirector::{
     FailMode, LbMode, Liveness, OrigDstTable, Predecessor, Redirector, RedirectorConfig, Stats, Workers,
     policy::PolicyEnforcer,
@@ -160,6 +160,15 @@ impl NodeHandle {
             workers,
             own_mark,
             drain_timeout: Duration::from_millis(args.drain_ms),
+            detect_timeout: Duration::from_millis(args.detect_timeout_ms.max(1)),
+            http: HttpLimits {
+                header_read_timeout: Duration::from_millis(args.http_header_timeout_ms.max(1)),
+                max_header_bytes: args.http_max_header_bytes.max(1024),
+                max_headers: args.http_max_headers.max(1),
+                h2_max_concurrent_streams: args.h2_max_concurrent_streams.max(1),
+                h2_max_pending_accept_reset_streams: args.h2_max_pending_resets,
+                ..HttpLimits::default()
+            },
             ..ProxyConfig::default()
         })
         .await
@@ -179,7 +188,7 @@ impl NodeHandle {
             WorkerBalance::Hash => LbMode::Hash,
             WorkerBalance::LeastLoaded => LbMode::LeastLoaded,
         };
-        let routes = Routes::new(&config);
+        let routes = proxy.routes(&config);
         let mut redirector = match &predecessor {
             Some(p) => Redirector::take_over(&rcfg, p)?,
             None => Redirector::start(&rcfg)?,

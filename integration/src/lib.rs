@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod cgroup;
 pub mod echo;
+pub mod httpd;
 pub mod netns;
 pub mod node;
 pub mod packet;
@@ -21,6 +22,7 @@ use std::{io::Write, path::PathBuf, time::Duration};
 
 pub use cgroup::CgroupGuard;
 pub use echo::EchoServer;
+pub use httpd::HttpEndpoint;
 pub use netns::NetnsGuard;
 pub use node::Node;
 pub use process::{ClientResult, client};

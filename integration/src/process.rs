@@ -223,3 +223,69 @@ fn testkit_server(
         .unwrap_or_else(|| panic!("echo said {line:?}"));
     (guard, addr)
 }
+
+/// Runs `cmd args` inside `cgroup` (curl, h2load, python...), as a mesh workload.
+pub fn run_in(cgroup: &Path, cmd: &str, args: &[&str]) -> std::process::Output {
+    Command::new(crate::target_bin("sluice-testkit"))
+        .arg("exec")
+        .arg("--cgroup")
+        .arg(cgroup)
+        .arg("--")
+        .arg(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
+}
+
+/// [`run_in`] in the background.
+pub fn spawn_in(cgroup: &Path, cmd: &str, args: &[&str]) -> Child {
+    Command::new(crate::target_bin("sluice-testkit"))
+        .arg("exec")
+        .arg("--cgroup")
+        .arg(cgroup)
+        .arg("--")
+        .arg(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
+}
+
+/// What a raw exchange saw: the response bytes, and after how long the
+/// server closed (None: still open at the timeout).
+#[derive(Debug)]
+pub struct RawExchange {
+    pub response: Vec<u8>,
+    pub closed_after_ms: Option<u64>,
+}
+
+impl RawExchange {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.response).into_owned()
+    }
+}
+
+/// Sends `request` as is from inside `cgroup` and reads until the server closes.
+pub fn raw(cgroup: &Path, addr: SocketAddr, request: &[u8], timeout_ms: u64) -> RawExchange {
+    use std::io::Write;
+    let mut child = Command::new(crate::target_bin("sluice-testkit"))
+        .arg("raw")
+        .arg("--cgroup")
+        .arg(cgroup)
+        .args(["--timeout-ms", &timeout_ms.to_string(), &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn testkit raw");
+    child.stdin.take().expect("stdin").write_all(request).expect("write request");
+    let out = child.wait_with_output().expect("testkit raw");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let closed_after_ms =
+        err.lines().find_map(|l| l.strip_prefix("closed_after_ms=")).and_then(|n| n.trim().parse().ok());
+    assert!(out.status.success() || closed_after_ms.is_some(), "testkit raw failed: {err}");
+    RawExchange { response: out.stdout, closed_after_ms }
+}

@@ -14,13 +14,16 @@ mod error;
 mod model;
 mod policy;
 mod raw;
+mod routes;
 mod validate;
 pub mod watch;
 
 pub use error::{ConfigError, Location};
 pub use model::{
-    Cidr, Direction, Endpoint, L4Protocol, MeshConfig, Policy, PolicyAction, PolicyRule, Protocol, RateLimit,
-    Service, ServiceAddr, ServicePort, XdpMode,
+    Cidr, CircuitBreaker, Destination, Direction, Endpoint, HeaderMatch, HeaderOps, HostMatch, L4Protocol,
+    LoadBalancer, MeshConfig, OutlierDetection, PathMatch, Policy, PolicyAction, PolicyRule, Protocol,
+    RateLimit, RetryOn, RetryPolicy, Route, RouteMatch, Service, ServiceAddr, ServicePort, ValueMatch,
+    XdpMode,
 };
 
 /// Kernel rules per direction (`SL_MAX_RULES` in bpf/lib/abi.h).

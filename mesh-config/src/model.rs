@@ -4,12 +4,15 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    time::Duration,
 };
 
 /// A whole, valid mesh config.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MeshConfig {
     pub services: Vec<Service>,
+    /// HTTP routes, in the order written; for each service the first match wins.
+    pub routes: Vec<Route>,
     /// L3/L4 policy enforced in XDP (ingress) and tc (egress); `None`: no policy.
     pub policy: Option<Policy>,
 }
@@ -140,6 +143,9 @@ pub struct Service {
     pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<Endpoint>,
+    pub load_balancer: LoadBalancer,
+    pub circuit_breaker: CircuitBreaker,
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,21 +160,199 @@ pub struct ServicePort {
 }
 
 /// How the proxy treats a service port's traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
-    /// Opaque TCP, forwarded byte for byte.
+    /// Detected per connection: HTTP/1.x and HTTP/2 (prior knowledge) are
+    /// served at L7, TLS and anything else are forwarded as opaque TCP.
+    #[default]
+    Auto,
+    /// Opaque TCP, forwarded byte for byte; no detection.
     Tcp,
+    /// HTTP/1.x or HTTP/2 without detection; endpoints are spoken to in the
+    /// protocol the client used.
+    Http,
+    /// HTTP; endpoints are always spoken to in HTTP/1.1.
+    Http1,
+    /// HTTP/2 (h2c) on both sides.
+    Http2,
+    /// gRPC: HTTP/2 on both sides; proxy errors become gRPC statuses.
+    Grpc,
 }
 
 impl Protocol {
-    pub const NAMES: &'static [&'static str] = &["tcp"];
+    pub const NAMES: &'static [&'static str] = &["auto", "tcp", "http", "http1", "http2", "grpc"];
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "tcp" | "TCP" => Some(Protocol::Tcp),
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Some(Protocol::Auto),
+            "tcp" => Some(Protocol::Tcp),
+            "http" => Some(Protocol::Http),
+            "http1" | "http/1.1" => Some(Protocol::Http1),
+            "http2" | "h2c" | "h2" => Some(Protocol::Http2),
+            "grpc" => Some(Protocol::Grpc),
             _ => None,
         }
     }
+
+    /// Whether the port can carry HTTP (and so routes).
+    pub fn may_be_http(self) -> bool {
+        self != Protocol::Tcp
+    }
+}
+
+/// How a service's endpoints are chosen for each request (L7) or connection (L4).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LoadBalancer {
+    #[default]
+    RoundRobin,
+    /// Power of two choices over in-flight requests weighted by a latency EWMA.
+    LeastRequest,
+    /// Rendezvous hash of a request header: the same value goes to the same
+    /// endpoint while it is healthy (requests without the header: round robin).
+    ConsistentHash { header: String },
+}
+
+impl LoadBalancer {
+    pub const NAMES: &'static [&'static str] = &["round_robin", "least_request", "consistent_hash"];
+}
+
+/// Limits per endpoint (summed over the node's workers); over them a request
+/// gets a 503 at once instead of piling onto an overloaded endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreaker {
+    /// Upstream connections per endpoint.
+    pub max_connections: u32,
+    /// Requests waiting for a connection, per endpoint.
+    pub max_pending_requests: u32,
+    /// Requests in flight, per endpoint.
+    pub max_requests: u32,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024 }
+    }
+}
+
+/// Ejects an endpoint from load balancing after consecutive failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Consecutive failures (5xx, connect errors, timeouts) that eject.
+    pub consecutive_failures: u32,
+    /// First ejection; each further ejection of the same endpoint lasts longer
+    /// (times the number of ejections, at most 10×).
+    pub base_ejection: Duration,
+    /// At most this share of a service's endpoints is ejected at once.
+    pub max_ejection_percent: u8,
+}
+
+/// One HTTP route: requests to `service` that match go to `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    /// Index into [`MeshConfig::services`]: the service applications dialed.
+    pub service: usize,
+    pub matches: RouteMatch,
+    /// Weighted destinations; weights are relative.
+    pub to: Vec<Destination>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    /// Until the response headers arrive, retries included; `None`: no limit.
+    pub timeout: Option<Duration>,
+    pub retries: Option<RetryPolicy>,
+}
+
+/// Every condition given must hold; an empty match takes every request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteMatch {
+    pub host: Option<HostMatch>,
+    pub path: Option<PathMatch>,
+    /// Empty: any method.
+    pub methods: Vec<String>,
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// The request's authority (Host header or `:authority`), port ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com`.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    /// A regular expression (Rust `regex` syntax) that must match the whole path.
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// Lowercase.
+    pub name: String,
+    pub value: ValueMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueMatch {
+    Present,
+    Absent,
+    Exact(String),
+    /// Must match the whole value.
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// Index into [`MeshConfig::services`].
+    pub service: usize,
+    /// Index into that service's `ports`; `None`: the port the request came
+    /// in on (destinations in the route's own service).
+    pub port: Option<usize>,
+    /// Only endpoints with this version; `None`: all of the service's endpoints.
+    pub version: Option<String>,
+    pub weight: u32,
+}
+
+/// Header changes; names are lowercase.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderOps {
+    /// Set (replacing any value already there).
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included (at least 2).
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on: RetryOn,
+    /// Retries may add at most this percentage to the requests of the route...
+    pub budget_percent: u32,
+    /// ...but this many retries per second are always allowed.
+    pub min_retries_per_second: u32,
+}
+
+/// What is retried. Connect failures are always safe to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn {
+    pub connect_failure: bool,
+    /// Any 5xx response from an endpoint (also 504 from a per-try timeout).
+    pub server_error: bool,
+    /// Only 502, 503 and 504.
+    pub gateway_error: bool,
+    /// A gRPC status UNAVAILABLE (14) in the response headers.
+    pub grpc_unavailable: bool,
+    /// The endpoint reset the stream or closed the connection before answering.
+    pub reset: bool,
+}
+
+impl RetryOn {
+    pub const NAMES: &'static [&'static str] =
+        &["connect-failure", "5xx", "gateway-error", "unavailable", "reset"];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +362,8 @@ pub struct Endpoint {
     pub port: Option<u16>,
     pub node: Option<String>,
     pub cgroup: Option<PathBuf>,
+    /// Version label, for weighted splits (`to: [{version: v2, weight: 10}]`).
+    pub version: Option<String>,
 }
 
 impl Endpoint {

@@ -17,7 +17,91 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub endpoints: Option<Vec<Spanned<RawEndpoint>>>,
     #[serde(default)]
+    pub routes: Option<Vec<Spanned<RawRoute>>>,
+    #[serde(default)]
     pub policy: Option<Spanned<RawPolicy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub name: Option<Spanned<String>>,
+    pub service: Spanned<String>,
+    #[serde(rename = "match")]
+    pub matches: Option<Spanned<RawMatch>>,
+    pub to: Option<Spanned<Vec<Spanned<RawDestination>>>>,
+    pub request_headers: Option<Spanned<RawHeaderOps>>,
+    pub response_headers: Option<Spanned<RawHeaderOps>>,
+    pub timeout: Option<Spanned<String>>,
+    pub retries: Option<Spanned<RawRetries>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMatch {
+    pub host: Option<Spanned<String>>,
+    pub path: Option<Spanned<RawPathMatch>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub headers: Option<Vec<Spanned<RawHeaderMatch>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPathMatch {
+    pub exact: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub regex: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderMatch {
+    pub name: Spanned<String>,
+    pub exact: Option<Spanned<String>>,
+    pub regex: Option<Spanned<String>>,
+    pub present: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDestination {
+    pub service: Option<Spanned<String>>,
+    pub port: Option<Spanned<u16>>,
+    pub version: Option<Spanned<String>>,
+    pub weight: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderOps {
+    pub set: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+    pub remove: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetries {
+    pub attempts: Spanned<u32>,
+    pub per_try_timeout: Option<Spanned<String>>,
+    pub on: Option<Vec<Spanned<String>>>,
+    pub budget_percent: Option<Spanned<u32>>,
+    pub min_retries_per_second: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCircuitBreaker {
+    pub max_connections: Option<Spanned<u32>>,
+    pub max_pending_requests: Option<Spanned<u32>>,
+    pub max_requests: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutlier {
+    pub consecutive_failures: Option<Spanned<u32>>,
+    pub ejection_time: Option<Spanned<String>>,
+    pub max_ejection_percent: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +167,10 @@ pub(crate) struct RawService {
     pub name: Spanned<String>,
     pub vips: Spanned<Vec<Spanned<String>>>,
     pub ports: Spanned<Vec<Spanned<RawPort>>>,
+    pub load_balancer: Option<Spanned<String>>,
+    pub hash_header: Option<Spanned<String>>,
+    pub circuit_breaker: Option<Spanned<RawCircuitBreaker>>,
+    pub outlier_detection: Option<Spanned<RawOutlier>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +190,7 @@ pub(crate) struct RawEndpoint {
     pub port: Option<Spanned<u16>>,
     pub node: Option<Spanned<String>>,
     pub cgroup: Option<Spanned<String>>,
+    pub version: Option<Spanned<String>>,
 }
 
 pub(crate) fn loc<T>(s: &Spanned<T>) -> Location {

@@ -10,7 +10,9 @@ use serde_saphyr::Spanned;
 
 use crate::{
     error::{ConfigError, Location},
-    model::{Endpoint, MeshConfig, Protocol, Service, ServicePort},
+    model::{
+        CircuitBreaker, Endpoint, LoadBalancer, MeshConfig, OutlierDetection, Protocol, Service, ServicePort,
+    },
     raw::{RawConfig, RawEndpoint, RawService, loc},
 };
 
@@ -52,8 +54,9 @@ pub(crate) fn validate(file: &Path, raw: RawConfig) -> Result<MeshConfig, Config
         let ep = v.endpoint(&field, &e.value, &services[si])?;
         services[si].endpoints.push(ep);
     }
+    let routes = crate::routes::validate(file, raw.routes.as_deref().unwrap_or_default(), &services)?;
     let policy = raw.policy.as_ref().map(|p| crate::policy::validate(file, p)).transpose()?;
-    Ok(MeshConfig { services, policy })
+    Ok(MeshConfig { services, routes, policy })
 }
 
 struct Validator<'a> {
@@ -109,8 +112,10 @@ impl Validator<'_> {
                 Some(t) => self.port(format!("{pfield}.target_port"), t)?,
                 None => port,
             };
+            let zero_hop = p.value.zero_hop.as_ref().is_some_and(|z| z.value);
             let protocol = match &p.value.protocol {
-                None => Protocol::Tcp,
+                None if zero_hop => Protocol::Tcp,
+                None => Protocol::Auto,
                 Some(pr) => Protocol::parse(&pr.value).ok_or_else(|| {
                     self.err(
                         loc(pr),
@@ -120,7 +125,15 @@ impl Validator<'_> {
                     .hint(format!("supported: {}", Protocol::NAMES.join(", ")))
                 })?,
             };
-            let zero_hop = p.value.zero_hop.as_ref().is_some_and(|z| z.value);
+            if let (true, Some(pr)) = (zero_hop && protocol != Protocol::Tcp, &p.value.protocol) {
+                return Err(self
+                    .err(
+                        loc(pr),
+                        format!("{pfield}.protocol"),
+                        format!("zero_hop connects applications straight to endpoints, so the proxy cannot speak {} here", pr.value),
+                    )
+                    .hint("use protocol: tcp with zero_hop, or drop zero_hop to get L7 handling"));
+            }
             ports.push(ServicePort { port, target_port, protocol, zero_hop });
         }
         for (j, vip) in vips.iter().enumerate() {
@@ -139,7 +152,127 @@ impl Validator<'_> {
                 addrs.insert(sa, (name.clone(), here));
             }
         }
-        Ok(Service { name, vips, ports, endpoints: Vec::new() })
+        let load_balancer = self.load_balancer(&field, s)?;
+        let circuit_breaker = self.circuit_breaker(&field, s)?;
+        let outlier_detection = self.outlier(&field, s)?;
+        Ok(Service {
+            name,
+            vips,
+            ports,
+            endpoints: Vec::new(),
+            load_balancer,
+            circuit_breaker,
+            outlier_detection,
+        })
+    }
+
+    fn load_balancer(&self, field: &str, s: &RawService) -> Result<LoadBalancer, ConfigError> {
+        let policy =
+            s.load_balancer.as_ref().map(|l| (l, l.value.trim().to_ascii_lowercase().replace('-', "_")));
+        let lb = match policy.as_ref().map(|(l, p)| (*l, p.as_str())) {
+            None | Some((_, "round_robin")) => LoadBalancer::RoundRobin,
+            Some((_, "least_request")) => LoadBalancer::LeastRequest,
+            Some((l, "consistent_hash")) => {
+                let Some(h) = &s.hash_header else {
+                    return Err(self
+                        .err(
+                            loc(l),
+                            format!("{field}.load_balancer"),
+                            "consistent_hash needs a header to hash",
+                        )
+                        .hint("add `hash_header: x-user` (any request header) to the service"));
+                };
+                let name = h.value.trim().to_ascii_lowercase();
+                if http_header_name(&name).is_none() {
+                    return Err(self
+                        .err(
+                            loc(h),
+                            format!("{field}.hash_header"),
+                            format!("'{}' is not a header name", h.value),
+                        )
+                        .hint("use letters, digits and '-', e.g. x-user"));
+                }
+                LoadBalancer::ConsistentHash { header: name }
+            }
+            Some((l, other)) => {
+                return Err(self
+                    .err(loc(l), format!("{field}.load_balancer"), format!("unknown load balancer '{other}'"))
+                    .hint(format!("supported: {}", LoadBalancer::NAMES.join(", "))));
+            }
+        };
+        if let (Some(h), false) = (&s.hash_header, matches!(lb, LoadBalancer::ConsistentHash { .. })) {
+            return Err(self
+                .err(
+                    loc(h),
+                    format!("{field}.hash_header"),
+                    "hash_header is only used by load_balancer: consistent_hash",
+                )
+                .hint("set load_balancer: consistent_hash, or remove hash_header"));
+        }
+        Ok(lb)
+    }
+
+    fn circuit_breaker(&self, field: &str, s: &RawService) -> Result<CircuitBreaker, ConfigError> {
+        let mut cb = CircuitBreaker::default();
+        let Some(raw) = &s.circuit_breaker else { return Ok(cb) };
+        let r = &raw.value;
+        for (name, value, min, slot) in [
+            ("max_connections", &r.max_connections, 1, &mut cb.max_connections),
+            ("max_pending_requests", &r.max_pending_requests, 0, &mut cb.max_pending_requests),
+            ("max_requests", &r.max_requests, 1, &mut cb.max_requests),
+        ] {
+            if let Some(v) = value {
+                if v.value < min {
+                    return Err(self
+                        .err(
+                            loc(v),
+                            format!("{field}.circuit_breaker.{name}"),
+                            format!("{name} must be at least {min}"),
+                        )
+                        .hint(
+                            "a limit of 0 would refuse every request; remove it to use the default (1024)",
+                        ));
+                }
+                *slot = v.value;
+            }
+        }
+        Ok(cb)
+    }
+
+    fn outlier(&self, field: &str, s: &RawService) -> Result<Option<OutlierDetection>, ConfigError> {
+        let Some(raw) = &s.outlier_detection else { return Ok(None) };
+        let r = &raw.value;
+        let consecutive_failures = r.consecutive_failures.as_ref().map_or(Ok(5), |v| {
+            if v.value == 0 {
+                Err(self
+                    .err(
+                        loc(v),
+                        format!("{field}.outlier_detection.consecutive_failures"),
+                        "must be at least 1",
+                    )
+                    .hint("e.g. 5: an endpoint is ejected after 5 failures in a row"))
+            } else {
+                Ok(v.value)
+            }
+        })?;
+        let base_ejection = match &r.ejection_time {
+            None => std::time::Duration::from_secs(30),
+            Some(d) => duration(self.file, d, &format!("{field}.outlier_detection.ejection_time"))?,
+        };
+        let max_ejection_percent = match &r.max_ejection_percent {
+            None => 50,
+            Some(v) if v.value > 100 => {
+                return Err(self
+                    .err(
+                        loc(v),
+                        format!("{field}.outlier_detection.max_ejection_percent"),
+                        format!("{}% is more than all endpoints", v.value),
+                    )
+                    .hint("use 0 to 100"));
+            }
+            Some(v) => v.value as u8,
+        };
+        Ok(Some(OutlierDetection { consecutive_failures, base_ejection, max_ejection_percent }))
     }
 
     fn vip(&self, field: String, vip: &Spanned<String>) -> Result<IpAddr, ConfigError> {
@@ -203,7 +336,16 @@ impl Validator<'_> {
             }
             Some(c) => Some(PathBuf::from(&c.value)),
         };
-        Ok(Endpoint { address, port, node, cgroup })
+        let version = match &e.version {
+            None => None,
+            Some(v) if !is_valid_name(v.value.trim()) => {
+                return Err(self
+                    .err(loc(v), format!("{field}.version"), format!("invalid version '{}'", v.value))
+                    .hint("use 1 to 63 lowercase letters, digits, '-' or '.', e.g. v2"));
+            }
+            Some(v) => Some(v.value.trim().to_string()),
+        };
+        Ok(Endpoint { address, port, node, cgroup, version })
     }
 }
 
@@ -214,7 +356,36 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
     s.parse().ok()
 }
 
-fn is_valid_name(n: &str) -> bool {
+/// A duration as people write it: `250ms`, `2s`, `1.5s`, `1m`.
+pub(crate) fn duration(
+    file: &Path,
+    v: &Spanned<String>,
+    field: &str,
+) -> Result<std::time::Duration, ConfigError> {
+    let t = v.value.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        _ => f64::NAN,
+    };
+    let secs = num.parse::<f64>().map(|n| n * scale).unwrap_or(f64::NAN);
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+        return Err(ConfigError::at(file, loc(v), field, format!("'{}' is not a duration", v.value))
+            .hint("write a positive number with a unit, up to a day: 250ms, 2s, 1.5s or 1m"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// A lowercase HTTP header name, if `n` is one.
+pub(crate) fn http_header_name(n: &str) -> Option<String> {
+    let ok = !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    ok.then(|| n.to_ascii_lowercase())
+}
+
+pub(crate) fn is_valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
         && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')

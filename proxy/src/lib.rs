@@ -1,23 +1,31 @@
-//! The L4 data plane of a Sluice node.
+//! The data plane of a Sluice node.
 //!
 //! The kernel sends connections for mesh services to [`listener`]; for each one
 //! the proxy asks an [`OriginalDst`] (the redirector's map, behind a small
 //! trait so this crate knows nothing of eBPF) where the application was
-//! going, finds that service in the [`route::Routes`] table (swapped
-//! atomically on config reload), picks an endpoint with [`balance`] and
-//! [`tcp`]-forwards bytes both ways, half-close included. The proxy's own
+//! going and finds that service in the [`route::Routes`] table (swapped
+//! atomically on config reload). Then [`detect`] tells HTTP from the rest
+//! (unless the service port declares its protocol): opaque TCP is
+//! [`tcp`]-forwarded to an endpoint picked by [`balance`], half-close
+//! included; HTTP/1.1, HTTP/2 and gRPC go to [`http`], which routes every
+//! request through a tower stack (timeouts, retries, load balancing, circuit
+//! breaking, outlier detection over [`endpoint`] state). The proxy's own
 //! upstream sockets carry a mark so the kernel never redirects them back.
 
 #![forbid(unsafe_code)]
 
 pub mod balance;
+pub mod detect;
+pub mod endpoint;
 mod error;
+pub mod http;
 pub mod listener;
 pub mod route;
 pub mod stats;
 pub mod tcp;
 
 pub use error::ProxyError;
+pub use http::HttpLimits;
 pub use listener::{NoHooks, Proxy, ProxyConfig, WorkerHooks};
 pub use route::Routes;
 pub use stats::ProxyStats;

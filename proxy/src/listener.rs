@@ -18,7 +18,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{OriginalDst, ProxyError, ProxyStats, Routes, tcp};
+use sluice_mesh_config::{MeshConfig, Protocol as PortProtocol};
+
+use crate::{
+    HttpLimits, OriginalDst, ProxyError, ProxyStats, Routes,
+    detect::{self, Detected},
+    http::{self, upstream::Pools},
+    tcp,
+};
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -33,6 +40,9 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// How long shutdown waits for open connections before closing them.
     pub drain_timeout: Duration,
+    /// How long protocol detection waits for the client's first bytes.
+    pub detect_timeout: Duration,
+    pub http: HttpLimits,
 }
 
 impl Default for ProxyConfig {
@@ -44,6 +54,8 @@ impl Default for ProxyConfig {
             own_mark: 0,
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
+            detect_timeout: Duration::from_millis(100),
+            http: HttpLimits::default(),
         }
     }
 }
@@ -150,6 +162,13 @@ impl Proxy {
         Arc::clone(&self.stats)
     }
 
+    /// The routing table for `config`, sharing this proxy's counters and
+    /// upstream connection pools.
+    pub fn routes(&self, config: &MeshConfig) -> Routes {
+        let pools = Arc::new(Pools::new(self.cfg.own_mark, self.cfg.connect_timeout));
+        Routes::new(config, pools, Arc::clone(&self.stats))
+    }
+
     /// Runs the workers until `shutdown`; then each stops accepting (accepting
     /// what is already queued), and waits up to the drain timeout for its open
     /// connections before closing them. Dropping the returned future instead
@@ -170,6 +189,7 @@ impl Proxy {
                 orig: Arc::clone(&orig),
                 stats: Arc::clone(&self.stats),
                 cfg: self.cfg.clone(),
+                graceful: shutdown.clone(),
             };
             let hooks = Arc::clone(&hooks);
             let stop = Stop { graceful: shutdown.clone(), abort: abort.clone() };
@@ -232,6 +252,8 @@ struct Ctx {
     orig: Arc<dyn OriginalDst>,
     stats: Arc<ProxyStats>,
     cfg: ProxyConfig,
+    /// Tells HTTP connections to finish their requests and close.
+    graceful: CancellationToken,
 }
 
 fn run_worker(i: usize, listeners: WorkerListeners, ctx: Ctx, hooks: Arc<dyn WorkerHooks>, stop: Stop) {
@@ -348,6 +370,33 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &Ctx) {
     };
     drop(table);
     ctx.stats.active.fetch_add(1, Relaxed);
-    tcp::forward(stream, peer, orig, &backend, &ctx.stats, &ctx.cfg).await;
+    let http2 = match backend.protocol {
+        PortProtocol::Tcp => None,
+        PortProtocol::Http2 | PortProtocol::Grpc => Some(true),
+        PortProtocol::Auto => {
+            let d = detect::detect(&stream, ctx.cfg.detect_timeout).await;
+            ctx.stats.count_detected(d);
+            tracing::debug!(%peer, %orig, detected = d.name(), "protocol detection");
+            d.is_http().then_some(d == Detected::Http2)
+        }
+        // Declared HTTP: only HTTP/1 or HTTP/2 to tell apart; wait as long as
+        // a request head may take.
+        PortProtocol::Http | PortProtocol::Http1 => {
+            let d = detect::detect(&stream, ctx.cfg.http.header_read_timeout).await;
+            Some(d == Detected::Http2)
+        }
+    };
+    match (http2, &backend.http) {
+        (Some(h2), Some(_)) => {
+            ctx.stats.http_connections.fetch_add(1, Relaxed);
+            let hctx = http::ConnCtx {
+                routes: ctx.routes.clone(),
+                stats: Arc::clone(&ctx.stats),
+                limits: ctx.cfg.http.clone(),
+            };
+            http::serve(stream, h2, peer, orig, hctx, ctx.graceful.clone()).await;
+        }
+        _ => tcp::forward(stream, peer, orig, &backend, &ctx.stats, &ctx.cfg).await,
+    }
     ctx.stats.active.fetch_sub(1, Relaxed);
 }

@@ -1,21 +1,40 @@
-//! The routing table: service address → service port → endpoints. Built from a
-//! validated config and swapped whole on reload, so a connection sees either
-//! the old table or the new one, never a mix.
+//! The routing table: service address → what is behind it. For opaque TCP, a
+//! [`Backend`] (endpoints and round robin); for HTTP, the service's compiled
+//! routes, each with a request stack per destination. Built from a validated
+//! config and swapped whole on reload: a connection looks the table up once,
+//! an HTTP request once per request, and sees either the old table or the new
+//! one, never a mix. Requests in flight keep the version they started with.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use arc_swap::ArcSwap;
-use sluice_mesh_config::MeshConfig;
+use sluice_mesh_config::{MeshConfig, Protocol, Route};
 
-use crate::balance::RoundRobin;
+use crate::{
+    ProxyStats,
+    balance::{Balancer, RoundRobin},
+    endpoint::EndpointState,
+    http::{
+        router::{CompiledRoute, HttpService},
+        stack::{self, Cluster, UpstreamProto},
+        upstream::{Pools, Proto},
+    },
+};
 
-/// Where one service port's connections go.
+/// Where one service port's connections go (opaque TCP).
 #[derive(Debug)]
 pub struct Backend {
     pub service: String,
     pub port: u16,
+    pub protocol: Protocol,
     pub endpoints: Vec<SocketAddr>,
     pub balancer: RoundRobin,
+    /// `None` for tcp ports.
+    pub http: Option<Arc<HttpService>>,
 }
 
 /// One immutable version of the table.
@@ -24,25 +43,133 @@ pub struct Table {
     by_addr: HashMap<SocketAddr, Arc<Backend>>,
 }
 
+/// Endpoint state kept across reloads, keyed by service, address and version.
+type Registry = Mutex<HashMap<(String, SocketAddr, Option<String>), Arc<EndpointState>>>;
+
+struct Builder<'a> {
+    config: &'a MeshConfig,
+    ctx: &'a Shared,
+    clusters: HashMap<(usize, usize, Option<String>), Arc<Cluster>>,
+    endpoints: HashMap<(String, SocketAddr, Option<String>), Arc<EndpointState>>,
+}
+
+impl Builder<'_> {
+    fn cluster(&mut self, service: usize, port: usize, version: Option<&String>) -> Arc<Cluster> {
+        let key = (service, port, version.cloned());
+        if let Some(c) = self.clusters.get(&key) {
+            return Arc::clone(c);
+        }
+        let svc = &self.config.services[service];
+        let sp = &svc.ports[port];
+        let registry = self.ctx.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let endpoints = svc
+            .endpoints
+            .iter()
+            .filter(|e| version.is_none() || e.version.as_ref() == version)
+            .map(|e| {
+                let k = (svc.name.clone(), e.socket_addr(sp), e.version.clone());
+                let state = registry
+                    .get(&k)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(EndpointState::new(k.1, k.2.clone())));
+                self.endpoints.insert(k, Arc::clone(&state));
+                state
+            })
+            .collect();
+        drop(registry);
+        let upstream = match sp.protocol {
+            Protocol::Http2 | Protocol::Grpc => UpstreamProto::Fixed(Proto::Http2),
+            Protocol::Http1 => UpstreamProto::Fixed(Proto::Http1),
+            _ => UpstreamProto::Downstream,
+        };
+        let c = Arc::new(Cluster {
+            service: svc.name.clone(),
+            version: version.cloned(),
+            endpoints,
+            balancer: Balancer::from_config(&svc.load_balancer),
+            limits: svc.circuit_breaker,
+            outlier: svc.outlier_detection,
+            upstream,
+        });
+        self.clusters.insert(key, Arc::clone(&c));
+        c
+    }
+
+    fn http_service(&mut self, service: usize, port: usize, authority: String) -> HttpService {
+        let svc = &self.config.services[service];
+        let mine: Vec<Route> = self.config.routes.iter().filter(|r| r.service == service).cloned().collect();
+        let routes = if mine.is_empty() {
+            // No routes: every request goes to the service itself.
+            vec![Route {
+                name: format!("{}-default", svc.name),
+                service,
+                matches: Default::default(),
+                to: vec![sluice_mesh_config::Destination { service, port: None, version: None, weight: 1 }],
+                request_headers: Default::default(),
+                response_headers: Default::default(),
+                timeout: None,
+                retries: None,
+            }]
+        } else {
+            mine
+        };
+        let compiled = routes
+            .iter()
+            .map(|r| {
+                let dests =
+                    r.to.iter()
+                        .map(|d| {
+                            let cluster = self.cluster(d.service, d.port.unwrap_or(port), d.version.as_ref());
+                            let s = stack::build(
+                                r,
+                                cluster,
+                                Arc::clone(&self.ctx.pools),
+                                Arc::clone(&self.ctx.stats),
+                                authority.clone(),
+                            );
+                            (d.weight, s)
+                        })
+                        .collect();
+                CompiledRoute::new(r, dests)
+            })
+            .collect();
+        HttpService { service: svc.name.clone(), routes: compiled }
+    }
+}
+
 impl Table {
-    pub fn from_config(config: &MeshConfig) -> Self {
+    fn build(config: &MeshConfig, ctx: &Shared) -> Self {
+        let mut b = Builder { config, ctx, clusters: HashMap::new(), endpoints: HashMap::new() };
         // One backend per service port, shared by all of the service's VIPs, so
         // round robin is fair across VIPs.
         let mut backends: HashMap<(usize, usize), Arc<Backend>> = HashMap::new();
         let mut by_addr = HashMap::new();
         for (addr, sa) in config.service_addrs() {
-            let b = backends.entry((sa.service, sa.port)).or_insert_with(|| {
-                let svc = &config.services[sa.service];
-                let port = &svc.ports[sa.port];
-                Arc::new(Backend {
-                    service: svc.name.clone(),
-                    port: port.port,
-                    endpoints: svc.endpoints.iter().map(|e| e.socket_addr(port)).collect(),
-                    balancer: RoundRobin::default(),
-                })
-            });
-            by_addr.insert(addr, Arc::clone(b));
+            let svc = &config.services[sa.service];
+            let port = &svc.ports[sa.port];
+            let b_ = match backends.get(&(sa.service, sa.port)) {
+                Some(b_) => Arc::clone(b_),
+                None => {
+                    let http = port.protocol.may_be_http().then(|| {
+                        let authority = format!("{}:{}", svc.name, port.port);
+                        Arc::new(b.http_service(sa.service, sa.port, authority))
+                    });
+                    let b_ = Arc::new(Backend {
+                        service: svc.name.clone(),
+                        port: port.port,
+                        protocol: port.protocol,
+                        endpoints: svc.endpoints.iter().map(|e| e.socket_addr(port)).collect(),
+                        balancer: RoundRobin::default(),
+                        http,
+                    });
+                    backends.insert((sa.service, sa.port), Arc::clone(&b_));
+                    b_
+                }
+            };
+            by_addr.insert(addr, b_);
         }
+        // Endpoints gone from the config are forgotten.
+        *ctx.registry.lock().unwrap_or_else(|p| p.into_inner()) = b.endpoints;
         Self { by_addr }
     }
 
@@ -59,20 +186,30 @@ impl Table {
     }
 }
 
+#[derive(Debug)]
+struct Shared {
+    pools: Arc<Pools>,
+    stats: Arc<ProxyStats>,
+    registry: Registry,
+}
+
 /// The live table, shared by the listener and the config watcher.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Routes {
     current: Arc<ArcSwap<Table>>,
+    shared: Arc<Shared>,
 }
 
 impl Routes {
-    pub fn new(config: &MeshConfig) -> Self {
-        Self { current: Arc::new(ArcSwap::from_pointee(Table::from_config(config))) }
+    pub fn new(config: &MeshConfig, pools: Arc<Pools>, stats: Arc<ProxyStats>) -> Self {
+        let shared = Arc::new(Shared { pools, stats, registry: Mutex::default() });
+        let table = Table::build(config, &shared);
+        Self { current: Arc::new(ArcSwap::from_pointee(table)), shared }
     }
 
-    /// Replaces the table; connections already forwarding are not touched.
+    /// Replaces the table; connections and requests already under way are not touched.
     pub fn apply(&self, config: &MeshConfig) {
-        self.current.store(Arc::new(Table::from_config(config)));
+        self.current.store(Arc::new(Table::build(config, &self.shared)));
     }
 
     pub fn load(&self) -> Arc<Table> {

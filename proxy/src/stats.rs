@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::detect::Detected;
+
 #[derive(Debug, Default)]
 pub struct ProxyStats {
     pub accepted: AtomicU64,
@@ -15,9 +17,39 @@ pub struct ProxyStats {
     pub bytes_up: AtomicU64,
     /// Bytes from endpoints back to applications.
     pub bytes_down: AtomicU64,
+    /// Protocol detection outcomes, in [`Detected::ALL`] order.
+    pub detected: [AtomicU64; 6],
+    pub http_connections: AtomicU64,
+    pub http_requests: AtomicU64,
+    /// Responses by status class: index 1 for 1xx ... 5 for 5xx.
+    pub http_status: [AtomicU64; 6],
+    /// Requests the proxy answered itself (no route, no endpoint, timeouts...).
+    pub http_errors: AtomicU64,
+    /// HTTP/1 connections closed with 400 for a request-smuggling shape.
+    pub http_refused: AtomicU64,
+    /// HTTP/1 connections whose request head did not arrive in time.
+    pub http_header_timeouts: AtomicU64,
+    pub http_upgrades: AtomicU64,
+    pub retries: AtomicU64,
+    pub retry_budget_exhausted: AtomicU64,
+    /// Requests refused by a circuit breaker.
+    pub circuit_open: AtomicU64,
+    pub ejections: AtomicU64,
 }
 
 impl ProxyStats {
+    pub fn count_detected(&self, d: Detected) {
+        if let Some(i) = Detected::ALL.iter().position(|x| *x == d) {
+            self.detected[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn count_status(&self, status: u16) {
+        if let Some(c) = self.http_status.get(usize::from(status / 100)) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("accepted", self.accepted.load(Relaxed)),
@@ -29,6 +61,8 @@ impl ProxyStats {
             ("upstream_connect_failed", self.upstream_connect_failed.load(Relaxed)),
             ("bytes_up", self.bytes_up.load(Relaxed)),
             ("bytes_down", self.bytes_down.load(Relaxed)),
+            ("http_requests", self.http_requests.load(Relaxed)),
+            ("retries", self.retries.load(Relaxed)),
         ]
     }
 }

@@ -70,7 +70,7 @@ async fn connect_any(
 }
 
 /// Connects with the proxy's mark set before connect(), so connect4/6 see it.
-async fn connect(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+pub(crate) async fn connect(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if mark != 0 {
         socket.set_mark(mark)?;

@@ -84,7 +84,7 @@ async fn proxy(endpoints: &[SocketAddr]) -> Running {
     })
     .await
     .unwrap();
-    let routes = Routes::new(&config(endpoints));
+    let routes = p.routes(&config(endpoints));
     let orig = Arc::new(Fixed(Mutex::new(Some(VIP.parse().unwrap()))));
     let stop = CancellationToken::new();
     let (addr, stats) = (p.local_addr4(), p.stats());
@@ -201,7 +201,8 @@ async fn shutdown_waits_for_open_connections_then_returns() {
     let addr = p.local_addr4();
     let stop = CancellationToken::new();
     let orig = Arc::new(Fixed(Mutex::new(Some(VIP.parse().unwrap()))));
-    let task = tokio::spawn(p.serve(Routes::new(&config(&[a])), orig, Arc::new(NoHooks), stop.clone()));
+    let r = p.routes(&config(&[a]));
+    let task = tokio::spawn(p.serve(r, orig, Arc::new(NoHooks), stop.clone()));
     let mut open = TcpStream::connect(addr).await.unwrap();
     open.write_all(b"hi").await.unwrap();
     let mut buf = [0u8; 2];

@@ -17,6 +17,11 @@
 //!     sends N datagrams (R per second; 0: as fast as it can), prints `sent N`.
 //! `sluice-testkit get [--netns NAME] ADDR PATH`
 //!     an HTTP/1.0 GET; prints the status line and the body.
+//! `sluice-testkit exec [--cgroup DIR] [--netns NAME] -- CMD ARGS...`
+//!     joins the cgroup (and netns), then execs CMD (curl, h2load, python...).
+//! `sluice-testkit raw [--cgroup DIR] [--timeout-ms MS] ADDR < REQUEST`
+//!     sends stdin as is, reads until the server closes; prints the response
+//!     bytes, and `closed_after_ms=N` (or `still_open`) on stderr.
 //! `sluice-testkit http LISTEN`
 //!     a minimal HTTP/1.1 server (keep-alive, `Connection: close`) answering 200 "ok".
 
@@ -33,6 +38,14 @@ use sha2::{Digest, Sha256};
 
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match args.iter().position(|a| a == "--") {
+        Some(i) => {
+            let c = args.split_off(i + 1);
+            args.pop();
+            c
+        }
+        None => Vec::new(),
+    };
     let cmd = if args.is_empty() { String::new() } else { args.remove(0) };
     let cgroup = take_opt(&mut args, "--cgroup");
     let netns = take_opt(&mut args, "--netns");
@@ -85,10 +98,42 @@ fn main() -> anyhow::Result<()> {
             println!("{}\n{body}", head.lines().next().unwrap_or_default());
             Ok(())
         }
+        ("exec", []) if !command.is_empty() => {
+            use std::os::unix::process::CommandExt;
+            let e = std::process::Command::new(&command[0]).args(&command[1..]).exec();
+            bail!("exec {}: {e}", command[0])
+        }
+        ("raw", [addr]) => raw(addr.parse()?, timeout),
         ("udp-sink", [listen]) => udp_sink(listen.parse()?, secs),
         ("udp-send", [addr]) => udp_send(addr.parse()?, count, pps),
         _ => bail!("usage: sluice-testkit echo|client ... (see the source)"),
     }
+}
+
+fn raw(addr: SocketAddr, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let mut req = Vec::new();
+    std::io::stdin().read_to_end(&mut req)?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.write_all(&req)?;
+    let started = std::time::Instant::now();
+    s.set_read_timeout(Some(timeout))?;
+    let mut resp = Vec::new();
+    let mut buf = [0u8; 65536];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => resp.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    std::io::stdout().write_all(&resp)?;
+    if closed {
+        eprintln!("closed_after_ms={}", started.elapsed().as_millis());
+    } else {
+        eprintln!("still_open");
+    }
+    Ok(())
 }
 
 fn take_opt(args: &mut Vec<String>, name: &str) -> Option<String> {

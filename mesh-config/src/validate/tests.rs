@@ -296,3 +296,107 @@ fn policy_limits() {
     let e = err("policy:\n  interfaces: [veth0, veth0]\n");
     assert_eq!(e.field, "policy.interfaces[1]");
 }
+
+const HTTP: &str = "\
+services:
+  - name: web
+    vips: [127.100.0.20]
+    ports: [{port: 80, protocol: http}]
+    load_balancer: consistent_hash
+    hash_header: X-User
+    circuit_breaker: {max_connections: 2, max_pending_requests: 0, max_requests: 3}
+    outlier_detection: {consecutive_failures: 2, ejection_time: 1500ms}
+  - name: api
+    vips: [127.100.0.21]
+    ports: [{port: 8080}]
+endpoints:
+  - {service: web, address: 127.0.0.1, port: 9001, version: v1}
+  - {service: web, address: 127.0.0.1, port: 9002, version: v2}
+  - {service: api, address: 127.0.0.1}
+routes:
+  - name: canary
+    service: web
+    match:
+      host: \"*.example.com\"
+      path: {regex: \"/u/[0-9]+\"}
+      methods: [get]
+      headers: [{name: X-Canary, exact: \"1\"}, {name: x-off, present: false}]
+    to: [{version: v1, weight: 90}, {version: v2, weight: 10}, {service: api, weight: 0}]
+    request_headers: {set: {x-route: canary}, remove: [x-debug]}
+    timeout: 2s
+    retries: {attempts: 3, per_try_timeout: 0.5s, on: [5xx, connect-failure]}
+  - service: web
+";
+
+#[test]
+fn routes_are_understood() {
+    use crate::{HostMatch, LoadBalancer, PathMatch, Protocol, ValueMatch};
+    let c = parse(Path::new("mesh.yaml"), HTTP).unwrap();
+    let web = &c.services[0];
+    assert_eq!(web.ports[0].protocol, Protocol::Http);
+    assert_eq!(c.services[1].ports[0].protocol, Protocol::Auto, "auto is the default");
+    assert_eq!(web.load_balancer, LoadBalancer::ConsistentHash { header: "x-user".into() });
+    assert_eq!(web.circuit_breaker.max_pending_requests, 0);
+    let od = web.outlier_detection.unwrap();
+    assert_eq!(
+        (od.consecutive_failures, od.base_ejection.as_millis(), od.max_ejection_percent),
+        (2, 1500, 50)
+    );
+    assert_eq!(c.routes.len(), 2);
+    let r = &c.routes[0];
+    assert_eq!(r.matches.host, Some(HostMatch::Suffix(".example.com".into())));
+    assert_eq!(r.matches.path, Some(PathMatch::Regex("/u/[0-9]+".into())));
+    assert_eq!(r.matches.methods, ["GET"]);
+    assert_eq!(r.matches.headers[0].name, "x-canary");
+    assert_eq!(r.matches.headers[1].value, ValueMatch::Absent);
+    assert_eq!(r.to.len(), 3);
+    assert_eq!((r.to[1].version.as_deref(), r.to[1].weight, r.to[1].port), (Some("v2"), 10, None));
+    assert_eq!((r.to[2].service, r.to[2].port), (1, Some(0)));
+    assert_eq!(r.request_headers.set, [("x-route".to_string(), "canary".to_string())]);
+    assert_eq!(r.timeout.unwrap().as_secs(), 2);
+    let retry = r.retries.as_ref().unwrap();
+    assert_eq!((retry.attempts, retry.per_try_timeout.unwrap().as_millis()), (3, 500));
+    assert!(retry.on.server_error && retry.on.connect_failure && !retry.on.grpc_unavailable);
+    assert_eq!(c.routes[1].name, "web-1", "unnamed routes get service-index");
+    assert_eq!(c.routes[1].to[0].service, 0);
+}
+
+#[test]
+fn route_refusals_point_at_the_value() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("path: {regex: \"/u/[0-9]+\"}", "path: {regex: \"/u/[0-9+\"}", "invalid regex"),
+        ("path: {regex: \"/u/[0-9]+\"}", "path: {prefix: api}", "does not start with /"),
+        ("path: {regex: \"/u/[0-9]+\"}", "path: {prefix: /a, exact: /b}", "exactly one of"),
+        (
+            "{version: v2, weight: 10}",
+            "{version: v3, weight: 10}",
+            "no endpoint of service 'web' has version 'v3'",
+        ),
+        ("timeout: 2s", "timeout: 2 parsecs", "is not a duration"),
+        ("attempts: 3", "attempts: 50", "50 attempts"),
+        ("on: [5xx, connect-failure]", "on: [5xx, teapot]", "unknown retry condition 'teapot'"),
+        ("remove: [x-debug]", "remove: [content-length]", "managed by the proxy"),
+        ("methods: [get]", "methods: [\"GET /\"]", "is not an HTTP method"),
+        ("service: api, weight: 0", "service: nope, weight: 0", "unknown service 'nope'"),
+        ("hash_header: X-User", "hash_header: \"X User\"", "is not a header name"),
+        ("load_balancer: consistent_hash", "load_balancer: random", "unknown load balancer 'random'"),
+        ("max_requests: 3", "max_requests: 0", "must be at least 1"),
+    ];
+    for (from, to, want) in cases {
+        assert!(HTTP.contains(from), "{from}");
+        let text = HTTP.replacen(from, to, 1);
+        let e = err(&text);
+        let line = text.lines().position(|l| l.contains(to.split(':').next().unwrap_or(to))).unwrap() + 1;
+        assert!(e.to_string().contains(want), "{to}: {e}");
+        assert!(e.location.is_some(), "{to}: {e}");
+        assert!(e.location.unwrap().line as usize >= line.min(6), "{to}: {e}");
+        assert!(e.hint.is_some(), "{to}: {e}");
+    }
+    let e = err(&HTTP.replace("ports: [{port: 8080}]", "ports: [{port: 8080, protocol: tcp}]"));
+    assert!(e.to_string().contains("port 8080 of service 'api' is tcp"), "{e}");
+    let e = err(
+        "services:\n  - {name: a, vips: [127.1.1.1], ports: [{port: 1, protocol: http, zero_hop: true}]}\n",
+    );
+    assert!(e.to_string().contains("zero_hop"), "{e}");
+    assert_eq!(e.location.unwrap().line, 2);
+}

@@ -1,0 +1,139 @@
+//! What the proxy knows of each endpoint, shared by every worker and kept
+//! across config reloads: requests in flight and connections (for circuit
+//! breaking and least-request), a latency EWMA, and outlier ejection.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use sluice_mesh_config::OutlierDetection;
+
+#[derive(Debug)]
+pub struct EndpointState {
+    pub addr: SocketAddr,
+    pub version: Option<String>,
+    pub in_flight: AtomicU32,
+    pub connections: AtomicU32,
+    pub pending: AtomicU32,
+    /// Latency EWMA in microseconds (0: no sample yet).
+    ewma_us: AtomicU64,
+    consecutive_failures: AtomicU32,
+    ejection: Mutex<Ejection>,
+    /// Wakes requests waiting for a connection.
+    pub(crate) freed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Ejection {
+    until: Option<Instant>,
+    times: u32,
+}
+
+impl EndpointState {
+    pub fn new(addr: SocketAddr, version: Option<String>) -> Self {
+        Self {
+            addr,
+            version,
+            in_flight: AtomicU32::new(0),
+            connections: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
+            ewma_us: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejection: Mutex::new(Ejection::default()),
+            freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.lock().until.is_some_and(|u| u > now)
+    }
+
+    pub fn ewma_us(&self) -> u64 {
+        self.ewma_us.load(Relaxed)
+    }
+
+    pub fn record_latency(&self, d: Duration) {
+        let sample = d.as_micros().min(u128::from(u32::MAX)) as u64;
+        let old = self.ewma_us.load(Relaxed);
+        let new = if old == 0 { sample } else { (old * 7 + sample * 3) / 10 };
+        self.ewma_us.store(new.max(1), Relaxed);
+    }
+
+    pub fn record_success(&self) {
+        self.consecutive_failures.store(0, Relaxed);
+    }
+
+    /// Counts a failure; returns whether it reached the ejection threshold
+    /// (the caller decides, knowing how many siblings are already out).
+    pub fn record_failure(&self, od: Option<&OutlierDetection>) -> bool {
+        let n = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        od.is_some_and(|od| n >= od.consecutive_failures)
+    }
+
+    /// Ejects for base × times ejected (at most 10×). Returns the duration.
+    pub fn eject(&self, od: &OutlierDetection, now: Instant) -> Duration {
+        let mut e = self.lock();
+        e.times = e.times.saturating_add(1);
+        let d = od.base_ejection * e.times.min(10);
+        e.until = Some(now + d);
+        self.consecutive_failures.store(0, Relaxed);
+        d
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ejection> {
+        self.ejection.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Decrements a counter when dropped.
+#[derive(Debug)]
+pub(crate) struct Held {
+    ep: Arc<EndpointState>,
+    which: Counter,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Counter {
+    InFlight,
+    Connection,
+    Pending,
+}
+
+impl Held {
+    /// Takes one unit of `which` if it is below `max`.
+    pub(crate) fn try_take(ep: &Arc<EndpointState>, which: Counter, max: u32) -> Option<Held> {
+        let c = Self::counter(ep, which);
+        let mut cur = c.load(Relaxed);
+        loop {
+            if cur >= max {
+                return None;
+            }
+            match c.compare_exchange_weak(cur, cur + 1, Relaxed, Relaxed) {
+                Ok(_) => return Some(Held { ep: Arc::clone(ep), which }),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    fn counter(ep: &EndpointState, which: Counter) -> &AtomicU32 {
+        match which {
+            Counter::InFlight => &ep.in_flight,
+            Counter::Connection => &ep.connections,
+            Counter::Pending => &ep.pending,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        Self::counter(&self.ep, self.which).fetch_sub(1, Relaxed);
+        if matches!(self.which, Counter::Connection) {
+            self.ep.freed.notify_waiters();
+        }
+    }
+}

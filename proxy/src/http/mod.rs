@@ -1,0 +1,224 @@
+//! The L7 path: HTTP/1.1 and HTTP/2 (gRPC included) served by hyper on
+//! redirected connections, each request routed by the service's routes and
+//! sent through its destination's stack ([`stack`]) to an endpoint over the
+//! shared upstream pools ([`upstream`]). Failures become responses a person
+//! (or a gRPC library) can read ([`error`]); HTTP/1 requests pass a strict
+//! framing check first ([`guard`]).
+
+pub mod error;
+pub mod guard;
+pub mod headers;
+pub mod replay;
+pub mod retry;
+pub mod router;
+pub mod stack;
+pub mod upstream;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use bytes::Bytes;
+pub use error::HttpError;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
+use hyper::{body::Incoming, server::conn::http1, server::conn::http2, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{ProxyStats, Routes};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The client's request body failed (malformed chunking, reset...).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DownstreamBodyError(hyper::Error);
+
+/// Protocol limits for clients; the defaults are safe, the node's flags change them.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// An HTTP/1 request head must arrive within this (slowloris).
+    pub header_read_timeout: Duration,
+    /// Largest HTTP/1 request head, and HTTP/2 header list, in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in an HTTP/1 request.
+    pub max_headers: usize,
+    pub h2_max_concurrent_streams: u32,
+    /// Streams a client may reset before the server accepted them (rapid reset).
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// Streams the server may reset because of client errors before it closes
+    /// the connection.
+    pub h2_max_local_error_reset_streams: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            h2_max_concurrent_streams: 1024,
+            h2_max_pending_accept_reset_streams: 100,
+            h2_max_local_error_reset_streams: 1024,
+        }
+    }
+}
+
+/// What serving a connection needs.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnCtx {
+    pub routes: Routes,
+    pub stats: Arc<ProxyStats>,
+    pub limits: HttpLimits,
+}
+
+#[derive(Debug)]
+struct Conn {
+    peer: SocketAddr,
+    orig: SocketAddr,
+    ctx: ConnCtx,
+}
+
+/// Serves HTTP on a redirected connection until it closes; on `graceful` it
+/// finishes the requests in flight and closes (GOAWAY for HTTP/2).
+pub(crate) async fn serve(
+    stream: TcpStream,
+    http2_: bool,
+    peer: SocketAddr,
+    orig: SocketAddr,
+    ctx: ConnCtx,
+    graceful: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let limits = ctx.limits.clone();
+    let stats = Arc::clone(&ctx.stats);
+    let conn = Arc::new(Conn { peer, orig, ctx });
+    let svc = service_fn(move |req| handle(req, Arc::clone(&conn)));
+    if http2_ {
+        let c = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(Some(limits.h2_max_local_error_reset_streams))
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .serve_connection(TokioIo::new(stream), svc);
+        tokio::pin!(c);
+        let r = tokio::select! {
+            r = c.as_mut() => r,
+            _ = graceful.cancelled() => { c.as_mut().graceful_shutdown(); c.await }
+        };
+        if let Err(e) = r {
+            tracing::debug!(%peer, %orig, error = %e, "HTTP/2 connection ended with an error");
+        }
+    } else {
+        let verdict = guard::Verdict::default();
+        let io = guard::Guard::new(stream, limits.max_header_bytes, Arc::clone(&verdict));
+        let c = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
+            .max_headers(limits.max_headers)
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        tokio::pin!(c);
+        let r = tokio::select! {
+            r = c.as_mut() => r,
+            _ = graceful.cancelled() => { c.as_mut().graceful_shutdown(); c.await }
+        };
+        let refused = *verdict.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reason) = refused {
+            stats.http_refused.fetch_add(1, Relaxed);
+            tracing::warn!(%peer, %orig, reason, "HTTP/1 request refused with 400 (request smuggling shape); connection closed");
+        } else if let Err(e) = r {
+            if e.is_timeout() {
+                stats.http_header_timeouts.fetch_add(1, Relaxed);
+            }
+            tracing::debug!(%peer, %orig, error = %e, "HTTP/1 connection ended with an error");
+        }
+    }
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<Body>, Infallible> {
+    let stats = &conn.ctx.stats;
+    stats.http_requests.fetch_add(1, Relaxed);
+    let grpc = is_grpc(&req);
+    let downstream_version = req.version();
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let table = conn.ctx.routes.load();
+    let route = match table.get(conn.orig).and_then(|b| b.http.clone()) {
+        None => Err(HttpError::ServiceGone { orig: conn.orig }),
+        Some(svc) => match svc.select(&req) {
+            None => Err(HttpError::NoRoute {
+                service: svc.service.clone(),
+                method: method.to_string(),
+                path: path.clone(),
+            }),
+            Some(r) => {
+                Ok((Arc::clone(&svc), svc.routes.iter().position(|x| std::ptr::eq(x, r)).unwrap_or(0)))
+            }
+        },
+    };
+    drop(table);
+    let upgrade = headers::is_upgrade(req.headers()) && downstream_version < Version::HTTP_2;
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let result = match route {
+        Err(e) => Err(e),
+        Ok((svc, i)) => {
+            let route = &svc.routes[i];
+            let mut req =
+                req.map(|b| b.map_err(|e| Box::new(DownstreamBodyError(e)) as BoxError).boxed_unsync());
+            headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+            headers::apply(&route.request_headers, req.headers_mut());
+            match route.pick() {
+                None => Err(HttpError::NoEndpoints { service: svc.service.clone(), version: None }),
+                Some(stack) => stack::call(stack, req).await.map(|mut resp| {
+                    headers::apply(&route.response_headers, resp.headers_mut());
+                    resp
+                }),
+            }
+        }
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            stats.http_errors.fetch_add(1, Relaxed);
+            tracing::info!(peer = %conn.peer, orig = %conn.orig, %method, %path, status = e.status().as_u16(), reason = e.reason(), error = %e, "request answered by the proxy");
+            e.to_response(grpc)
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && on_upgrade.is_some() {
+        stats.http_upgrades.fetch_add(1, Relaxed);
+        let upstream = hyper::upgrade::on(&mut resp);
+        let downstream = on_upgrade;
+        let (peer, orig) = (conn.peer, conn.orig);
+        tokio::spawn(async move {
+            let (Some(down), Ok(up)) = (downstream, upstream.await) else { return };
+            let Ok(down) = down.await else { return };
+            let (mut d, mut u) = (TokioIo::new(down), TokioIo::new(up));
+            match tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                Ok((a, b)) => tracing::debug!(%peer, %orig, up = a, down = b, "upgraded connection closed"),
+                Err(e) => tracing::debug!(%peer, %orig, error = %e, "upgraded connection failed"),
+            }
+        });
+    } else {
+        headers::strip_hop_by_hop(resp.headers_mut(), false);
+    }
+    stats.count_status(resp.status().as_u16());
+    Ok(resp)
+}

@@ -1,0 +1,204 @@
+//! The per-destination request stack, read top to bottom:
+//!
+//! ```text
+//! RouteTimeout  the route's overall deadline → 504
+//!   Retry       attempts, conditions, budget (replays the request body)
+//!     Balance   pick an endpoint (LB, outlier ejection, avoid tried ones),
+//!               per-try deadline, record the outcome, send through the pools
+//! ```
+//!
+//! One tower layer per concern; a stack is built per route destination when
+//! the config is loaded, so serving a request is only a lookup and a call.
+
+use std::{
+    sync::{Arc, atomic::Ordering::Relaxed},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use http::{Request, Response, Version};
+use sluice_mesh_config::{CircuitBreaker, OutlierDetection};
+use tower::{Layer, Service, ServiceBuilder, util::BoxCloneSyncService};
+
+use super::{
+    Body, BoxFuture, HttpError, headers,
+    retry::{RetryLayer, Tried},
+    upstream::{Pools, Proto, Target},
+};
+use crate::{ProxyStats, balance::Balancer, endpoint::EndpointState};
+
+pub type HttpStack = BoxCloneSyncService<Request<Body>, Response<Body>, HttpError>;
+
+/// Which protocol endpoints are spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProto {
+    /// The one the client used.
+    Downstream,
+    Fixed(Proto),
+}
+
+/// A set of endpoints requests are balanced over: one service port,
+/// optionally one version of it.
+#[derive(Debug)]
+pub struct Cluster {
+    pub service: String,
+    pub version: Option<String>,
+    pub endpoints: Vec<Arc<EndpointState>>,
+    pub balancer: Balancer,
+    pub limits: CircuitBreaker,
+    pub outlier: Option<OutlierDetection>,
+    pub upstream: UpstreamProto,
+}
+
+impl Cluster {
+    /// Whether one more endpoint may be ejected (at least one always may).
+    fn may_eject(&self, od: &OutlierDetection) -> bool {
+        let now = Instant::now();
+        let out = self.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+        let max = (self.endpoints.len() * usize::from(od.max_ejection_percent) / 100).max(1);
+        out < max
+    }
+}
+
+/// Calls a stack (always ready: back-pressure is the circuit breakers' job).
+/// A plain function with concrete types, which keeps the futures that await
+/// it `Send` (generic `Oneshot` futures trip a rustc limitation there).
+pub fn call(stack: &HttpStack, req: Request<Body>) -> BoxFuture<Result<Response<Body>, HttpError>> {
+    stack.clone().call(req)
+}
+
+/// Builds the stack for one destination of a route.
+pub fn build(
+    route: &sluice_mesh_config::Route,
+    cluster: Arc<Cluster>,
+    pools: Arc<Pools>,
+    stats: Arc<ProxyStats>,
+    fallback_authority: String,
+) -> HttpStack {
+    let per_try = route.retries.as_ref().and_then(|r| r.per_try_timeout);
+    let stack = ServiceBuilder::new()
+        .layer(RouteTimeoutLayer { route: route.name.clone().into(), after: route.timeout })
+        .layer(RetryLayer::new(route.retries.clone(), Arc::clone(&stats)))
+        .service(Balance { cluster, pools, stats, per_try, fallback_authority: fallback_authority.into() });
+    BoxCloneSyncService::new(stack)
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteTimeoutLayer {
+    route: Arc<str>,
+    after: Option<Duration>,
+}
+
+impl<S> Layer<S> for RouteTimeoutLayer
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = HttpError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    type Service = RouteTimeout;
+    fn layer(&self, inner: S) -> RouteTimeout {
+        RouteTimeout { inner: BoxCloneSyncService::new(inner), layer: self.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteTimeout {
+    inner: HttpStack,
+    layer: RouteTimeoutLayer,
+}
+
+impl Service<Request<Body>> for RouteTimeout {
+    type Response = Response<Body>;
+    type Error = HttpError;
+    type Future = BoxFuture<Result<Response<Body>, HttpError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let fut = self.inner.call(req);
+        let Some(after) = self.layer.after else { return fut };
+        let route = self.layer.route.to_string();
+        Box::pin(async move {
+            tokio::time::timeout(after, fut).await.unwrap_or(Err(HttpError::RouteTimeout { route, after }))
+        })
+    }
+}
+
+/// Picks the endpoint and sends; records what happened to it.
+#[derive(Debug, Clone)]
+pub struct Balance {
+    cluster: Arc<Cluster>,
+    pools: Arc<Pools>,
+    stats: Arc<ProxyStats>,
+    per_try: Option<Duration>,
+    fallback_authority: Arc<str>,
+}
+
+impl Service<Request<Body>> for Balance {
+    type Response = Response<Body>;
+    type Error = HttpError;
+    type Future = BoxFuture<Result<Response<Body>, HttpError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let c = &this.cluster;
+            let tried = req.extensions().get::<Tried>().cloned().unwrap_or_default();
+            let Some(ep) = c.balancer.pick(&c.endpoints, req.headers(), &tried.list()) else {
+                return Err(HttpError::NoEndpoints {
+                    service: c.service.clone(),
+                    version: c.version.clone(),
+                });
+            };
+            tried.push(ep.addr);
+            let proto = match c.upstream {
+                UpstreamProto::Fixed(p) => p,
+                UpstreamProto::Downstream if req.version() == Version::HTTP_2 => Proto::Http2,
+                UpstreamProto::Downstream => Proto::Http1,
+            };
+            headers::for_upstream(&mut req, proto, &this.fallback_authority);
+            let target = Target { service: &c.service, ep: &ep, limits: c.limits };
+            let started = Instant::now();
+            let sent = this.pools.send(target, proto, req);
+            let res = match this.per_try {
+                None => sent.await,
+                Some(after) => tokio::time::timeout(after, sent).await.unwrap_or_else(|_| {
+                    Err(HttpError::TryTimeout { service: c.service.clone(), endpoint: ep.addr, after })
+                }),
+            };
+            this.record(&ep, &res, started.elapsed());
+            res
+        })
+    }
+}
+
+impl Balance {
+    fn record(&self, ep: &Arc<EndpointState>, res: &Result<Response<Body>, HttpError>, took: Duration) {
+        let failed = match res {
+            Ok(r) => r.status().is_server_error(),
+            Err(e) => e.is_endpoint_failure(),
+        };
+        if let Err(HttpError::Overflow { .. }) = res {
+            self.stats.circuit_open.fetch_add(1, Relaxed);
+        }
+        if !failed {
+            ep.record_success();
+            ep.record_latency(took);
+            return;
+        }
+        let c = &self.cluster;
+        if ep.record_failure(c.outlier.as_ref())
+            && let Some(od) = &c.outlier
+            && c.may_eject(od)
+        {
+            let d = ep.eject(od, Instant::now());
+            self.stats.ejections.fetch_add(1, Relaxed);
+            tracing::warn!(service = %c.service, endpoint = %ep.addr, for_ = ?d, "outlier detection: endpoint ejected after consecutive failures");
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Connections to endpoints, shared by the node's workers: HTTP/1.1
+//! keep-alive pools and one multiplexed HTTP/2 connection per endpoint.
+//! Circuit breaking lives here too, since it counts exactly these things:
+//! connections, requests waiting for one, and requests in flight.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sluice_mesh_config::CircuitBreaker;
+
+use super::{Body, BoxError, DownstreamBodyError, HttpError};
+use crate::endpoint::{Counter, EndpointState, Held};
+
+/// Idle HTTP/1 connections older than this are closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// Which protocol to speak to an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug)]
+struct Idle {
+    tx: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct H2Slot {
+    tx: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+}
+
+type PoolKey = (Arc<str>, SocketAddr);
+
+/// One endpoint and the limits that apply to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub service: &'a str,
+    pub ep: &'a Arc<EndpointState>,
+    pub limits: CircuitBreaker,
+}
+
+#[derive(Debug)]
+pub struct Pools {
+    // Keyed by service and address: limits are per service (cluster), so
+    // two services sharing an endpoint address do not share connections.
+    h1: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+    h2: Mutex<HashMap<PoolKey, Arc<H2Slot>>>,
+    own_mark: u32,
+    connect_timeout: Duration,
+}
+
+impl Pools {
+    pub fn new(own_mark: u32, connect_timeout: Duration) -> Self {
+        Self { h1: Mutex::default(), h2: Mutex::default(), own_mark, connect_timeout }
+    }
+
+    /// Sends a request (its URI and headers already in the form `proto` needs).
+    pub async fn send(
+        self: &Arc<Self>,
+        t: Target<'_>,
+        proto: Proto,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, HttpError> {
+        let in_flight = Held::try_take(t.ep, Counter::InFlight, t.limits.max_requests)
+            .ok_or_else(|| overflow(t, "requests in flight", t.limits.max_requests))?;
+        let upgrade = req.headers().contains_key(http::header::UPGRADE);
+        match proto {
+            Proto::Http1 => {
+                let mut tx =
+                    if upgrade { self.connect_h1(t, true).await? } else { self.checkout_h1(t).await? };
+                let resp = tx.send_request(req).await.map_err(|e| send_error(t, &e))?;
+                let back = (!upgrade).then(|| Return {
+                    pools: Arc::clone(self),
+                    key: key(t),
+                    tx,
+                    ep: Arc::clone(t.ep),
+                });
+                Ok(wrap(resp, back, in_flight))
+            }
+            Proto::Http2 => {
+                let mut tx = self.h2(t).await?;
+                tx.ready().await.map_err(|e| send_error(t, &e))?;
+                let resp = tx.send_request(req).await.map_err(|e| send_error(t, &e))?;
+                Ok(wrap(resp, None, in_flight))
+            }
+        }
+    }
+
+    async fn checkout_h1(&self, t: Target<'_>) -> Result<http1::SendRequest<Body>, HttpError> {
+        let mut _pending: Option<Held> = None;
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        loop {
+            let freed = t.ep.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            while let Some(mut idle) = self.pop_idle(&key(t)) {
+                if idle.tx.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
+                    continue;
+                }
+                if idle.tx.ready().await.is_ok() {
+                    return Ok(idle.tx);
+                }
+            }
+            if let Some(conn) = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections) {
+                return self.handshake_h1(t, conn, false).await;
+            }
+            if _pending.is_none() {
+                _pending = Some(
+                    Held::try_take(t.ep, Counter::Pending, t.limits.max_pending_requests)
+                        .ok_or_else(|| overflow(t, "pending requests", t.limits.max_pending_requests))?,
+                );
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(HttpError::PoolTimeout {
+                    service: t.service.to_string(),
+                    endpoint: t.ep.addr,
+                    after: self.connect_timeout,
+                });
+            }
+        }
+    }
+
+    fn pop_idle(&self, key: &PoolKey) -> Option<Idle> {
+        self.h1.lock().unwrap_or_else(|p| p.into_inner()).get_mut(key).and_then(Vec::pop)
+    }
+
+    fn give_back(&self, key: PoolKey, tx: http1::SendRequest<Body>, ep: &EndpointState) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut h1 = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = h1.entry(key).or_default();
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push(Idle { tx, since: Instant::now() });
+        }
+        drop(h1);
+        ep.freed.notify_waiters();
+    }
+
+    async fn connect_h1(&self, t: Target<'_>, upgrades: bool) -> Result<http1::SendRequest<Body>, HttpError> {
+        let conn = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections)
+            .ok_or_else(|| overflow(t, "connections", t.limits.max_connections))?;
+        self.handshake_h1(t, conn, upgrades).await
+    }
+
+    async fn handshake_h1(
+        &self,
+        t: Target<'_>,
+        conn: Held,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<Body>, HttpError> {
+        let stream = self.connect(t).await?;
+        let (tx, driver) =
+            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| send_error(t, &e))?;
+        tokio::spawn(async move {
+            let _conn = conn;
+            let r = if upgrades { driver.with_upgrades().await } else { driver.await };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(tx)
+    }
+
+    async fn h2(&self, t: Target<'_>) -> Result<http2::SendRequest<Body>, HttpError> {
+        let slot = Arc::clone(self.h2.lock().unwrap_or_else(|p| p.into_inner()).entry(key(t)).or_default());
+        let mut guard = slot.tx.lock().await;
+        if let Some(tx) = guard.as_ref()
+            && !tx.is_closed()
+        {
+            return Ok(tx.clone());
+        }
+        let conn = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections)
+            .ok_or_else(|| overflow(t, "connections", t.limits.max_connections))?;
+        let stream = self.connect(t).await?;
+        let (tx, driver) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| send_error(t, &e))?;
+        tokio::spawn(async move {
+            let _conn = conn;
+            if let Err(e) = driver.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        *guard = Some(tx.clone());
+        Ok(tx)
+    }
+
+    async fn connect(&self, t: Target<'_>) -> Result<tokio::net::TcpStream, HttpError> {
+        let addr = t.ep.addr;
+        match tokio::time::timeout(self.connect_timeout, crate::tcp::connect(addr, self.own_mark)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(source)) => {
+                Err(HttpError::Connect { service: t.service.to_string(), endpoint: addr, source })
+            }
+            Err(_) => Err(HttpError::ConnectTimeout {
+                service: t.service.to_string(),
+                endpoint: addr,
+                after: self.connect_timeout,
+            }),
+        }
+    }
+}
+
+fn key(t: Target<'_>) -> PoolKey {
+    (Arc::from(t.service), t.ep.addr)
+}
+
+fn overflow(t: Target<'_>, what: &'static str, max: u32) -> HttpError {
+    HttpError::Overflow { service: t.service.to_string(), endpoint: t.ep.addr, what, max }
+}
+
+/// A failed exchange: the client's body failing is the client's fault;
+/// anything else is the endpoint's.
+fn send_error(t: Target<'_>, e: &hyper::Error) -> HttpError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(d) = s.downcast_ref::<DownstreamBodyError>() {
+            return HttpError::BadRequestBody { reason: d.to_string() };
+        }
+        src = s.source();
+    }
+    let mut reason = e.to_string();
+    if let Some(s) = std::error::Error::source(e) {
+        reason = format!("{reason}: {s}");
+    }
+    HttpError::UpstreamReset { service: t.service.to_string(), endpoint: t.ep.addr, reason }
+}
+
+/// Gives an HTTP/1 connection back to the pool when its response has ended.
+#[derive(Debug)]
+struct Return {
+    pools: Arc<Pools>,
+    key: PoolKey,
+    tx: http1::SendRequest<Body>,
+    ep: Arc<EndpointState>,
+}
+
+impl Return {
+    fn give(self) {
+        self.pools.give_back(self.key, self.tx, &self.ep);
+    }
+}
+
+fn wrap(resp: Response<Incoming>, back: Option<Return>, in_flight: Held) -> Response<Body> {
+    resp.map(|inner| {
+        let mut b = Pooled { inner, back, in_flight: Some(in_flight) };
+        if b.inner.is_end_stream() {
+            b.finish();
+        }
+        b.boxed_unsync()
+    })
+}
+
+/// The response body of an upstream exchange: the exchange (its in-flight
+/// count and, for HTTP/1, its connection) ends when the body does.
+#[derive(Debug)]
+struct Pooled {
+    inner: Incoming,
+    back: Option<Return>,
+    in_flight: Option<Held>,
+}
+
+impl Pooled {
+    fn finish(&mut self) {
+        if let Some(r) = self.back.take() {
+            r.give();
+        }
+        self.in_flight = None;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body failed: {0}")]
+pub struct UpstreamBodyError(hyper::Error);
+
+impl http_body::Body for Pooled {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                // The connection is broken: drop it.
+                self.back = None;
+                self.in_flight = None;
+            }
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
+            _ => {}
+        }
+        r.map(|o| o.map(|f| f.map_err(|e| Box::new(UpstreamBodyError(e)) as BoxError)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
