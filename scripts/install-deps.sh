@@ -8,8 +8,14 @@ set -euo pipefail
 # clang 14 also works), libbpf-dev gives bpf_helpers.h, bpftool lets tests
 # check attachments, iproute2 makes test network namespaces, util-linux gives
 # nsenter/setpriv, linux-libc-dev the UAPI headers, wrk drives load through
-# restarts, nftables is the baseline of the policy benchmark.
-packages=(clang-16 libbpf-dev bpftool iproute2 util-linux linux-libc-dev pkg-config wrk nftables)
+# restarts, nftables is the baseline of the policy benchmark; curl,
+# nghttp2-client (h2load, nghttp) and python3-grpcio are the real HTTP/1.1,
+# HTTP/2 and gRPC peers of the L7 tests.
+packages=(clang-16 libbpf-dev bpftool iproute2 util-linux linux-libc-dev pkg-config wrk nftables
+  curl nghttp2-client python3-grpcio)
+# `--bench`: nginx and haproxy, the reverse proxies the L7 benchmark compares
+# against (their services are not started: the benchmark runs its own).
+if [ "${1:-}" = "--bench" ]; then packages+=(nginx-light haproxy); fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -23,6 +29,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   export DEBIAN_FRONTEND=noninteractive
   "${sudo[@]}" apt-get update -qq
+  # policy-rc.d: packages with a daemon (nginx, haproxy) must not start one.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+    "${sudo[@]}" chmod +x /usr/sbin/policy-rc.d
+    trap '"${sudo[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 

@@ -32,6 +32,8 @@ struct State {
     fail: Mutex<HashMap<String, usize>>,
     /// Every answer with this status (0: normal).
     always: AtomicUsize,
+    /// Every answer this much later, in ms.
+    delay_ms: AtomicUsize,
 }
 
 /// A running endpoint; stops with the test process (its runtime thread is detached).
@@ -86,6 +88,11 @@ impl HttpEndpoint {
         self.state.connections.load(SeqCst)
     }
 
+    /// Answer every request `ms` later from now on.
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.state.delay_ms.store(ms as usize, SeqCst);
+    }
+
     /// Answer every request with `status` from now on (0: back to normal).
     pub fn set_always(&self, status: u16) {
         self.state.always.store(usize::from(status), SeqCst);
@@ -99,6 +106,10 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     st.requests.fetch_add(1, SeqCst);
     let header = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let fixed = st.delay_ms.load(SeqCst) as u64;
+    if fixed > 0 {
+        tokio::time::sleep(Duration::from_millis(fixed)).await;
+    }
     if let Some(ms) = header("x-delay-ms").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }

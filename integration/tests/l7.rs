@@ -137,7 +137,29 @@ fn opaque_tcp_and_tls_pass_through_on_auto_ports() {
     let hello = [0x16u8, 3, 1, 0, 5, 1, 0, 0, 1, 0];
     let x = raw(m.cg.path(), vip, &hello, 500);
     assert_eq!(x.response, hello);
+    // A server-first protocol: the client sends nothing, detection gives up
+    // after its 100 ms and the banner still arrives.
+    let banner = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let banner_port = banner.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in banner.incoming().flatten() {
+            use std::io::Write;
+            let mut c = c;
+            let _ = c.write_all(b"220 smtp.example ESMTP ready\r\n");
+        }
+    });
+    m.node.write_config(&format!(
+        "services:\n  - {{name: echo, vips: [127.100.1.11], ports: [{{port: 7}}]}}\n  - {{name: smtp, vips: [127.100.1.12], ports: [{{port: 25}}]}}\nendpoints:\n  - {{service: echo, address: 127.0.0.1, port: {}}}\n  - {{service: smtp, address: 127.0.0.1, port: {banner_port}}}\n",
+        echo.addr.port()
+    ));
+    let smtp = "127.100.1.12:25".parse().unwrap();
+    let x = sluice_integration::wait_for("the smtp service", Duration::from_secs(5), || {
+        let x = raw(m.cg.path(), smtp, b"", 1500);
+        x.text().starts_with("220 ").then_some(x)
+    });
+    assert_eq!(x.text(), "220 smtp.example ESMTP ready\r\n");
     let metrics = m.node.admin_get("/metrics");
+    assert!(metrics.contains("sluice_protocol_detected_total{protocol=\"timeout\"} 1"), "{metrics}");
     assert!(metrics.contains("sluice_protocol_detected_total{protocol=\"tls\"} 1"), "{metrics}");
     assert!(metrics.contains("sluice_protocol_detected_total{protocol=\"opaque\"} 1"), "{metrics}");
 }
@@ -431,6 +453,10 @@ fn request_smuggling_shapes_get_400_and_close() {
     many.extend_from_slice(b"\r\n");
     let x = raw(m.cg.path(), vip, &many, 3000);
     assert!(x.text().starts_with("HTTP/1.1 431"), "{}", x.text());
+    // A head over the size limit (32 KiB by default): 431 too.
+    let huge = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(40_000));
+    let x = raw(m.cg.path(), vip, huge.as_bytes(), 3000);
+    assert!(x.text().starts_with("HTTP/1.1 431"), "{}", x.text());
     // A head that never ends is cut off by the header read timeout (400 ms).
     let x = raw(m.cg.path(), vip, b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: 1", 5000);
     let after = x.closed_after_ms.expect("closed by the proxy");
@@ -500,4 +526,237 @@ fn route_reload_keeps_requests_in_flight() {
         text.ends_with("200") && text.contains("endpoint=v1"),
         "the in-flight request finished on v1: {text}"
     );
+}
+
+/// The Python gRPC peer (grpcio, C-core: another implementation than ours).
+fn grpc_peer() -> String {
+    format!("{}/grpc/peer.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn grpc_server(name: &str) -> (sluice_integration::process::ChildGuard, u16) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args([grpc_peer().as_str(), "server", name])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with grpcio (apt install python3-grpcio)");
+    let stdout = child.stdout.take().unwrap();
+    let guard = sluice_integration::process::ChildGuard(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+    let port = line.trim().strip_prefix("listening ").and_then(|p| p.parse().ok()).expect("grpc server port");
+    (guard, port)
+}
+
+#[test]
+fn grpc_python_client_and_server_through_the_mesh() {
+    if !privileged("grpc_python_client_and_server_through_the_mesh") {
+        return;
+    }
+    let (_server, port) = grpc_server("py1");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "services:
+  - {{name: greeter, vips: [127.100.1.80], ports: [{{port: 50051, protocol: grpc}}]}}
+  - {{name: sniffed, vips: [127.100.1.81], ports: [{{port: 50051}}]}}
+  - {{name: down, vips: [127.100.1.82], ports: [{{port: 50051, protocol: grpc}}]}}
+endpoints:
+  - {{service: greeter, address: 127.0.0.1, port: {port}}}
+  - {{service: sniffed, address: 127.0.0.1, port: {port}}}
+  - {{service: down, address: 127.0.0.1, port: {dead}}}
+routes:
+  - {{service: greeter, retries: {{attempts: 3, on: [unavailable]}}}}
+"
+    );
+    let m = mesh("grpc_python", &config, &[]);
+    let py = |args: &[&str]| {
+        let mut all = vec![grpc_peer()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = run_in(m.cg.path(), "/usr/bin/python3", &all);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Declared gRPC, with retries on UNAVAILABLE: unary (100 KiB), server
+    // streaming, bidi streaming, trailers, a status passed through, and a
+    // call that fails twice with UNAVAILABLE and succeeds on the third try.
+    let r = py(&["client", "127.100.1.80:50051"]);
+    for want in [
+        "\"unary_ok\": true",
+        "\"unary_trailer\": \"py1\"",
+        "\"stream_count\": 100",
+        "\"stream_in_order\": true",
+        "\"fail_code\": \"NOT_FOUND\"",
+        "\"fail_details\": \"failed on purpose by py1\"",
+        "\"flaky\": \"ok after 3\"",
+        "\"bidi_ok\": true",
+    ] {
+        assert!(r.contains(want), "{want} not in {r}");
+    }
+    assert!(m.node.metric("sluice_http_retries_total").unwrap() >= 2.0);
+    // Detected (auto port): the same works; no retry route here, so the flaky
+    // call's UNAVAILABLE reaches the client.
+    let r = py(&["client", "127.100.1.81:50051", "k2"]);
+    assert!(r.contains("\"unary_ok\": true") && r.contains("\"bidi_ok\": true"), "{r}");
+    assert!(r.contains("\"flaky\": \"UNAVAILABLE\""), "{r}");
+    // The proxy's own failure is a gRPC status with a readable message.
+    let r = py(&["call", "127.100.1.82:50051", "Unary", "x"]);
+    assert!(r.starts_with("UNAVAILABLE upstream 127.0.0.1:"), "{r}");
+    assert!(r.contains("refused the connection (service down)"), "{r}");
+}
+
+#[test]
+fn h2load_many_streams_over_few_connections() {
+    if !privileged("h2load_many_streams_over_few_connections") {
+        return;
+    }
+    let a = HttpEndpoint::start("a");
+    let config = format!(
+        "services:\n  - {{name: web, vips: [127.100.1.90], ports: [{{port: 80}}]}}\nendpoints:\n{}",
+        endpoints_yaml("web", &[(&a, None)])
+    );
+    let m = mesh("h2load", &config, &[]);
+    let out = run_in(m.cg.path(), "h2load", &["-n", "2000", "-c", "4", "-m", "20", "http://127.100.1.90/"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2000 succeeded, 0 failed, 0 errored"), "{text}");
+    assert!(text.contains("status codes: 2000 2xx"), "{text}");
+    // h2 upstream: one multiplexed connection to the endpoint.
+    assert_eq!(a.connections(), 1, "one HTTP/2 connection to the endpoint");
+    assert_eq!(m.node.metric("sluice_http_requests_total"), Some(2000.0));
+}
+
+#[test]
+fn least_request_and_consistent_hash() {
+    if !privileged("least_request_and_consistent_hash") {
+        return;
+    }
+    let (slow, fast) = (HttpEndpoint::start("slow"), HttpEndpoint::start("fast"));
+    let (h1, h2, h3) = (HttpEndpoint::start("h1"), HttpEndpoint::start("h2"), HttpEndpoint::start("h3"));
+    let config = format!(
+        "services:
+  - {{name: lr, vips: [127.100.1.100], ports: [{{port: 80, protocol: http}}], load_balancer: least_request}}
+  - {{name: sticky, vips: [127.100.1.101], ports: [{{port: 80, protocol: http}}], load_balancer: consistent_hash, hash_header: x-user}}
+endpoints:
+{}{}",
+        endpoints_yaml("lr", &[(&slow, None), (&fast, None)]),
+        endpoints_yaml("sticky", &[(&h1, None), (&h2, None), (&h3, None)]),
+    );
+    let m = mesh("lb_algorithms", &config, &[]);
+    let cg = m.cg.path();
+    // Least request: 'slow' takes 300 ms per request. 30 requests, 10 at a
+    // time: in-flight counts and latency steer most of them to 'fast'
+    // (round robin would give each 15).
+    slow.set_delay_ms(300);
+    let urls: Vec<String> = (0..30).map(|i| format!("http://127.100.1.100/lr{i}")).collect();
+    let mut args =
+        vec!["-sS", "-Z", "--parallel-max", "10", "-w", "%header{x-endpoint}\\n", "--max-time", "20"];
+    args.extend(urls.iter().flat_map(|u| ["-o", "/dev/null", u.as_str()]));
+    let out = run_in(cg, "curl", &args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let to_fast = text.lines().filter(|l| *l == "fast").count();
+    assert_eq!(text.lines().count(), 30, "{text}");
+    assert!(to_fast >= 22, "fast got {to_fast} of 30");
+    // Consistent hash: the same user always lands on the same endpoint, and
+    // users spread over the endpoints.
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for round in 0..3 {
+        for u in 0..12 {
+            let user = format!("x-user: user{u}");
+            let r = curl(cg, &["-H", &user, &format!("http://127.100.1.101/r{round}")]);
+            let ep = r.headers["x-endpoint"].clone();
+            if let Some(before) = seen.insert(user.clone(), ep.clone()) {
+                assert_eq!(before, ep, "{user} moved");
+            }
+        }
+    }
+    let distinct: std::collections::HashSet<&String> = seen.values().collect();
+    assert!(distinct.len() >= 2, "12 users all on one endpoint: {seen:?}");
+}
+
+#[test]
+fn failures_become_readable_responses() {
+    if !privileged("failures_become_readable_responses") {
+        return;
+    }
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // An endpoint that accepts and closes without answering.
+    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closer_port = closer.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in closer.incoming().flatten() {
+            use std::io::Read;
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+        }
+    });
+    let config = format!(
+        "services:
+  - {{name: empty, vips: [127.100.1.110], ports: [{{port: 80, protocol: http}}]}}
+  - {{name: refused, vips: [127.100.1.111], ports: [{{port: 80, protocol: http}}]}}
+  - {{name: closer, vips: [127.100.1.112], ports: [{{port: 80, protocol: http}}]}}
+endpoints:
+  - {{service: refused, address: 127.0.0.1, port: {dead}}}
+  - {{service: closer, address: 127.0.0.1, port: {closer_port}}}
+"
+    );
+    let m = mesh("readable_failures", &config, &[]);
+    let cg = m.cg.path();
+    let r = curl(cg, &["http://127.100.1.110/"]);
+    assert_eq!((r.status, r.headers["x-sluice-error"].as_str()), (503, "no_endpoints"));
+    assert!(r.body.contains("service empty has no endpoints"), "{}", r.body);
+    let r = curl(cg, &["http://127.100.1.111/"]);
+    assert_eq!((r.status, r.headers["x-sluice-error"].as_str()), (503, "connect_failure"));
+    assert!(
+        r.body.contains(&format!("upstream 127.0.0.1:{dead} refused the connection (service refused)")),
+        "{}",
+        r.body
+    );
+    let r = curl(cg, &["http://127.100.1.112/"]);
+    assert_eq!((r.status, r.headers["x-sluice-error"].as_str()), (502, "upstream_reset"));
+    assert!(r.body.contains("failed before answering (service closer)"), "{}", r.body);
+    // The connection to the proxy survives those answers (keep-alive).
+    let r = curl(cg, &["http://127.100.1.110/a", "http://127.100.1.111/b"]);
+    assert_eq!(r.status, 503);
+}
+
+#[test]
+fn http2_limits_are_advertised_and_enforced() {
+    if !privileged("http2_limits_are_advertised_and_enforced") {
+        return;
+    }
+    let a = HttpEndpoint::start("a");
+    let config = format!(
+        "services:\n  - {{name: web, vips: [127.100.1.120], ports: [{{port: 80}}]}}\nendpoints:\n{}",
+        endpoints_yaml("web", &[(&a, None)])
+    );
+    let m =
+        mesh("h2_limits", &config, &["--h2-max-concurrent-streams", "7", "--http-max-header-bytes", "4096"]);
+    let out = run_in(m.cg.path(), "nghttp", &["-nv", "http://127.100.1.120/"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):7"), "{text}");
+    assert!(text.contains("SETTINGS_MAX_HEADER_LIST_SIZE(0x06):4096"), "{text}");
+    assert!(text.contains(":status: 200"), "{text}");
+    // Over the header list limit: the request is refused, not forwarded.
+    let big = format!("x-big: {}", "a".repeat(8000));
+    let before = a.requests();
+    let out = run_in(
+        m.cg.path(),
+        "curl",
+        &[
+            "-sS",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &big,
+            "--max-time",
+            "5",
+            "http://127.100.1.120/",
+        ],
+    );
+    let code = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(code, "200", "an oversized header list must not be served");
+    assert_eq!(a.requests(), before);
 }

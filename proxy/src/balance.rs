@@ -91,12 +91,18 @@ fn least_request<'a>(cands: &[&'a Arc<EndpointState>]) -> &'a Arc<EndpointState>
     if b >= a {
         b += 1;
     }
-    let score = |e: &EndpointState| {
-        let load = u64::from(e.in_flight.load(Ordering::Relaxed)) + 1;
-        // Endpoints without a latency sample yet count as fast, so they get one.
-        load * e.ewma_us().max(1)
+    // An endpoint without a latency sample yet is taken to be as fast as the
+    // other (not faster: a slow newcomer would otherwise draw every request
+    // until its first answer), so load alone decides between them.
+    let (la, lb) = (cands[a].ewma_us(), cands[b].ewma_us());
+    let (la, lb) = match (la, lb) {
+        (0, 0) => (1, 1),
+        (0, l) | (l, 0) => (l, l),
+        ab => ab,
     };
-    if score(cands[b]) < score(cands[a]) { cands[b] } else { cands[a] }
+    let load = |e: &EndpointState| u64::from(e.in_flight.load(Ordering::Relaxed)) + 1;
+    let score = |e: &EndpointState, lat: u64| load(e) * lat;
+    if score(cands[b], lb) < score(cands[a], la) { cands[b] } else { cands[a] }
 }
 
 fn rendezvous<'a>(cands: &[&'a Arc<EndpointState>], key: &[u8]) -> &'a Arc<EndpointState> {

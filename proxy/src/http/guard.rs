@@ -40,8 +40,6 @@ enum State {
     Trailers,
     /// After CONNECT or an Upgrade request: bytes are not HTTP any more.
     Tunnel,
-    /// A head over the size limit: hyper refuses it (431) itself.
-    Passthrough,
     Refused,
 }
 
@@ -54,13 +52,38 @@ pub struct Guard<S> {
     /// Checked bytes not yet read by hyper.
     out: BytesMut,
     max_head: usize,
+    /// hyper's header count limit (see `refuse_too_large`).
+    max_headers: usize,
     eof: bool,
     verdict: Verdict,
 }
 
 impl<S> Guard<S> {
-    pub fn new(io: S, max_head: usize, verdict: Verdict) -> Self {
-        Self { io, state: State::Head, line: Vec::new(), out: BytesMut::new(), max_head, eof: false, verdict }
+    pub fn new(io: S, max_head: usize, max_headers: usize, verdict: Verdict) -> Self {
+        Self {
+            io,
+            state: State::Head,
+            line: Vec::new(),
+            out: BytesMut::new(),
+            max_head,
+            max_headers,
+            eof: false,
+            verdict,
+        }
+    }
+
+    /// A head over the size limit must get 431. hyper's own buffer limit is
+    /// loose (it checks between reads), so the guard decides, and hands hyper
+    /// a head with one header too many, which hyper answers with 431.
+    fn refuse_too_large(&mut self) {
+        *self.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some("request head over the size limit");
+        self.line.clear();
+        self.out.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        for _ in 0..=self.max_headers {
+            self.out.extend_from_slice(b"x:y\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        self.state = State::Refused;
     }
 
     fn refuse(&mut self, reason: &'static str) {
@@ -75,7 +98,7 @@ impl<S> Guard<S> {
         while !input.is_empty() {
             match self.state {
                 State::Refused => return,
-                State::Tunnel | State::Passthrough => {
+                State::Tunnel => {
                     self.out.extend_from_slice(input);
                     return;
                 }
@@ -128,12 +151,7 @@ impl<S> Guard<S> {
 
     fn check_line_length(&mut self) {
         match self.state {
-            State::Head | State::Trailers if self.line.len() > self.max_head => {
-                // Let hyper refuse it with 431.
-                let line = std::mem::take(&mut self.line);
-                self.out.extend_from_slice(&line);
-                self.state = State::Passthrough;
-            }
+            State::Head | State::Trailers if self.line.len() > self.max_head => self.refuse_too_large(),
             State::ChunkSize if self.line.len() > MAX_CHUNK_LINE => self.refuse("chunk size line too long"),
             _ => {}
         }
@@ -294,7 +312,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guard<S> {
                 return Poll::Ready(Ok(()));
             }
             // Bodies and tunnels: read straight into hyper's buffer.
-            if let State::Body(_) | State::ChunkData(_) | State::Tunnel | State::Passthrough = this.state {
+            if let State::Body(_) | State::ChunkData(_) | State::Tunnel = this.state {
                 let before = buf.filled().len();
                 ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
                 let got = buf.filled().len() - before;

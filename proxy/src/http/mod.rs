@@ -121,11 +121,11 @@ pub(crate) async fn serve(
         }
     } else {
         let verdict = guard::Verdict::default();
-        let io = guard::Guard::new(stream, limits.max_header_bytes, Arc::clone(&verdict));
+        let io = guard::Guard::new(stream, limits.max_header_bytes, limits.max_headers, Arc::clone(&verdict));
         let c = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes.max(8192) + 8192)
+            .max_buf_size(limits.max_header_bytes.max(8192))
             .max_headers(limits.max_headers)
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
@@ -136,8 +136,12 @@ pub(crate) async fn serve(
         };
         let refused = *verdict.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(reason) = refused {
-            stats.http_refused.fetch_add(1, Relaxed);
-            tracing::warn!(%peer, %orig, reason, "HTTP/1 request refused with 400 (request smuggling shape); connection closed");
+            if reason.contains("size limit") {
+                tracing::info!(%peer, %orig, reason, "HTTP/1 request refused with 431");
+            } else {
+                stats.http_refused.fetch_add(1, Relaxed);
+                tracing::warn!(%peer, %orig, reason, "HTTP/1 request refused with 400 (request smuggling shape); connection closed");
+            }
         } else if let Err(e) = r {
             if e.is_timeout() {
                 stats.http_header_timeouts.fetch_add(1, Relaxed);

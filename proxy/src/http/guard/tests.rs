@@ -5,7 +5,7 @@ use super::*;
 /// Runs `input` through a guard in pieces of `step` bytes.
 fn run(input: &[u8], step: usize) -> (Vec<u8>, Option<&'static str>) {
     let verdict = Verdict::default();
-    let mut g = Guard::new((), 8192, Arc::clone(&verdict));
+    let mut g = Guard::new((), 8192, 100, Arc::clone(&verdict));
     for piece in input.chunks(step.max(1)) {
         g.process(piece);
     }
