@@ -168,11 +168,12 @@ pub(crate) fn validate(file: &Path) -> Result<(), Failure> {
     let addrs = config.service_addrs().len();
     let endpoints: usize = config.services.iter().map(|s| s.endpoints.len()).sum();
     println!(
-        "{}: valid ({} services, {} service addresses, {} endpoints)",
+        "{}: valid ({} services, {} service addresses, {} endpoints, {} routes)",
         file.display(),
         config.services.len(),
         addrs,
-        endpoints
+        endpoints,
+        config.routes.len()
     );
     Ok(())
 }

@@ -69,6 +69,18 @@ fn duration_ms(s: &str) -> Option<f64> {
     })
 }
 
+/// One table row: medians of req/s, p50 and p99 over `runs`, and all errors.
+pub fn row(name: &str, width: usize, runs: &[WrkResult]) -> String {
+    let m = |f: fn(&WrkResult) -> f64| median(runs.iter().map(f).collect());
+    let errors: u64 = runs.iter().map(|r| r.errors).sum();
+    format!(
+        "{name:<width$} {:>12.0} {:>9.3} {:>9.3} {errors:>7}",
+        m(|r| r.requests_per_sec),
+        m(|r| r.p50_ms),
+        m(|r| r.p99_ms)
+    )
+}
+
 /// The median of a few runs (the machine is shared and noisy).
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

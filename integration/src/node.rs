@@ -89,7 +89,10 @@ impl Node {
             .expect("log file");
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
-            .env("SLUICE_LOG", "info,sluice_proxy=debug")
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info,sluice_proxy=debug".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -192,6 +192,11 @@ pub fn http_process(listen: &str) -> (ChildGuard, SocketAddr) {
     testkit_server("http", None, listen, false)
 }
 
+/// Starts `sluice-testkit hello` (the benchmark backend); returns it and its address.
+pub fn hello_process(listen: &str) -> (ChildGuard, SocketAddr) {
+    testkit_server("hello", None, listen, false)
+}
+
 /// Starts `sluice-testkit echo` (in `netns` if given); returns it and its address.
 pub fn echo_process(netns: Option<&str>, listen: &str, after_eof: bool) -> (ChildGuard, SocketAddr) {
     testkit_server("echo", netns, listen, after_eof)

@@ -173,6 +173,20 @@ fn restart_under_load(test: &str, vip: &str, close: bool) {
     let out = wrk_output(load);
     let status = old.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "the old node: {status}\n{}", old.log());
+    if out.contains("Non-2xx") || out.contains("Socket errors") {
+        let answered = |log: String| {
+            log.lines()
+                .filter(|l| l.contains("answered by the proxy") || l.contains("WARN"))
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        panic!(
+            "wrk saw failures:\n{out}\nold node:\n{}\nnew node:\n{}",
+            answered(old.log()),
+            answered(new.log())
+        );
+    }
     let requests = assert_wrk_clean(&out);
     assert!(requests > 100, "{out}");
     // The new node owns the kernel state now and keeps serving.

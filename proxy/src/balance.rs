@@ -39,6 +39,11 @@ pub enum Balancer {
 }
 
 impl Balancer {
+    /// Whether it uses the endpoints' latency (so it is worth measuring).
+    pub fn uses_latency(&self) -> bool {
+        matches!(self, Balancer::LeastRequest)
+    }
+
     pub fn from_config(lb: &sluice_mesh_config::LoadBalancer) -> Self {
         use sluice_mesh_config::LoadBalancer as L;
         match lb {
@@ -60,59 +65,77 @@ impl Balancer {
         headers: &http::HeaderMap,
         tried: &[std::net::SocketAddr],
     ) -> Option<Arc<EndpointState>> {
+        // The common case, allocation-free: none ever ejected, first attempt.
+        if tried.is_empty() && !endpoints.iter().any(|e| e.ever_ejected()) {
+            let i = self.choose(endpoints.len(), |i| &endpoints[i], headers)?;
+            return Some(Arc::clone(&endpoints[i]));
+        }
         let now = Instant::now();
+        if tried.is_empty() && !endpoints.iter().any(|e| e.is_ejected(now)) {
+            let i = self.choose(endpoints.len(), |i| &endpoints[i], headers)?;
+            return Some(Arc::clone(&endpoints[i]));
+        }
         let healthy: Vec<&Arc<EndpointState>> = endpoints.iter().filter(|e| !e.is_ejected(now)).collect();
         let pool: Vec<&Arc<EndpointState>> =
             if healthy.is_empty() { endpoints.iter().collect() } else { healthy };
         let fresh: Vec<&Arc<EndpointState>> =
             pool.iter().copied().filter(|e| !tried.contains(&e.addr)).collect();
         let cands = if fresh.is_empty() { pool } else { fresh };
-        if cands.is_empty() {
+        let i = self.choose(cands.len(), |i| cands[i], headers)?;
+        Some(Arc::clone(cands[i]))
+    }
+
+    /// The index of the chosen one among `n` candidates.
+    fn choose<'a>(
+        &self,
+        n: usize,
+        at: impl Fn(usize) -> &'a Arc<EndpointState>,
+        headers: &http::HeaderMap,
+    ) -> Option<usize> {
+        if n == 0 {
             return None;
         }
-        let chosen = match self {
-            Balancer::RoundRobin(rr) => cands[rr.order(cands.len()).next().unwrap_or(0)],
-            Balancer::LeastRequest => least_request(&cands),
+        Some(match self {
+            Balancer::RoundRobin(rr) => rr.order(n).next().unwrap_or(0),
+            Balancer::LeastRequest => least_request(n, at),
             Balancer::ConsistentHash { header, fallback } => match headers.get(header) {
-                Some(v) => rendezvous(&cands, v.as_bytes()),
-                None => cands[fallback.order(cands.len()).next().unwrap_or(0)],
+                Some(v) => rendezvous(n, at, v.as_bytes()),
+                None => fallback.order(n).next().unwrap_or(0),
             },
-        };
-        Some(Arc::clone(chosen))
+        })
     }
 }
 
-fn least_request<'a>(cands: &[&'a Arc<EndpointState>]) -> &'a Arc<EndpointState> {
-    if cands.len() == 1 {
-        return cands[0];
+fn least_request<'a>(n: usize, at: impl Fn(usize) -> &'a Arc<EndpointState>) -> usize {
+    if n == 1 {
+        return 0;
     }
-    let a = fastrand::usize(..cands.len());
-    let mut b = fastrand::usize(..cands.len() - 1);
+    let a = fastrand::usize(..n);
+    let mut b = fastrand::usize(..n - 1);
     if b >= a {
         b += 1;
     }
     // An endpoint without a latency sample yet is taken to be as fast as the
     // other (not faster: a slow newcomer would otherwise draw every request
     // until its first answer), so load alone decides between them.
-    let (la, lb) = (cands[a].ewma_us(), cands[b].ewma_us());
-    let (la, lb) = match (la, lb) {
+    let (ea, eb) = (at(a), at(b));
+    let (la, lb) = match (ea.ewma_us(), eb.ewma_us()) {
         (0, 0) => (1, 1),
         (0, l) | (l, 0) => (l, l),
         ab => ab,
     };
     let load = |e: &EndpointState| u64::from(e.in_flight.load(Ordering::Relaxed)) + 1;
-    let score = |e: &EndpointState, lat: u64| load(e) * lat;
-    if score(cands[b], lb) < score(cands[a], la) { cands[b] } else { cands[a] }
+    if load(eb) * lb < load(ea) * la { b } else { a }
 }
 
-fn rendezvous<'a>(cands: &[&'a Arc<EndpointState>], key: &[u8]) -> &'a Arc<EndpointState> {
+fn rendezvous<'a>(n: usize, at: impl Fn(usize) -> &'a Arc<EndpointState>, key: &[u8]) -> usize {
     let weight = |e: &EndpointState| {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
         e.addr.hash(&mut h);
         h.finish()
     };
-    cands.iter().copied().max_by_key(|e| weight(e)).unwrap_or(cands[0])
+    (0..n).max_by_key(|&i| weight(at(i))).unwrap_or(0)
 }
 
 #[cfg(test)]

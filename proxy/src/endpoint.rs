@@ -5,7 +5,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc, OnceLock,
         atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant},
@@ -23,15 +23,22 @@ pub struct EndpointState {
     /// Latency EWMA in microseconds (0: no sample yet).
     ewma_us: AtomicU64,
     consecutive_failures: AtomicU32,
-    ejection: Mutex<Ejection>,
+    /// Ejected until this many ns after [`base`] (0: not ejected); read on
+    /// every request, so an atomic rather than a lock.
+    ejected_until_ns: AtomicU64,
+    ejections: AtomicU32,
     /// Wakes requests waiting for a connection.
     pub(crate) freed: tokio::sync::Notify,
 }
 
-#[derive(Debug, Default)]
-struct Ejection {
-    until: Option<Instant>,
-    times: u32,
+/// The process's time origin for ejection deadlines.
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn ns_since_base(t: Instant) -> u64 {
+    t.saturating_duration_since(base()).as_nanos().min(u128::from(u64::MAX - 1)) as u64 + 1
 }
 
 impl EndpointState {
@@ -44,13 +51,20 @@ impl EndpointState {
             pending: AtomicU32::new(0),
             ewma_us: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
-            ejection: Mutex::new(Ejection::default()),
+            ejected_until_ns: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
             freed: tokio::sync::Notify::new(),
         }
     }
 
+    /// Whether it was ever ejected (a cheap test before reading the clock).
+    pub fn ever_ejected(&self) -> bool {
+        self.ejected_until_ns.load(Relaxed) != 0
+    }
+
     pub fn is_ejected(&self, now: Instant) -> bool {
-        self.lock().until.is_some_and(|u| u > now)
+        let until = self.ejected_until_ns.load(Relaxed);
+        until != 0 && until > ns_since_base(now)
     }
 
     pub fn ewma_us(&self) -> u64 {
@@ -77,16 +91,11 @@ impl EndpointState {
 
     /// Ejects for base × times ejected (at most 10×). Returns the duration.
     pub fn eject(&self, od: &OutlierDetection, now: Instant) -> Duration {
-        let mut e = self.lock();
-        e.times = e.times.saturating_add(1);
-        let d = od.base_ejection * e.times.min(10);
-        e.until = Some(now + d);
+        let times = self.ejections.fetch_add(1, Relaxed).saturating_add(1);
+        let d = od.base_ejection * times.min(10);
+        self.ejected_until_ns.store(ns_since_base(now + d), Relaxed);
         self.consecutive_failures.store(0, Relaxed);
         d
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Ejection> {
-        self.ejection.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -83,7 +83,7 @@ impl Builder<'_> {
             _ => UpstreamProto::Downstream,
         };
         let c = Arc::new(Cluster {
-            service: svc.name.clone(),
+            service: svc.name.as_str().into(),
             version: version.cloned(),
             endpoints,
             balancer: Balancer::from_config(&svc.load_balancer),

@@ -10,11 +10,18 @@
 //! equivalent nftables rule (netdev ingress hook on the same veth): drops per
 //! second and CPU time per dropped packet.
 //!
+//! `sluice-bench l7 [--secs N] [--rounds N]`: HTTP/1.1 (wrk) and h2c
+//! (h2load) through Sluice's L7 path vs nginx, haproxy and direct (see
+//! `bench_l7.rs`).
+//!
 //! Needs root; build with `--release`.
 
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
+
+#[path = "bench/l7.rs"]
+mod bench_l7;
 
 use anyhow::bail;
 use sluice_integration::{
@@ -50,7 +57,17 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("workers") => workers(secs, rounds),
         Some("policy") => policy(packets, rounds),
-        _ => bail!("usage: sluice-bench workers [--secs N] [--rounds N] | policy [--packets N] [--rounds N]"),
+        Some("l7") => {
+            // The nodes it starts log warnings only: per-connection debug lines would cost.
+            if std::env::var_os("SLUICE_TEST_LOG").is_none() {
+                // SAFETY: single-threaded here, before any thread is started.
+                unsafe { std::env::set_var("SLUICE_TEST_LOG", "warn") };
+            }
+            bench_l7::run(secs, rounds, stopped)
+        }
+        _ => bail!(
+            "usage: sluice-bench workers|l7 [--secs N] [--rounds N] | policy [--packets N] [--rounds N]"
+        ),
     }
 }
 
@@ -289,14 +306,7 @@ fn workers(secs: u32, rounds: u32) -> anyhow::Result<()> {
             }
         }
         for ((name, _), runs) in modes.iter().zip(results) {
-            let m = |f: fn(&WrkResult) -> f64| median(runs.iter().map(f).collect());
-            let errors: u64 = runs.iter().map(|r| r.errors).sum();
-            println!(
-                "{name:<20} {:>12.0} {:>9.3} {:>9.3} {errors:>7}",
-                m(|r| r.requests_per_sec),
-                m(|r| r.p50_ms),
-                m(|r| r.p99_ms)
-            );
+            println!("{}", sluice_integration::bench::row(name, 20, &runs));
         }
     }
     Ok(())

@@ -22,6 +22,9 @@
 //! `sluice-testkit raw [--cgroup DIR] [--timeout-ms MS] ADDR < REQUEST`
 //!     sends stdin as is, reads until the server closes; prints the response
 //!     bytes, and `closed_after_ms=N` (or `still_open`) on stderr.
+//! `sluice-testkit hello LISTEN`
+//!     a benchmark backend: hyper, one thread, HTTP/1.1 keep-alive and h2c,
+//!     answers every request with 200 "hello world\n".
 //! `sluice-testkit http LISTEN`
 //!     a minimal HTTP/1.1 server (keep-alive, `Connection: close`) answering 200 "ok".
 
@@ -89,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         }
         ("hold", [addr]) => hold(addr.parse()?, timeout),
         ("http", [listen]) => http(listen.parse()?),
+        ("hello", [listen]) => hello(listen.parse()?),
         ("get", [addr, path]) => {
             let mut s = TcpStream::connect_timeout(&addr.parse()?, timeout)?;
             s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
@@ -108,6 +112,29 @@ fn main() -> anyhow::Result<()> {
         ("udp-send", [addr]) => udp_send(addr.parse()?, count, pps),
         _ => bail!("usage: sluice-testkit echo|client ... (see the source)"),
     }
+}
+
+fn hello(listen: SocketAddr) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(listen).await?;
+        println!("listening {}", l.local_addr()?);
+        std::io::stdout().flush()?;
+        loop {
+            let Ok((s, _)) = l.accept().await else { continue };
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(b"hello world\n"),
+                    )))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    })
 }
 
 fn raw(addr: SocketAddr, timeout: std::time::Duration) -> anyhow::Result<()> {

@@ -56,6 +56,7 @@ pub struct Guard<S> {
     max_headers: usize,
     eof: bool,
     verdict: Verdict,
+    scratch: Vec<u8>,
 }
 
 impl<S> Guard<S> {
@@ -69,6 +70,7 @@ impl<S> Guard<S> {
             max_headers,
             eof: false,
             verdict,
+            scratch: Vec::new(),
         }
     }
 
@@ -180,8 +182,8 @@ impl<S> Guard<S> {
                 }
                 match check_head(&self.line) {
                     Ok(next) => {
-                        let head = std::mem::take(&mut self.line);
-                        self.out.extend_from_slice(&head);
+                        self.out.extend_from_slice(&self.line);
+                        self.line.clear();
                         self.state = next;
                     }
                     Err(reason) => self.refuse(reason),
@@ -189,8 +191,8 @@ impl<S> Guard<S> {
             }
             State::ChunkSize => match chunk_size(&self.line) {
                 Some(n) => {
-                    let line = std::mem::take(&mut self.line);
-                    self.out.extend_from_slice(&line);
+                    self.out.extend_from_slice(&self.line);
+                    self.line.clear();
                     self.state = if n == 0 { State::Trailers } else { State::ChunkData(n) };
                 }
                 None => self.refuse("invalid chunk size"),
@@ -335,18 +337,30 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guard<S> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            let mut tmp = [0u8; 8192];
+            // One scratch buffer per connection (not zeroed per read).
+            let mut tmp = std::mem::take(&mut this.scratch);
+            tmp.resize(8192, 0);
             let mut rb = ReadBuf::new(&mut tmp);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
-            if rb.filled().is_empty() {
+            let polled = Pin::new(&mut this.io).poll_read(cx, &mut rb);
+            let n = rb.filled().len();
+            if let Poll::Ready(Err(e)) = polled {
+                this.scratch = tmp;
+                return Poll::Ready(Err(e));
+            }
+            if polled.is_pending() {
+                this.scratch = tmp;
+                return Poll::Pending;
+            }
+            if n == 0 {
+                this.scratch = tmp;
                 this.eof = true;
                 // hyper sees the incomplete head and reports it.
                 let line = std::mem::take(&mut this.line);
                 this.out.extend_from_slice(&line);
                 continue;
             }
-            let filled = rb.filled().to_vec();
-            this.process(&filled);
+            this.process(&tmp[..n]);
+            this.scratch = tmp;
         }
     }
 }

@@ -29,6 +29,11 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, and those the Connection header names. An
 /// upgrade keeps `Upgrade` and `Connection: upgrade`, which it needs.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages have none of these: one pass over the names decides.
+    let any = h.keys().any(|n| HOP_BY_HOP.contains(n) || n == header::TE || n == header::UPGRADE);
+    if !any && !keep_upgrade {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -76,6 +81,14 @@ pub fn authority(req: &Request<impl Sized>) -> Option<String> {
 /// Puts the request-target and Host in the form `proto` needs: origin-form
 /// and a Host header for HTTP/1.1, an absolute URI for HTTP/2.
 pub fn for_upstream<B>(req: &mut Request<B>, proto: Proto, fallback_authority: &str) {
+    // Already in HTTP/1.1 form (the common case): nothing to rewrite.
+    if proto == Proto::Http1
+        && req.version() == Version::HTTP_11
+        && req.uri().scheme().is_none()
+        && req.headers().contains_key(header::HOST)
+    {
+        return;
+    }
     let authority = authority(req).unwrap_or_else(|| fallback_authority.to_string());
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
     match proto {

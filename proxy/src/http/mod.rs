@@ -84,10 +84,19 @@ struct Conn {
     peer: SocketAddr,
     orig: SocketAddr,
     ctx: ConnCtx,
+    draining: CancellationToken,
 }
 
-/// Serves HTTP on a redirected connection until it closes; on `graceful` it
-/// finishes the requests in flight and closes (GOAWAY for HTTP/2).
+/// After a drain starts, HTTP/1 connections get this long to carry one more
+/// response (marked `Connection: close`, so the client closes cleanly)
+/// before idle ones are closed.
+const H1_DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves HTTP on a redirected connection until it closes. On `graceful`
+/// (a drain): HTTP/2 gets GOAWAY at once and finishes its streams; HTTP/1
+/// answers with `Connection: close` from then on, and after a grace period
+/// closes when idle. Closing an idle HTTP/1 connection at once would race a
+/// request already on the wire, which the client would see as an error.
 pub(crate) async fn serve(
     stream: TcpStream,
     http2_: bool,
@@ -99,7 +108,7 @@ pub(crate) async fn serve(
     let _ = stream.set_nodelay(true);
     let limits = ctx.limits.clone();
     let stats = Arc::clone(&ctx.stats);
-    let conn = Arc::new(Conn { peer, orig, ctx });
+    let conn = Arc::new(Conn { peer, orig, ctx, draining: graceful.clone() });
     let svc = service_fn(move |req| handle(req, Arc::clone(&conn)));
     if http2_ {
         let c = http2::Builder::new(TokioExecutor::new())
@@ -122,17 +131,26 @@ pub(crate) async fn serve(
     } else {
         let verdict = guard::Verdict::default();
         let io = guard::Guard::new(stream, limits.max_header_bytes, limits.max_headers, Arc::clone(&verdict));
-        let c = http1::Builder::new()
-            .timer(TokioTimer::new())
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .writev(false)
             .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes.max(8192))
-            .max_headers(limits.max_headers)
-            .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades();
+            .max_buf_size(limits.max_header_bytes.max(8192));
+        // hyper parses headers into a stack array of 100 unless told another
+        // number (then it allocates per request): only say so when it differs.
+        if limits.max_headers != 100 {
+            b.max_headers(limits.max_headers);
+        }
+        let c = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
         tokio::pin!(c);
         let r = tokio::select! {
             r = c.as_mut() => r,
-            _ = graceful.cancelled() => { c.as_mut().graceful_shutdown(); c.await }
+            _ = graceful.cancelled() => {
+                match tokio::time::timeout(H1_DRAIN_GRACE, c.as_mut()).await {
+                    Ok(r) => r,
+                    Err(_) => { c.as_mut().graceful_shutdown(); c.await }
+                }
+            }
         };
         let refused = *verdict.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(reason) = refused {
@@ -163,7 +181,7 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
     stats.http_requests.fetch_add(1, Relaxed);
     let grpc = is_grpc(&req);
     let downstream_version = req.version();
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     let table = conn.ctx.routes.load();
     let route = match table.get(conn.orig).and_then(|b| b.http.clone()) {
         None => Err(HttpError::ServiceGone { orig: conn.orig }),
@@ -171,7 +189,7 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
             None => Err(HttpError::NoRoute {
                 service: svc.service.clone(),
                 method: method.to_string(),
-                path: path.clone(),
+                path: uri.path().to_string(),
             }),
             Some(r) => {
                 Ok((Arc::clone(&svc), svc.routes.iter().position(|x| std::ptr::eq(x, r)).unwrap_or(0)))
@@ -202,7 +220,7 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
         Ok(r) => r,
         Err(e) => {
             stats.http_errors.fetch_add(1, Relaxed);
-            tracing::info!(peer = %conn.peer, orig = %conn.orig, %method, %path, status = e.status().as_u16(), reason = e.reason(), error = %e, "request answered by the proxy");
+            tracing::info!(peer = %conn.peer, orig = %conn.orig, %method, path = uri.path(), status = e.status().as_u16(), reason = e.reason(), error = %e, "request answered by the proxy");
             e.to_response(grpc)
         }
     };
@@ -222,6 +240,9 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
         });
     } else {
         headers::strip_hop_by_hop(resp.headers_mut(), false);
+        if downstream_version < Version::HTTP_2 && conn.draining.is_cancelled() {
+            resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
     }
     stats.count_status(resp.status().as_u16());
     Ok(resp)

@@ -99,17 +99,15 @@ impl Tried {
 
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
-    policy: Option<Arc<RetryPolicy>>,
+    policy: Arc<RetryPolicy>,
     budget: Arc<Budget>,
     stats: Arc<ProxyStats>,
 }
 
 impl RetryLayer {
-    pub fn new(policy: Option<RetryPolicy>, stats: Arc<ProxyStats>) -> Self {
-        let budget = policy
-            .as_ref()
-            .map_or_else(|| Budget::new(0, 0), |p| Budget::new(p.budget_percent, p.min_retries_per_second));
-        Self { policy: policy.filter(|p| p.attempts > 1).map(Arc::new), budget: Arc::new(budget), stats }
+    pub fn new(policy: RetryPolicy, stats: Arc<ProxyStats>) -> Self {
+        let budget = Arc::new(Budget::new(policy.budget_percent, policy.min_retries_per_second));
+        Self { policy: Arc::new(policy), budget, stats }
     }
 }
 
@@ -139,13 +137,10 @@ impl Service<Request<Body>> for Retry {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let inner = self.inner.clone();
         let tried = Tried::default();
-        req.extensions_mut().insert(tried.clone());
-        let Some(policy) = self.layer.policy.clone() else {
-            return super::stack::call(&inner, req);
-        };
+        let policy = Arc::clone(&self.layer.policy);
         let (budget, stats) = (Arc::clone(&self.layer.budget), Arc::clone(&self.layer.stats));
         Box::pin(async move {
             budget.deposit();

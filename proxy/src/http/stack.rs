@@ -41,7 +41,7 @@ pub enum UpstreamProto {
 /// optionally one version of it.
 #[derive(Debug)]
 pub struct Cluster {
-    pub service: String,
+    pub service: Arc<str>,
     pub version: Option<String>,
     pub endpoints: Vec<Arc<EndpointState>>,
     pub balancer: Balancer,
@@ -76,17 +76,24 @@ pub fn build(
     fallback_authority: String,
 ) -> HttpStack {
     let per_try = route.retries.as_ref().and_then(|r| r.per_try_timeout);
-    let stack = ServiceBuilder::new()
-        .layer(RouteTimeoutLayer { route: route.name.clone().into(), after: route.timeout })
-        .layer(RetryLayer::new(route.retries.clone(), Arc::clone(&stats)))
-        .service(Balance { cluster, pools, stats, per_try, fallback_authority: fallback_authority.into() });
+    // Layers a route does not use are left out: no cost for what is not configured.
+    let balance = Balance {
+        cluster,
+        pools,
+        stats: Arc::clone(&stats),
+        per_try,
+        fallback_authority: fallback_authority.into(),
+    };
+    let retry = route.retries.as_ref().filter(|r| r.attempts > 1).map(|r| RetryLayer::new(r.clone(), stats));
+    let timeout = route.timeout.map(|after| RouteTimeoutLayer { route: route.name.clone().into(), after });
+    let stack = ServiceBuilder::new().option_layer(timeout).option_layer(retry).service(balance);
     BoxCloneSyncService::new(stack)
 }
 
 #[derive(Debug, Clone)]
 pub struct RouteTimeoutLayer {
     route: Arc<str>,
-    after: Option<Duration>,
+    after: Duration,
 }
 
 impl<S> Layer<S> for RouteTimeoutLayer
@@ -117,7 +124,7 @@ impl Service<Request<Body>> for RouteTimeout {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let fut = self.inner.call(req);
-        let Some(after) = self.layer.after else { return fut };
+        let after = self.layer.after;
         let route = self.layer.route.to_string();
         Box::pin(async move {
             tokio::time::timeout(after, fut).await.unwrap_or(Err(HttpError::RouteTimeout { route, after }))
@@ -148,14 +155,18 @@ impl Service<Request<Body>> for Balance {
         let this = self.clone();
         Box::pin(async move {
             let c = &this.cluster;
-            let tried = req.extensions().get::<Tried>().cloned().unwrap_or_default();
-            let Some(ep) = c.balancer.pick(&c.endpoints, req.headers(), &tried.list()) else {
+            // Only requests that may be retried carry the endpoints tried so far.
+            let tried = req.extensions().get::<Tried>().cloned();
+            let earlier = tried.as_ref().map(Tried::list).unwrap_or_default();
+            let Some(ep) = c.balancer.pick(&c.endpoints, req.headers(), &earlier) else {
                 return Err(HttpError::NoEndpoints {
-                    service: c.service.clone(),
+                    service: c.service.to_string(),
                     version: c.version.clone(),
                 });
             };
-            tried.push(ep.addr);
+            if let Some(t) = &tried {
+                t.push(ep.addr);
+            }
             let proto = match c.upstream {
                 UpstreamProto::Fixed(p) => p,
                 UpstreamProto::Downstream if req.version() == Version::HTTP_2 => Proto::Http2,
@@ -163,22 +174,27 @@ impl Service<Request<Body>> for Balance {
             };
             headers::for_upstream(&mut req, proto, &this.fallback_authority);
             let target = Target { service: &c.service, ep: &ep, limits: c.limits };
-            let started = Instant::now();
+            let started = c.balancer.uses_latency().then(Instant::now);
             let sent = this.pools.send(target, proto, req);
             let res = match this.per_try {
                 None => sent.await,
                 Some(after) => tokio::time::timeout(after, sent).await.unwrap_or_else(|_| {
-                    Err(HttpError::TryTimeout { service: c.service.clone(), endpoint: ep.addr, after })
+                    Err(HttpError::TryTimeout { service: c.service.to_string(), endpoint: ep.addr, after })
                 }),
             };
-            this.record(&ep, &res, started.elapsed());
+            this.record(&ep, &res, started.map(|s| s.elapsed()));
             res
         })
     }
 }
 
 impl Balance {
-    fn record(&self, ep: &Arc<EndpointState>, res: &Result<Response<Body>, HttpError>, took: Duration) {
+    fn record(
+        &self,
+        ep: &Arc<EndpointState>,
+        res: &Result<Response<Body>, HttpError>,
+        took: Option<Duration>,
+    ) {
         let failed = match res {
             Ok(r) => r.status().is_server_error(),
             Err(e) => e.is_endpoint_failure(),
@@ -188,7 +204,9 @@ impl Balance {
         }
         if !failed {
             ep.record_success();
-            ep.record_latency(took);
+            if let Some(took) = took {
+                ep.record_latency(took);
+            }
             return;
         }
         let c = &self.cluster;

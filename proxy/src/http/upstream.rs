@@ -1,5 +1,5 @@
-//! Connections to endpoints, shared by the node's workers: HTTP/1.1
-//! keep-alive pools and one multiplexed HTTP/2 connection per endpoint.
+//! Connections to endpoints: HTTP/1.1 keep-alive pools and one multiplexed
+//! HTTP/2 connection per endpoint, per worker.
 //! Circuit breaking lives here too, since it counts exactly these things:
 //! connections, requests waiting for one, and requests in flight.
 
@@ -48,12 +48,16 @@ struct H2Slot {
     tx: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
 }
 
-type PoolKey = (Arc<str>, SocketAddr);
+/// Service, endpoint and the worker thread. A connection's driver task runs
+/// on the worker (a single-threaded runtime) that opened it and ends with
+/// that worker, so each worker keeps its own connections (as Envoy's workers
+/// do); the circuit-breaker counts are still per endpoint for the node.
+type PoolKey = (Arc<str>, SocketAddr, std::thread::ThreadId);
 
 /// One endpoint and the limits that apply to it.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
-    pub service: &'a str,
+    pub service: &'a Arc<str>,
     pub ep: &'a Arc<EndpointState>,
     pub limits: CircuitBreaker,
 }
@@ -85,9 +89,27 @@ impl Pools {
         let upgrade = req.headers().contains_key(http::header::UPGRADE);
         match proto {
             Proto::Http1 => {
-                let mut tx =
-                    if upgrade { self.connect_h1(t, true).await? } else { self.checkout_h1(t).await? };
-                let resp = tx.send_request(req).await.map_err(|e| send_error(t, &e))?;
+                // A pooled connection can go away between checkout and send
+                // (the endpoint closed it, or the worker that drove it
+                // stopped). hyper then hands the request back unsent, and it
+                // goes out on another connection: always safe.
+                let mut req = req;
+                let mut unsent_tries = 0;
+                let (tx, resp) = loop {
+                    let mut tx =
+                        if upgrade { self.connect_h1(t, true).await? } else { self.checkout_h1(t).await? };
+                    match tx.try_send_request(req).await {
+                        Ok(resp) => break (tx, resp),
+                        Err(mut e) => match e.take_message() {
+                            Some(back) if unsent_tries < 3 => {
+                                unsent_tries += 1;
+                                tracing::debug!(endpoint = %t.ep.addr, error = %e.error(), "request not sent on a pooled connection; another one");
+                                req = back;
+                            }
+                            _ => return Err(send_error(t, e.error())),
+                        },
+                    }
+                };
                 let back = (!upgrade).then(|| Return {
                     pools: Arc::clone(self),
                     key: key(t),
@@ -106,19 +128,19 @@ impl Pools {
     }
 
     async fn checkout_h1(&self, t: Target<'_>) -> Result<http1::SendRequest<Body>, HttpError> {
+        // The common case first: an idle connection, no waiting machinery.
+        if let Some(tx) = self.take_idle(t).await {
+            return Ok(tx);
+        }
         let mut _pending: Option<Held> = None;
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
         loop {
+            // Registered before looking, so a connection freed meanwhile wakes us.
             let freed = t.ep.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            while let Some(mut idle) = self.pop_idle(&key(t)) {
-                if idle.tx.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
-                    continue;
-                }
-                if idle.tx.ready().await.is_ok() {
-                    return Ok(idle.tx);
-                }
+            if let Some(tx) = self.take_idle(t).await {
+                return Ok(tx);
             }
             if let Some(conn) = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections) {
                 return self.handshake_h1(t, conn, false).await;
@@ -137,6 +159,20 @@ impl Pools {
                 });
             }
         }
+    }
+
+    /// A live idle connection, ready for a request.
+    async fn take_idle(&self, t: Target<'_>) -> Option<http1::SendRequest<Body>> {
+        let key = key(t);
+        while let Some(mut idle) = self.pop_idle(&key) {
+            if idle.tx.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
+                continue;
+            }
+            if idle.tx.ready().await.is_ok() {
+                return Some(idle.tx);
+            }
+        }
+        None
     }
 
     fn pop_idle(&self, key: &PoolKey) -> Option<Idle> {
@@ -231,7 +267,7 @@ impl Pools {
 }
 
 fn key(t: Target<'_>) -> PoolKey {
-    (Arc::from(t.service), t.ep.addr)
+    (Arc::clone(t.service), t.ep.addr, std::thread::current().id())
 }
 
 fn overflow(t: Target<'_>, what: &'static str, max: u32) -> HttpError {

@@ -1,0 +1,206 @@
+//! `sluice-bench l7`: HTTP/1.1 keep-alive (wrk) and h2c (h2load) through
+//! Sluice's L7 path, nginx and haproxy (one worker each, keep-alive
+//! upstream), and straight to the backend, in one run. Rounds alternate the
+//! targets; the table shows medians.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, bail};
+use sluice_integration::{
+    CgroupGuard, Node,
+    bench::{WrkResult, wrk},
+    node::NodeOpts,
+    process::{ChildGuard, hello_process},
+};
+
+/// A port free right now on 127.0.0.1.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_listening(port: u16) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    bail!("nothing listens on 127.0.0.1:{port}")
+}
+
+/// A reverse proxy under test: HTTP/1.1 and h2c front ports.
+struct Front {
+    h1: SocketAddr,
+    h2: SocketAddr,
+    _guard: Option<ChildGuard>,
+    _node: Option<Node>,
+}
+
+fn nginx(dir: &Path, backend: SocketAddr) -> anyhow::Result<Front> {
+    let (p1, p2) = (free_port()?, free_port()?);
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 100000000;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  upstream be {{ server {backend}; keepalive 128; keepalive_requests 100000000; }}\n  server {{\n    listen 127.0.0.1:{p1};\n    listen 127.0.0.1:{p2} http2;\n    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
+    );
+    std::fs::write(dir.join("nginx.conf"), conf)?;
+    let mut cmd = Command::new("nginx");
+    cmd.args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-e", &format!("{d}/nginx-error.log")]);
+    spawn_front(cmd, p1, p2)
+}
+
+/// Starts a reverse proxy in the foreground, waits until it listens.
+fn spawn_front(mut cmd: Command, p1: u16, p2: u16) -> anyhow::Result<Front> {
+    let name = cmd.get_program().to_string_lossy().into_owned();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("{name} (scripts/install-deps.sh --bench)"))?;
+    let guard = ChildGuard(child);
+    wait_listening(p1)?;
+    Ok(Front {
+        h1: ([127, 0, 0, 1], p1).into(),
+        h2: ([127, 0, 0, 1], p2).into(),
+        _guard: Some(guard),
+        _node: None,
+    })
+}
+
+fn haproxy(dir: &Path, backend: SocketAddr) -> anyhow::Result<Front> {
+    let (p1, p2) = (free_port()?, free_port()?);
+    let conf = format!(
+        "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\nfrontend fe\n  bind 127.0.0.1:{p1}\n  bind 127.0.0.1:{p2} proto h2\n  default_backend be\nbackend be\n  server s1 {backend}\n"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, conf)?;
+    let mut cmd = Command::new("haproxy");
+    cmd.arg("-db").arg("-f").arg(&path);
+    spawn_front(cmd, p1, p2)
+}
+
+fn sluice(cg: &CgroupGuard, backend: SocketAddr, protocol: &str, vip: &str) -> Front {
+    let config = format!(
+        "services:\n  - {{name: bench, vips: [{vip}], ports: [{{port: 80, protocol: {protocol}}}]}}\nendpoints:\n  - {{service: bench, address: 127.0.0.1, port: {}}}\n",
+        backend.port()
+    );
+    let node = Node::start(NodeOpts {
+        test: "benchl7",
+        config: &config,
+        cgroup: cg.path(),
+        netns: None,
+        node_in_cgroup: false,
+        args: &["--workers", "1"],
+    });
+    let addr: SocketAddr =
+        format!("{vip}:80").parse().unwrap_or_else(|_| SocketAddr::from(([127, 100, 0, 95], 80)));
+    Front { h1: addr, h2: addr, _guard: None, _node: Some(node) }
+}
+
+/// h2load from inside `cgroup`: requests/s and latency percentiles from its
+/// per-request log.
+fn h2load(cgroup: &Path, url: &str, secs: u32, log: &Path) -> anyhow::Result<WrkResult> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$0\" && exec \"$@\"")
+        .arg(cgroup.join("cgroup.procs"))
+        .args(["h2load", "-c", "8", "-m", "16", "-D", &secs.to_string(), "--warm-up-time", "1"])
+        .arg(format!("--log-file={}", log.display()))
+        .arg(url)
+        .output()
+        .context("h2load (apt-get install nghttp2-client)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in ").and_then(|r| r.split(", ").nth(1)))
+        .and_then(|r| r.trim_end_matches(" req/s").parse().ok())
+        .with_context(|| format!("cannot read h2load's output:\n{text}"))?;
+    let failed: u64 = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .and_then(|l| l.split(", ").find(|p| p.ends_with(" failed")))
+        .and_then(|p| p.trim_end_matches(" failed").parse().ok())
+        .unwrap_or(0);
+    let mut lat: Vec<f64> = std::fs::read_to_string(log)?
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok())
+        .map(|us| us / 1000.0)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok(WrkResult { requests_per_sec: rps, p50_ms: pct(0.50), p99_ms: pct(0.99), errors: failed })
+}
+
+pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark attaches eBPF programs: run it as root");
+    }
+    if std::env::var_os("SLUICE_TEST_LOG").is_none() {
+        bail!(
+            "run with SLUICE_TEST_LOG=warn so the nodes do not log every connection (the bench sets it: use `sluice-bench l7`)"
+        );
+    }
+    let cg = CgroupGuard::new("benchl7");
+    let dir: PathBuf = std::env::temp_dir().join(format!("sluice-benchl7-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = Cleanup(dir.clone());
+    let (_backend, backend) = hello_process("127.0.0.1:0");
+    let targets = ["direct", "sluice", "sluice (h2→http1 upstream)", "nginx", "haproxy"];
+    println!("backend: sluice-testkit hello (hyper, 1 thread); every proxy: 1 worker, keep-alive upstream");
+    println!(
+        "HTTP/1.1: wrk -t1 -c32 -d{secs}s --latency; h2c: h2load -c8 -m16 -D{secs} (p50/p99 from its request log)"
+    );
+    println!(
+        "{rounds} rounds alternating the targets; medians. cores: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut h1: Vec<Vec<WrkResult>> = vec![Vec::new(); targets.len()];
+    let mut h2: Vec<Vec<WrkResult>> = vec![Vec::new(); targets.len()];
+    for round in 0..rounds {
+        for (i, name) in targets.iter().enumerate() {
+            if stopped() {
+                bail!("interrupted; cleaned up");
+            }
+            let front = match i {
+                0 => Front { h1: backend, h2: backend, _guard: None, _node: None },
+                1 => sluice(&cg, backend, "http", "127.100.0.95"),
+                2 => sluice(&cg, backend, "http1", "127.100.0.96"),
+                3 => nginx(&dir, backend)?,
+                _ => haproxy(&dir, backend)?,
+            };
+            let r1 = wrk(cg.path(), &format!("http://{}/", front.h1), 1, 32, secs, false)
+                .map_err(anyhow::Error::msg)?;
+            let log = dir.join(format!("h2load-{round}-{i}.log"));
+            let r2 = h2load(cg.path(), &format!("http://{}/", front.h2), secs, &log)?;
+            eprintln!(
+                "round {round} {name}: h1 {:.0} req/s, h2 {:.0} req/s",
+                r1.requests_per_sec, r2.requests_per_sec
+            );
+            h1[i].push(r1);
+            h2[i].push(r2);
+        }
+    }
+    for (title, results) in [("HTTP/1.1 keep-alive (wrk)", &h1), ("HTTP/2 h2c (h2load)", &h2)] {
+        println!("\n{title}");
+        println!("{:<28} {:>12} {:>9} {:>9} {:>7}", "target", "req/s", "p50 ms", "p99 ms", "errors");
+        for (name, runs) in targets.iter().zip(results.iter()) {
+            println!("{}", sluice_integration::bench::row(name, 28, runs));
+        }
+    }
+    Ok(())
+}
+
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
