@@ -760,3 +760,62 @@ fn http2_limits_are_advertised_and_enforced() {
     assert_ne!(code, "200", "an oversized header list must not be served");
     assert_eq!(a.requests(), before);
 }
+
+/// A misbehaving HTTP/2 client (frames written by hand) against the limits.
+fn h2_abuse(cg: &Path, mode: &str, addr: &str, n: u32) -> String {
+    let out = std::process::Command::new(sluice_integration::target_bin("sluice-testkit"))
+        .args(["h2-abuse", "--cgroup"])
+        .arg(cg)
+        .args(["--timeout-ms", "4000", mode, addr, &n.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn http2_stream_limit_and_rapid_reset_are_enforced() {
+    if !privileged("http2_stream_limit_and_rapid_reset_are_enforced") {
+        return;
+    }
+    let a = HttpEndpoint::start("a");
+    let config = format!(
+        "services:\n  - {{name: web, vips: [127.100.1.130], ports: [{{port: 80, protocol: http2}}]}}\nendpoints:\n{}",
+        endpoints_yaml("web", &[(&a, None)])
+    );
+    let m = mesh("h2_abuse", &config, &["--h2-max-concurrent-streams", "5", "--h2-max-pending-resets", "20"]);
+    // 12 streams at once, each held 1 s by the endpoint: 5 are served, the
+    // other 7 are refused (RST_STREAM) instead of queued without bound.
+    let r = h2_abuse(m.cg.path(), "streams", "127.100.1.130:80", 12);
+    assert!(r.contains("rst_stream=7") && r.contains("headers=5"), "{r}");
+    // 500 streams opened and reset at once: the connection is closed with
+    // GOAWAY ENHANCE_YOUR_CALM (11), and the endpoint saw few of them.
+    let before = a.requests();
+    let r = h2_abuse(m.cg.path(), "resets", "127.100.1.130:80", 500);
+    assert!(r.contains("goaway=11"), "{r}");
+    assert!(a.requests() - before < 100, "{} requests reached the endpoint", a.requests() - before);
+}
+
+#[test]
+fn route_timeout_answers_504() {
+    if !privileged("route_timeout_answers_504") {
+        return;
+    }
+    let a = HttpEndpoint::start("a");
+    let config = format!(
+        "services:\n  - {{name: web, vips: [127.100.1.140], ports: [{{port: 80, protocol: http}}]}}\nendpoints:\n{}routes:\n  - {{name: quick, service: web, timeout: 300ms}}\n",
+        endpoints_yaml("web", &[(&a, None)])
+    );
+    let m = mesh("route_timeout", &config, &[]);
+    let started = std::time::Instant::now();
+    let r = curl(m.cg.path(), &["-H", "x-delay-ms: 2000", "http://127.100.1.140/"]);
+    let took = started.elapsed();
+    assert_eq!((r.status, r.headers["x-sluice-error"].as_str()), (504, "route_timeout"));
+    assert!(
+        r.body.contains("no response from upstream within the route timeout of 300ms (route quick)"),
+        "{}",
+        r.body
+    );
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert_eq!(curl(m.cg.path(), &["-H", "x-delay-ms: 50", "http://127.100.1.140/"]).status, 200);
+}

@@ -22,6 +22,11 @@
 //! `sluice-testkit raw [--cgroup DIR] [--timeout-ms MS] ADDR < REQUEST`
 //!     sends stdin as is, reads until the server closes; prints the response
 //!     bytes, and `closed_after_ms=N` (or `still_open`) on stderr.
+//! `sluice-testkit h2-abuse streams|resets ADDR N`
+//!     a misbehaving HTTP/2 client written frame by frame: `streams` opens N
+//!     streams at once whatever the server's limit (each asks the endpoint to
+//!     wait 1 s), `resets` opens and resets N streams at once (rapid reset).
+//!     Prints `rst_stream=N goaway=CODE|none headers=N` from what came back.
 //! `sluice-testkit hello LISTEN`
 //!     a benchmark backend: hyper, one thread, HTTP/1.1 keep-alive and h2c,
 //!     answers every request with 200 "hello world\n".
@@ -108,6 +113,7 @@ fn main() -> anyhow::Result<()> {
             bail!("exec {}: {e}", command[0])
         }
         ("raw", [addr]) => raw(addr.parse()?, timeout),
+        ("h2-abuse", [mode, addr, n]) => h2_abuse(mode, addr.parse()?, n.parse()?, timeout),
         ("udp-sink", [listen]) => udp_sink(listen.parse()?, secs),
         ("udp-send", [addr]) => udp_send(addr.parse()?, count, pps),
         _ => bail!("usage: sluice-testkit echo|client ... (see the source)"),
@@ -135,6 +141,72 @@ fn hello(listen: SocketAddr) -> anyhow::Result<()> {
             });
         }
     })
+}
+
+/// One HTTP/2 frame: length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn h2_abuse(mode: &str, addr: SocketAddr, n: u32, timeout: std::time::Duration) -> anyhow::Result<()> {
+    const HEADERS: u8 = 1;
+    const RST_STREAM: u8 = 3;
+    const SETTINGS: u8 = 4;
+    const GOAWAY: u8 = 7;
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    // HPACK: :method GET (0x82), :scheme http (0x86), :path / (0x84),
+    // :authority (literal, indexed name 1), x-delay-ms: 1000 (literal, new name).
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 0x01, b'a'];
+    block.extend([0x00, 10]);
+    block.extend(b"x-delay-ms");
+    block.extend([4]);
+    block.extend(b"1000");
+    for i in 0..n {
+        let id = 2 * i + 1;
+        // END_STREAM | END_HEADERS
+        out.extend(h2_frame(HEADERS, 0x5, id, &block));
+        if mode == "resets" {
+            out.extend(h2_frame(RST_STREAM, 0, id, &8u32.to_be_bytes())); // CANCEL
+        }
+    }
+    s.write_all(&out)?;
+    s.set_read_timeout(Some(timeout))?;
+    let (mut rst, mut headers, mut goaway) = (0, 0, None);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        let k = match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => k,
+        };
+        buf.extend_from_slice(&chunk[..k]);
+        while buf.len() >= 9 {
+            let len = (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            match buf[3] {
+                RST_STREAM => rst += 1,
+                HEADERS => headers += 1,
+                GOAWAY if len >= 8 => goaway = Some(u32::from_be_bytes([buf[13], buf[14], buf[15], buf[16]])),
+                _ => {}
+            }
+            buf.drain(..9 + len);
+        }
+        if mode == "streams" && headers + rst >= n {
+            break;
+        }
+    }
+    let goaway = goaway.map_or("none".to_string(), |c| c.to_string());
+    println!("rst_stream={rst} goaway={goaway} headers={headers}");
+    Ok(())
 }
 
 fn raw(addr: SocketAddr, timeout: std::time::Duration) -> anyhow::Result<()> {
