@@ -126,6 +126,20 @@ pub(crate) struct NodeArgs {
     /// (rapid-reset protection); more close the connection.
     #[arg(long, default_value_t = 100)]
     pub h2_max_pending_resets: usize,
+    /// In-kernel splicing (sk_skb) of opaque TCP connections: `auto` turns it
+    /// on if the start-up self-test passes on this kernel, `off` never.
+    #[arg(long, value_enum, default_value_t = FastPath::Auto)]
+    pub splice: FastPath,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum FastPath {
+    /// On when the start-up self-test passes.
+    Auto,
+    Off,
+    /// For tests: the self-test fails on purpose (proves the fallback).
+    #[value(hide = true)]
+    FailSelfTest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

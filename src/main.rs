@@ -9,6 +9,7 @@ mod admin;
 mod check;
 mod cli;
 mod demo;
+mod fastpath;
 mod metrics;
 mod node;
 mod status;

@@ -14,8 +14,63 @@ use crate::admin::{Metrics, Render};
 
 pub(crate) type DropEvents = Arc<Mutex<BTreeMap<(&'static str, &'static str), u64>>>;
 
-pub(crate) fn renderer(pin_dir: PathBuf, proxy: Arc<ProxyStats>, drops: DropEvents) -> Render {
-    Arc::new(move || render(&pin_dir, &proxy, &drops))
+pub(crate) fn renderer(
+    pin_dir: PathBuf,
+    proxy: Arc<ProxyStats>,
+    drops: DropEvents,
+    fast_paths: crate::fastpath::States,
+) -> Render {
+    Arc::new(move || render(&pin_dir, &proxy, &drops, &fast_paths))
+}
+
+fn path_metrics(m: &mut Metrics, proxy: &ProxyStats, fast_paths: &crate::fastpath::States) {
+    for p in fast_paths.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        m.sample(
+            "sluice_fast_path_enabled",
+            "gauge",
+            "1 when a kernel fast path passed its start-up self-test and is in use.",
+            &[("path", p.name)],
+            if p.enabled { 1.0 } else { 0.0 },
+        );
+    }
+    let paths = [
+        ("proxy", &proxy.copied, &proxy.bytes_up, &proxy.bytes_down),
+        ("splice", &proxy.spliced, &proxy.spliced_bytes_up, &proxy.spliced_bytes_down),
+    ];
+    for (path, conns, _, _) in paths {
+        m.sample(
+            "sluice_path_connections_total",
+            "counter",
+            "Opaque TCP connections by the path their payload took (proxy: copied in userspace; splice: sk_skb in the kernel).",
+            &[("path", path)],
+            conns.load(Relaxed) as f64,
+        );
+    }
+    for (path, _, up, down) in paths {
+        for (dir, v) in [("up", up), ("down", down)] {
+            m.sample(
+                "sluice_path_bytes_total",
+                "counter",
+                "Payload bytes by path and direction (up: to endpoints).",
+                &[("path", path), ("direction", dir)],
+                v.load(Relaxed) as f64,
+            );
+        }
+    }
+    m.sample(
+        "sluice_splice_fallbacks_total",
+        "counter",
+        "Connections that could not be spliced and were copied by the proxy.",
+        &[],
+        proxy.splice_fallbacks.load(Relaxed) as f64,
+    );
+    m.sample(
+        "sluice_splice_user_bytes_total",
+        "counter",
+        "Bytes of spliced connections that still reached the proxy (queued before the splice).",
+        &[],
+        proxy.spliced_user_bytes.load(Relaxed) as f64,
+    );
 }
 
 fn http_metrics(m: &mut Metrics, proxy: &ProxyStats) {
@@ -74,8 +129,14 @@ fn http_metrics(m: &mut Metrics, proxy: &ProxyStats) {
     }
 }
 
-fn render(pin_dir: &std::path::Path, proxy: &ProxyStats, drops: &DropEvents) -> String {
+fn render(
+    pin_dir: &std::path::Path,
+    proxy: &ProxyStats,
+    drops: &DropEvents,
+    fast_paths: &crate::fastpath::States,
+) -> String {
     let mut m = Metrics::default();
+    path_metrics(&mut m, proxy, fast_paths);
     m.sample("sluice_up", "gauge", "1 while the node runs.", &[], 1.0);
     if let Ok(live) = Liveness::read_pinned(pin_dir) {
         let age = monotonic_ns().saturating_sub(live.heartbeat_ns) as f64 / 1e9;

@@ -154,6 +154,8 @@ impl NodeHandle {
         let own_mark = sluice_redirector::DEFAULT_OWN_MARK;
         let workers =
             args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let fast_paths = crate::fastpath::States::default();
+        let splice = crate::fastpath::splice(args.splice, &fast_paths).await;
         let proxy = Proxy::bind(ProxyConfig {
             listen4: ([127, 0, 0, 1], port).into(),
             listen6: Some((std::net::Ipv6Addr::LOCALHOST, port).into()),
@@ -169,6 +171,7 @@ impl NodeHandle {
                 h2_max_pending_accept_reset_streams: args.h2_max_pending_resets,
                 ..HttpLimits::default()
             },
+            splice,
             ..ProxyConfig::default()
         })
         .await
@@ -228,6 +231,7 @@ impl NodeHandle {
             redirector.pin_dir().to_path_buf(),
             proxy_stats.clone(),
             Arc::clone(&drop_events),
+            Arc::clone(&fast_paths),
         ));
         let admin_addr = admin.clone().serve(args.admin_port, shutdown.clone()).await.map_err(|e| {
             Failure::new(exit::FAILED, format!("admin listener on 127.0.0.1:{}: {e}", args.admin_port))

@@ -207,6 +207,28 @@ enum sl_stat {
 	SL_STAT_MAX = 13,
 };
 
+/*
+ * sk_skb splicing (bpf/sk_skb.bpf.c): the proxy puts both sockets of an L4
+ * connection into sl_splice (a SOCKHASH keyed by socket cookie) and tells
+ * each one its peer in sl_spl_peer; the verdict program redirects every skb
+ * to the peer's egress and counts its bytes here.
+ */
+#define SL_SPLICE_MAX 65536
+
+struct sl_splice_peer {
+	__u64 peer_cookie;
+	__u64 bytes; /* redirected from this socket to its peer */
+};
+
+enum sl_spl_stat {
+	SL_SPL_STAT_REDIRECTED = 0, /* skbs sent on to the peer socket */
+	SL_SPL_STAT_BYTES = 1,      /* their bytes */
+	SL_SPL_STAT_PASSED = 2,     /* skbs of sockets without a peer: to userspace */
+	SL_SPL_STAT_FAILED = 3,     /* the peer was gone: dropped */
+	SL_SPL_STAT_COUNT = 4,
+};
+
+_Static_assert(sizeof(struct sl_splice_peer) == 16, "sl_splice_peer size");
 _Static_assert(sizeof(struct sl_svc_key) == 20, "sl_svc_key size");
 _Static_assert(__builtin_offsetof(struct sl_svc_key, port_be) == 16, "sl_svc_key.port_be");
 _Static_assert(sizeof(struct sl_svc_val) == 16, "sl_svc_val size");

@@ -201,6 +201,45 @@ pub struct Live {
     pub timeout_ms: u32,
 }
 
+/// `SL_SPLICE_MAX`: sockets in the splice map.
+pub const SPLICE_MAX: u32 = 65536;
+
+/// `struct sl_splice_peer`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SplicePeer {
+    pub peer_cookie: u64,
+    /// Redirected from this socket to its peer.
+    pub bytes: u64,
+}
+
+/// `enum sl_spl_stat`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceStat {
+    Redirected = 0,
+    Bytes = 1,
+    Passed = 2,
+    Failed = 3,
+}
+
+impl SpliceStat {
+    pub const COUNT: u32 = 4;
+    pub const ALL: [SpliceStat; 4] =
+        [SpliceStat::Redirected, SpliceStat::Bytes, SpliceStat::Passed, SpliceStat::Failed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SpliceStat::Redirected => "redirected_skbs",
+            SpliceStat::Bytes => "redirected_bytes",
+            SpliceStat::Passed => "passed_skbs",
+            SpliceStat::Failed => "failed_skbs",
+        }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<SplicePeer>() == 16);
+
 /// `SL_MAX_RULES`: rules per direction.
 pub const MAX_RULES: u32 = 64;
 
@@ -426,6 +465,8 @@ mod pod {
     unsafe impl aya::Pod for Rule {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PolCfg {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SplicePeer {}
 }
 
 const _: () = {

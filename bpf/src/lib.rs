@@ -46,11 +46,22 @@ pub const XDP: Object =
 pub const TC: Object =
     Object { name: "tc", bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc.bpf.o")) };
 
+/// `sk_skb/stream_parser` and `sk_skb/stream_verdict` (programs
+/// `sl_spl_parser`, `sl_spl_verdict`): L4 splicing between two proxy sockets.
+pub const SK_SKB: Object =
+    Object { name: "sk_skb", bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk_skb.bpf.o")) };
+
 /// Every object, in load order.
-pub const OBJECTS: &[Object] = &[SOCK_ADDR, SOCK_OPS, REUSEPORT, XDP, TC];
+pub const OBJECTS: &[Object] = &[SOCK_ADDR, SOCK_OPS, REUSEPORT, XDP, TC, SK_SKB];
 
 /// Map names (`sl_` prefix, at most 15 characters, as `bpftool map` shows them).
 pub mod maps {
+    /// L4 splicing: sockets by cookie (`SOCKHASH`, `u64` keys).
+    pub const SPLICE: &str = "sl_splice";
+    /// L4 splicing: [`crate::abi::SplicePeer`] by socket cookie.
+    pub const SPLICE_PEER: &str = "sl_spl_peer";
+    /// L4 splicing: per-CPU counters by [`crate::abi::SpliceStat`].
+    pub const SPLICE_STATS: &str = "sl_spl_stats";
     /// Mesh service addresses: [`crate::abi::SvcKey`] → [`crate::abi::SvcVal`].
     pub const SERVICES: &str = "sl_svc";
     /// Original destinations by socket cookie (`u64`) until the 4-tuple is known.
@@ -132,6 +143,8 @@ pub mod programs {
     pub const REUSEPORT: &str = "sl_reuseport";
     pub const XDP_POLICY: &str = "sl_xdp_policy";
     pub const TC_EGRESS: &str = "sl_tc_egress";
+    pub const SPLICE_PARSER: &str = "sl_spl_parser";
+    pub const SPLICE_VERDICT: &str = "sl_spl_verdict";
 }
 
 /// Name of the `const volatile struct sl_config` global.

@@ -21,6 +21,7 @@ mod error;
 pub mod http;
 pub mod listener;
 pub mod route;
+pub mod splice;
 pub mod stats;
 pub mod tcp;
 
@@ -28,6 +29,7 @@ pub use error::ProxyError;
 pub use http::HttpLimits;
 pub use listener::{NoHooks, Proxy, ProxyConfig, WorkerHooks};
 pub use route::Routes;
+pub use splice::{Splice, SpliceIds, Splicing};
 pub use stats::ProxyStats;
 
 use std::net::SocketAddr;

@@ -43,6 +43,8 @@ pub struct ProxyConfig {
     /// How long protocol detection waits for the client's first bytes.
     pub detect_timeout: Duration,
     pub http: HttpLimits,
+    /// In-kernel splicing for opaque TCP (sk_skb); `None`: copy in userspace.
+    pub splice: Option<crate::Splicing>,
 }
 
 impl Default for ProxyConfig {
@@ -56,6 +58,7 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(5),
             detect_timeout: Duration::from_millis(100),
             http: HttpLimits::default(),
+            splice: None,
         }
     }
 }

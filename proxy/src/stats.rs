@@ -35,6 +35,18 @@ pub struct ProxyStats {
     /// Requests refused by a circuit breaker.
     pub circuit_open: AtomicU64,
     pub ejections: AtomicU64,
+    /// Opaque TCP connections copied by the proxy (not spliced).
+    pub copied: AtomicU64,
+    /// Opaque TCP connections spliced in the kernel (sk_skb).
+    pub spliced: AtomicU64,
+    /// Bytes the kernel moved for them, up (to endpoints) and down.
+    pub spliced_bytes_up: AtomicU64,
+    pub spliced_bytes_down: AtomicU64,
+    /// Bytes of spliced connections that still passed through the proxy
+    /// (queued before the splice).
+    pub spliced_user_bytes: AtomicU64,
+    /// Connections that could not be spliced and were copied instead.
+    pub splice_fallbacks: AtomicU64,
 }
 
 impl ProxyStats {

@@ -29,6 +29,34 @@ pub(crate) async fn forward(
     tracing::debug!(%peer, %orig, service = %backend.service, %endpoint, "forwarding");
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
+    if let Some(s) = &cfg.splice {
+        match crate::splice::run(&client, &upstream, s.0.as_ref()).await {
+            Ok(x) => {
+                stats.spliced.fetch_add(1, Relaxed);
+                stats.spliced_bytes_up.fetch_add(x.kernel_up, Relaxed);
+                stats.spliced_bytes_down.fetch_add(x.kernel_down, Relaxed);
+                stats.spliced_user_bytes.fetch_add(x.user_up + x.user_down, Relaxed);
+                tracing::info!(
+                    %peer, %orig, service = %backend.service, %endpoint,
+                    kernel_up = x.kernel_up, kernel_down = x.kernel_down,
+                    user_bytes = x.user_up + x.user_down,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "spliced connection closed"
+                );
+                return;
+            }
+            Err(crate::splice::SpliceError::Io(e)) => {
+                stats.spliced.fetch_add(1, Relaxed);
+                tracing::info!(%peer, %orig, service = %backend.service, %endpoint, error = %e, "spliced connection reset");
+                return;
+            }
+            Err(e @ crate::splice::SpliceError::Setup(_)) => {
+                stats.splice_fallbacks.fetch_add(1, Relaxed);
+                tracing::warn!(%peer, %orig, error = %e, "forwarding in userspace instead");
+            }
+        }
+    }
+    stats.copied.fetch_add(1, Relaxed);
     let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     let (up, down, error) = match result {
         Ok((up, down)) => (up, down, None),

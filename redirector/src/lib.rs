@@ -34,6 +34,7 @@ mod workers;
 pub use error::Error;
 pub use live::{Liveness, monotonic_ns};
 pub use maps::{OrigDstTable, ServiceMap, Stats};
+pub use programs::sk_skb::{SplicedPair, Splicer};
 pub use redirector::{Predecessor, Redirector, RedirectorConfig};
 pub use sluice_bpf::abi::{FailMode, LbMode, WorkerState};
 pub use workers::{WorkerInfo, Workers};

@@ -64,3 +64,71 @@ pub fn prog_test_run(prog: BorrowedFd<'_>, packet: &[u8], repeat: u32) -> std::i
     }
     Ok(TestRun { retval: attr.retval, duration_ns: attr.duration })
 }
+
+/// The kernel's cookie of a socket (SO_COOKIE): what sockmaps are keyed by.
+pub fn socket_cookie(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie and len are live locals of the sizes the kernel writes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            &mut cookie as *mut u64 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// Offset of `tcpi_bytes_acked` (u64) in `struct tcp_info` (stable UAPI).
+const TCPI_BYTES_ACKED: usize = 120;
+
+/// Bytes a TCP socket has ever had queued for sending: those acknowledged by
+/// the peer (TCP_INFO tcpi_bytes_acked) plus those still in its send queue
+/// (SIOCOUTQ). Data redirected into the socket by sk_skb reaches this count
+/// once it is in the send queue.
+pub fn tcp_bytes_queued(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: info is a live buffer of len bytes; the kernel writes at most len.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if (len as usize) < TCPI_BYTES_ACKED + 8 {
+        return Err(std::io::Error::other("TCP_INFO too short for tcpi_bytes_acked (kernel < 4.1)"));
+    }
+    let mut acked = [0u8; 8];
+    acked.copy_from_slice(&info[TCPI_BYTES_ACKED..TCPI_BYTES_ACKED + 8]);
+    let mut outq: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int into outq, a live local.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut outq as *mut libc::c_int) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(u64::from_ne_bytes(acked) + outq.max(0) as u64)
+}
+
+/// Bytes received on a socket and not yet read (FIONREAD).
+pub fn bytes_unread(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into n, a live local.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n.max(0) as u64)
+}

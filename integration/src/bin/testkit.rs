@@ -4,7 +4,9 @@
 //!
 //! `sluice-testkit echo [--netns NAME] [--after-eof] LISTEN`
 //!     prints `listening ADDR`, echoes every connection.
-//! `sluice-testkit client [--cgroup DIR] [--netns NAME] [--chunk N] [--count N] [--timeout-ms MS] ADDR BYTES`
+//! `sluice-testkit client [--cgroup DIR] [--netns NAME] [--chunk N] [--count N] [--parallel] [--timeout-ms MS] ADDR BYTES`
+//!     (`--chunk 1`: random write sizes, 1 B to 64 KiB; `--parallel`: the
+//!     `--count` connections at once, prints `intact=N` or fails)
 //!     sends BYTES pseudo-random bytes, half-closes, reads to EOF, prints
 //!     `sent=N received=M sent_sha=.. received_sha=.. peer=..`; with --count,
 //!     does it N times (fails on the first connection that is not intact).
@@ -59,6 +61,7 @@ fn main() -> anyhow::Result<()> {
     let netns = take_opt(&mut args, "--netns");
     let chunk: usize = take_opt(&mut args, "--chunk").map(|c| c.parse()).transpose()?.unwrap_or(16 * 1024);
     let after_eof = take_flag(&mut args, "--after-eof");
+    let parallel = take_flag(&mut args, "--parallel");
     let count: usize = take_opt(&mut args, "--count").map(|c| c.parse()).transpose()?.unwrap_or(1);
     let secs: u64 = take_opt(&mut args, "--secs").map(|c| c.parse()).transpose()?.unwrap_or(2);
     let pps: u64 = take_opt(&mut args, "--pps").map(|c| c.parse()).transpose()?.unwrap_or(0);
@@ -79,6 +82,27 @@ fn main() -> anyhow::Result<()> {
     }
     match (cmd.as_str(), args.as_slice()) {
         ("echo", [listen]) => echo(listen.parse()?, after_eof),
+        ("client", [addr, bytes]) if parallel => {
+            let (addr, bytes): (SocketAddr, usize) = (addr.parse()?, bytes.parse()?);
+            let threads: Vec<_> =
+                (0..count).map(|_| std::thread::spawn(move || client(addr, bytes, chunk, timeout))).collect();
+            let mut broken = 0;
+            for (i, t) in threads.into_iter().enumerate() {
+                let x = t
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+                    .with_context(|| format!("connection {}", i + 1))?;
+                if !x.intact {
+                    broken += 1;
+                    eprintln!("connection {}: {}", i + 1, x.line);
+                }
+            }
+            if broken > 0 {
+                bail!("{broken} of {count} parallel connections were not intact");
+            }
+            println!("intact={count} bytes_each={bytes}");
+            Ok(())
+        }
         ("client", [addr, bytes]) => {
             let (addr, bytes) = (addr.parse()?, bytes.parse()?);
             for i in 0..count {
@@ -294,9 +318,19 @@ fn client(
         let mut sha = Sha256::new();
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut sent = 0;
-        let mut block = vec![0u8; chunk];
+        // chunk 1 means random write sizes (1 to 64 KiB), from the same generator.
+        let random = chunk == 1 && bytes > 1;
+        let mut block = vec![0u8; if random { 65536 } else { chunk }];
         while sent < bytes {
-            let n = chunk.min(bytes - sent);
+            let want = if random {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % 65536) as usize + 1
+            } else {
+                chunk
+            };
+            let n = want.min(bytes - sent);
             for b in block.iter_mut().take(n) {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;

@@ -1,0 +1,97 @@
+//! The kernel fast paths the proxy may use, each proven on the running kernel
+//! by a self-test at start-up; a path that fails is off, with one log line
+//! and a metric, and the node works on the plain path.
+
+use std::{
+    os::fd::BorrowedFd,
+    sync::{Arc, Mutex},
+};
+
+use sluice_proxy::{Splice, SpliceIds, Splicing};
+use sluice_redirector::{SplicedPair, Splicer, sys};
+
+use crate::cli::FastPath;
+
+/// The proxy's view of the redirector's sk_skb splicer.
+struct KernelSplice(Splicer);
+
+impl Splice for KernelSplice {
+    fn splice(&self, a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> std::io::Result<SpliceIds> {
+        let p = self.0.splice(a, b).map_err(std::io::Error::other)?;
+        Ok(SpliceIds { a: p.a, b: p.b })
+    }
+    fn redirected(&self, from: u64) -> u64 {
+        self.0.redirected(from)
+    }
+    fn queued(&self, fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+        sys::tcp_bytes_queued(fd)
+    }
+    fn unread(&self, fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+        sys::bytes_unread(fd)
+    }
+    fn release(&self, ids: SpliceIds) {
+        self.0.release(SplicedPair { a: ids.a, b: ids.b });
+    }
+}
+
+/// Whether a fast path is on, and why (or why not).
+#[derive(Debug, Clone)]
+pub(crate) struct PathState {
+    pub name: &'static str,
+    pub enabled: bool,
+    pub reason: String,
+}
+
+pub(crate) type States = Arc<Mutex<Vec<PathState>>>;
+
+/// Loads and self-tests sk_skb splicing; `None` when it is off.
+pub(crate) async fn splice(mode: FastPath, states: &States) -> Option<Splicing> {
+    let (splicing, state) = match mode {
+        FastPath::Off => (None, PathState { name: "splice", enabled: false, reason: "--splice off".into() }),
+        FastPath::Auto | FastPath::FailSelfTest => match Splicer::load() {
+            Err(e) => {
+                (None, PathState { name: "splice", enabled: false, reason: format!("cannot load: {e}") })
+            }
+            Ok(s) => {
+                let s: Arc<dyn Splice> = Arc::new(KernelSplice(s));
+                let tested = if mode == FastPath::FailSelfTest {
+                    Err("failed on purpose (--splice fail-self-test)".to_string())
+                } else {
+                    sluice_proxy::splice::self_test(s.as_ref()).await
+                };
+                match tested {
+                    Ok(x) => (
+                        Some(Splicing(s)),
+                        PathState {
+                            name: "splice",
+                            enabled: true,
+                            reason: format!(
+                                "self-test passed ({} bytes up, {} down in the kernel)",
+                                x.kernel_up, x.kernel_down
+                            ),
+                        },
+                    ),
+                    Err(e) => (
+                        None,
+                        PathState {
+                            name: "splice",
+                            enabled: false,
+                            reason: format!("self-test failed: {e}"),
+                        },
+                    ),
+                }
+            }
+        },
+    };
+    if state.enabled {
+        tracing::info!(path = "splice", "fast path on: sk_skb splicing of opaque TCP; {}", state.reason);
+    } else {
+        tracing::warn!(
+            path = "splice",
+            "fast path off: sk_skb splicing of opaque TCP; {}; connections are copied by the proxy",
+            state.reason
+        );
+    }
+    states.lock().unwrap_or_else(|p| p.into_inner()).push(state);
+    splicing
+}
