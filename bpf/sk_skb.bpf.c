@@ -62,8 +62,13 @@ int sl_spl_verdict(struct __sk_buff *skb)
 	}
 	verdict = bpf_sk_redirect_hash(skb, &sl_splice, &peer->peer_cookie, 0);
 	if (verdict != SK_PASS) {
+		/*
+		 * The peer is not in the map (yet: the two sockets go in one after
+		 * the other): hand the data to the proxy, which copies it, rather
+		 * than lose it.
+		 */
 		sl_spl_count(SL_SPL_STAT_FAILED, 1);
-		return SK_DROP;
+		return SK_PASS;
 	}
 	__sync_fetch_and_add(&peer->bytes, skb->len);
 	sl_spl_count(SL_SPL_STAT_REDIRECTED, 1);

@@ -296,5 +296,6 @@ impl Drop for Scratch {
         let _ = std::fs::remove_file(
             Path::new(sluice_redirector::RUN_DIR).join(format!("demo-{}.lock", std::process::id())),
         );
+        let _ = std::fs::remove_file(crate::node::admin_state_path(&format!("demo-{}", std::process::id())));
     }
 }

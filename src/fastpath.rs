@@ -29,6 +29,9 @@ impl Splice for KernelSplice {
     fn unread(&self, fd: BorrowedFd<'_>) -> std::io::Result<u64> {
         sys::bytes_unread(fd)
     }
+    fn received(&self, fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+        sys::tcp_bytes_received(fd)
+    }
     fn release(&self, ids: SpliceIds) {
         self.0.release(SplicedPair { a: ids.a, b: ids.b });
     }

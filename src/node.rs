@@ -236,6 +236,7 @@ impl NodeHandle {
         let admin_addr = admin.clone().serve(args.admin_port, shutdown.clone()).await.map_err(|e| {
             Failure::new(exit::FAILED, format!("admin listener on 127.0.0.1:{}: {e}", args.admin_port))
         })?;
+        let _ = std::fs::write(admin_state_path(&args.instance), admin_addr.to_string());
         admin.ready.store(true, Ordering::SeqCst);
         if let Some(p) = &predecessor {
             p.signal_replaced()?;
@@ -366,6 +367,7 @@ impl NodeHandle {
         self.heartbeat.abort();
         drop(self.policy);
         write_policy_state(&self.instance, None);
+        let _ = std::fs::remove_file(admin_state_path(&self.instance));
         drop(self.redirector);
         self.shutdown.cancel();
         let _ = self.serving.await;
@@ -400,6 +402,11 @@ fn start_policy(
 
 /// Where the policy is attached and in which XDP mode, for `sluice status`
 /// (bpffs holds no plain files, so it is kept beside the instance lock).
+/// Where the node says its admin address, for `sluice status`.
+pub(crate) fn admin_state_path(instance: &str) -> std::path::PathBuf {
+    std::path::Path::new(sluice_redirector::RUN_DIR).join(format!("{instance}.admin"))
+}
+
 pub(crate) fn policy_state_path(instance: &str) -> std::path::PathBuf {
     std::path::Path::new(sluice_redirector::RUN_DIR).join(format!("{instance}.policy"))
 }

@@ -55,7 +55,67 @@ pub(crate) fn run(args: StatusArgs) -> Result<(), Failure> {
     for (s, n) in stats.all() {
         println!("  {:<22} {n}", s.name());
     }
+    let zero_hop = stats.all().iter().find(|(s, _)| s.name() == "zero_hop_connect").map_or(0, |(_, n)| *n);
+    print_paths(&args.instance, zero_hop);
     Ok(())
+}
+
+/// The paths connections took, from the node's own `/metrics`.
+fn print_paths(instance: &str, zero_hop: u64) {
+    let Some(metrics) = std::fs::read_to_string(crate::node::admin_state_path(instance))
+        .ok()
+        .and_then(|addr| scrape(addr.trim()))
+    else {
+        println!("paths: the node's admin listener did not answer (counters need a running node)");
+        return;
+    };
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.rsplit_once(' ').filter(|(k, _)| *k == series).and_then(|(_, v)| v.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0) as u64
+    };
+    println!("paths:");
+    println!("  {:<10} {:<5} {:>12} {:>14} {:>14}", "path", "on", "connections", "bytes up", "bytes down");
+    for (path, on) in [
+        ("proxy", "yes".to_string()),
+        (
+            "splice",
+            if value("sluice_fast_path_enabled{path=\"splice\"}") == 1 { "yes".into() } else { "no".into() },
+        ),
+    ] {
+        println!(
+            "  {:<10} {:<5} {:>12} {:>14} {:>14}",
+            path,
+            on,
+            value(&format!("sluice_path_connections_total{{path=\"{path}\"}}")),
+            value(&format!("sluice_path_bytes_total{{path=\"{path}\",direction=\"up\"}}")),
+            value(&format!("sluice_path_bytes_total{{path=\"{path}\",direction=\"down\"}}"))
+        );
+    }
+    println!("  {:<10} {:<5} {:>12} {:>14} {:>14}", "zero-hop", "yes", zero_hop, "(kernel only)", "");
+    println!(
+        "  {:<10} {:<5} {:>12} {:>14} {:>14}",
+        "http",
+        "yes",
+        value("sluice_http_connections_total"),
+        format!("{} requests", value("sluice_http_requests_total")),
+        ""
+    );
+}
+
+/// GET /metrics over plain HTTP/1.0 from the node's admin listener.
+fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: sluice\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
 pub(crate) fn cleanup(instance: Option<&str>) -> Result<(), Failure> {

@@ -224,7 +224,7 @@ enum sl_spl_stat {
 	SL_SPL_STAT_REDIRECTED = 0, /* skbs sent on to the peer socket */
 	SL_SPL_STAT_BYTES = 1,      /* their bytes */
 	SL_SPL_STAT_PASSED = 2,     /* skbs of sockets without a peer: to userspace */
-	SL_SPL_STAT_FAILED = 3,     /* the peer was gone: dropped */
+	SL_SPL_STAT_FAILED = 3,     /* the peer was not in the map: to userspace */
 	SL_SPL_STAT_COUNT = 4,
 };
 

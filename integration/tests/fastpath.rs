@@ -61,6 +61,11 @@ fn spliced_connections_keep_their_payload_in_the_kernel() {
     // None of it crossed the proxy's userspace.
     assert_eq!(metric("sluice_splice_user_bytes_total"), 0.0);
     assert_eq!(metric("sluice_path_bytes_total{path=\"proxy\",direction=\"up\"}"), 0.0);
+    // `sluice status` shows the paths.
+    let st = n.status();
+    let row = st.lines().find(|l| l.trim_start().starts_with("splice ")).unwrap_or_else(|| panic!("{st}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols, ["splice", "yes", "100", "1048576000", "1048576000"], "{st}");
 }
 
 #[test]

@@ -461,6 +461,9 @@ fn request_smuggling_shapes_get_400_and_close() {
     let x = raw(m.cg.path(), vip, b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: 1", 5000);
     let after = x.closed_after_ms.expect("closed by the proxy");
     assert!((300..3000).contains(&after), "closed after {after} ms");
+    sluice_integration::wait_for("the header timeout to be counted", Duration::from_secs(5), || {
+        (m.node.metric("sluice_http_header_timeouts_total") == Some(1.0)).then_some(())
+    });
 }
 
 #[test]

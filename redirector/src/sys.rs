@@ -85,14 +85,12 @@ pub fn socket_cookie(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
     Ok(cookie)
 }
 
-/// Offset of `tcpi_bytes_acked` (u64) in `struct tcp_info` (stable UAPI).
+/// Offsets of `tcpi_bytes_acked` and `tcpi_bytes_received` (u64s) in
+/// `struct tcp_info` (stable UAPI).
 const TCPI_BYTES_ACKED: usize = 120;
+const TCPI_BYTES_RECEIVED: usize = 128;
 
-/// Bytes a TCP socket has ever had queued for sending: those acknowledged by
-/// the peer (TCP_INFO tcpi_bytes_acked) plus those still in its send queue
-/// (SIOCOUTQ). Data redirected into the socket by sk_skb reaches this count
-/// once it is in the send queue.
-pub fn tcp_bytes_queued(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+fn tcp_info(fd: BorrowedFd<'_>) -> std::io::Result<[u8; 256]> {
     let mut info = [0u8; 256];
     let mut len = info.len() as libc::socklen_t;
     // SAFETY: info is a live buffer of len bytes; the kernel writes at most len.
@@ -108,18 +106,36 @@ pub fn tcp_bytes_queued(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    if (len as usize) < TCPI_BYTES_ACKED + 8 {
-        return Err(std::io::Error::other("TCP_INFO too short for tcpi_bytes_acked (kernel < 4.1)"));
+    if (len as usize) < TCPI_BYTES_RECEIVED + 8 {
+        return Err(std::io::Error::other("TCP_INFO too short for tcpi_bytes_received (kernel < 4.1)"));
     }
-    let mut acked = [0u8; 8];
-    acked.copy_from_slice(&info[TCPI_BYTES_ACKED..TCPI_BYTES_ACKED + 8]);
+    Ok(info)
+}
+
+fn u64_at(info: &[u8; 256], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&info[at..at + 8]);
+    u64::from_ne_bytes(b)
+}
+
+/// Payload bytes a TCP socket has received in order (tcpi_bytes_received).
+pub fn tcp_bytes_received(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    Ok(u64_at(&tcp_info(fd)?, TCPI_BYTES_RECEIVED))
+}
+
+/// Bytes a TCP socket has ever had queued for sending: those acknowledged by
+/// the peer (TCP_INFO tcpi_bytes_acked) plus those still in its send queue
+/// (SIOCOUTQ). Data redirected into the socket by sk_skb reaches this count
+/// once it is in the send queue.
+pub fn tcp_bytes_queued(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    let acked = u64_at(&tcp_info(fd)?, TCPI_BYTES_ACKED);
     let mut outq: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes one int into outq, a live local.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut outq as *mut libc::c_int) };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(u64::from_ne_bytes(acked) + outq.max(0) as u64)
+    Ok(acked + outq.max(0) as u64)
 }
 
 /// Bytes received on a socket and not yet read (FIONREAD).

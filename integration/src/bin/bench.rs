@@ -10,6 +10,10 @@
 //! equivalent nftables rule (netdev ingress hook on the same veth): drops per
 //! second and CPU time per dropped packet.
 //!
+//! `sluice-bench paths [--secs N] [--rounds N]`: the L4 paths (direct,
+//! userspace copy, sk_skb splice, zero-hop), latency and bulk throughput,
+//! pinned to one CPU and unpinned (see `bench/paths.rs`).
+//!
 //! `sluice-bench l7 [--secs N] [--rounds N]`: HTTP/1.1 (wrk) and h2c
 //! (h2load) through Sluice's L7 path vs nginx, haproxy and direct (see
 //! `bench_l7.rs`).
@@ -22,6 +26,8 @@ use std::net::SocketAddr;
 
 #[path = "bench/l7.rs"]
 mod bench_l7;
+#[path = "bench/paths.rs"]
+mod bench_paths;
 
 use anyhow::bail;
 use sluice_integration::{
@@ -54,17 +60,18 @@ fn main() -> anyhow::Result<()> {
     let secs = opt("--secs", 10)?;
     let rounds = opt("--rounds", 3)?;
     let packets = opt("--packets", 2_000_000)?;
+    // The nodes a benchmark starts log warnings only: per-connection debug
+    // lines would cost.
+    if std::env::var_os("SLUICE_TEST_LOG").is_none() {
+        // SAFETY: still single-threaded (the Ctrl-C handler thread only sets
+        // an atomic), and nothing reads the environment concurrently.
+        unsafe { std::env::set_var("SLUICE_TEST_LOG", "warn") };
+    }
     match args.first().map(String::as_str) {
         Some("workers") => workers(secs, rounds),
         Some("policy") => policy(packets, rounds),
-        Some("l7") => {
-            // The nodes it starts log warnings only: per-connection debug lines would cost.
-            if std::env::var_os("SLUICE_TEST_LOG").is_none() {
-                // SAFETY: single-threaded here, before any thread is started.
-                unsafe { std::env::set_var("SLUICE_TEST_LOG", "warn") };
-            }
-            bench_l7::run(secs, rounds, stopped)
-        }
+        Some("paths") => bench_paths::run(secs, rounds, stopped),
+        Some("l7") => bench_l7::run(secs, rounds, stopped),
         _ => bail!(
             "usage: sluice-bench workers|l7 [--secs N] [--rounds N] | policy [--packets N] [--rounds N]"
         ),

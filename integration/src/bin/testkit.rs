@@ -29,6 +29,12 @@
 //!     streams at once whatever the server's limit (each asks the endpoint to
 //!     wait 1 s), `resets` opens and resets N streams at once (rapid reset).
 //!     Prints `rst_stream=N goaway=CODE|none headers=N` from what came back.
+//! `sluice-testkit pingpong [--cgroup DIR] [--secs N] ADDR SIZE`
+//!     against an echo: SIZE bytes out, the same back, again and again for N
+//!     seconds on one connection; prints `round_trips=N p50_us=.. p99_us=..`.
+//! `sluice-testkit bulk [--cgroup DIR] ADDR BYTES`
+//!     against an echo: BYTES out (64 KiB writes) while reading them back;
+//!     prints `bytes=N secs=S gbit_per_s=G` (one direction's payload).
 //! `sluice-testkit hello LISTEN`
 //!     a benchmark backend: hyper, one thread, HTTP/1.1 keep-alive and h2c,
 //!     answers every request with 200 "hello world\n".
@@ -137,6 +143,8 @@ fn main() -> anyhow::Result<()> {
             bail!("exec {}: {e}", command[0])
         }
         ("raw", [addr]) => raw(addr.parse()?, timeout),
+        ("pingpong", [addr, size]) => pingpong(addr.parse()?, size.parse()?, secs),
+        ("bulk", [addr, bytes]) => bulk(addr.parse()?, bytes.parse()?),
         ("h2-abuse", [mode, addr, n]) => h2_abuse(mode, addr.parse()?, n.parse()?, timeout),
         ("udp-sink", [listen]) => udp_sink(listen.parse()?, secs),
         ("udp-send", [addr]) => udp_send(addr.parse()?, count, pps),
@@ -230,6 +238,58 @@ fn h2_abuse(mode: &str, addr: SocketAddr, n: u32, timeout: std::time::Duration) 
     }
     let goaway = goaway.map_or("none".to_string(), |c| c.to_string());
     println!("rst_stream={rst} goaway={goaway} headers={headers}");
+    Ok(())
+}
+
+fn pingpong(addr: SocketAddr, size: usize, secs: u64) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let out = vec![7u8; size.max(1)];
+    let mut back = vec![0u8; size.max(1)];
+    let mut lat = Vec::new();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        let t = std::time::Instant::now();
+        s.write_all(&out)?;
+        s.read_exact(&mut back)?;
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    lat.sort_unstable();
+    let p = |q: f64| lat.get(((lat.len() as f64) * q) as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    println!("round_trips={} p50_us={:.1} p99_us={:.1}", lat.len(), p(0.5), p(0.99));
+    Ok(())
+}
+
+fn bulk(addr: SocketAddr, bytes: u64) -> anyhow::Result<()> {
+    let s = TcpStream::connect(addr)?;
+    let mut w = s.try_clone()?;
+    let started = std::time::Instant::now();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let block = vec![0x5au8; 65536];
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = (bytes - sent).min(block.len() as u64) as usize;
+            w.write_all(&block[..n])?;
+            sent += n as u64;
+        }
+        w.shutdown(Shutdown::Write)
+    });
+    let mut r = s;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    let secs = started.elapsed().as_secs_f64();
+    if got != bytes {
+        bail!("{got} of {bytes} bytes came back");
+    }
+    println!("bytes={bytes} secs={secs:.3} gbit_per_s={:.2}", bytes as f64 * 8.0 / secs / 1e9);
     Ok(())
 }
 

@@ -94,11 +94,14 @@ impl Splicer {
         inner.peers.insert(pair.a, SplicePeer { peer_cookie: pair.b, bytes: 0 }, 0).map_err(m)?;
         inner.peers.insert(pair.b, SplicePeer { peer_cookie: pair.a, bytes: 0 }, 0).map_err(m)?;
         let s = |e| Error::map(maps::SPLICE, e);
+        // b (the endpoint side) first: clients speak first in most protocols,
+        // and a's data finds b already there. Data on b before a is in (an
+        // endpoint that speaks first) goes to the proxy, which copies it.
         let added = inner
             .sockets
-            .insert(pair.a, a, 0)
+            .insert(pair.b, b, 0)
             .map_err(s)
-            .and_then(|()| inner.sockets.insert(pair.b, b, 0).map_err(s));
+            .and_then(|()| inner.sockets.insert(pair.a, a, 0).map_err(s));
         if let Err(e) = added {
             drop(inner);
             self.release(pair);
