@@ -65,6 +65,13 @@ fn path_metrics(m: &mut Metrics, proxy: &ProxyStats, fast_paths: &crate::fastpat
         proxy.splice_fallbacks.load(Relaxed) as f64,
     );
     m.sample(
+        "sluice_splice_lost_total",
+        "counter",
+        "Spliced connections reset because the kernel did not deliver all their data to the other socket.",
+        &[],
+        proxy.splice_lost.load(Relaxed) as f64,
+    );
+    m.sample(
         "sluice_splice_user_bytes_total",
         "counter",
         "Bytes of spliced connections that still reached the proxy (queued before the splice).",

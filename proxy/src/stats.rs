@@ -47,6 +47,9 @@ pub struct ProxyStats {
     pub spliced_user_bytes: AtomicU64,
     /// Connections that could not be spliced and were copied instead.
     pub splice_fallbacks: AtomicU64,
+    /// Spliced connections reset because the kernel did not deliver all of
+    /// their data to the other socket.
+    pub splice_lost: AtomicU64,
 }
 
 impl ProxyStats {

@@ -47,6 +47,9 @@ pub(crate) async fn forward(
             }
             Err(crate::splice::SpliceError::Io(e)) => {
                 stats.spliced.fetch_add(1, Relaxed);
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    stats.splice_lost.fetch_add(1, Relaxed);
+                }
                 tracing::info!(%peer, %orig, service = %backend.service, %endpoint, error = %e, "spliced connection reset");
                 return;
             }
