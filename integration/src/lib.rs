@@ -13,6 +13,7 @@ pub mod bench;
 pub mod cgroup;
 pub mod echo;
 pub mod httpd;
+pub mod l7;
 pub mod netns;
 pub mod node;
 pub mod packet;
