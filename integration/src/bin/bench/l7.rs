@@ -14,7 +14,7 @@ use sluice_integration::{
     CgroupGuard, Node,
     bench::{WrkResult, wrk},
     node::NodeOpts,
-    process::{ChildGuard, hello_process},
+    process::hello_process,
 };
 
 /// A port free right now on 127.0.0.1.
@@ -36,8 +36,27 @@ fn wait_listening(port: u16) -> anyhow::Result<()> {
 struct Front {
     h1: SocketAddr,
     h2: SocketAddr,
-    _guard: Option<ChildGuard>,
+    _guard: Option<TermGuard>,
     _node: Option<Node>,
+}
+
+/// Stops a server with SIGTERM and waits for it: nginx's master then ends
+/// its workers (SIGKILL would leave them running, orphaned).
+struct TermGuard(std::process::Child);
+
+impl Drop for TermGuard {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn nginx(dir: &Path, backend: SocketAddr) -> anyhow::Result<Front> {
@@ -60,7 +79,7 @@ fn spawn_front(mut cmd: Command, p1: u16, p2: u16) -> anyhow::Result<Front> {
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("{name} (scripts/install-deps.sh --bench)"))?;
-    let guard = ChildGuard(child);
+    let guard = TermGuard(child);
     wait_listening(p1)?;
     Ok(Front {
         h1: ([127, 0, 0, 1], p1).into(),
