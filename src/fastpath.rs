@@ -2,10 +2,7 @@
 //! by a self-test at start-up; a path that fails is off, with one log line
 //! and a metric, and the node works on the plain path.
 
-use std::{
-    os::fd::BorrowedFd,
-    sync::{Arc, Mutex},
-};
+use std::{os::fd::BorrowedFd, sync::Arc};
 
 use sluice_proxy::{Splice, SpliceIds, Splicing};
 use sluice_redirector::{SplicedPair, Splicer, sys};
@@ -13,7 +10,7 @@ use sluice_redirector::{SplicedPair, Splicer, sys};
 use crate::cli::FastPath;
 
 /// The proxy's view of the redirector's sk_skb splicer.
-struct KernelSplice(Splicer);
+struct KernelSplice(Arc<Splicer>);
 
 impl Splice for KernelSplice {
     fn splice(&self, a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> std::io::Result<SpliceIds> {
@@ -43,46 +40,43 @@ pub(crate) struct PathState {
     pub name: &'static str,
     pub enabled: bool,
     pub reason: String,
+    /// The loaded programs, whose counters `/metrics` shows.
+    pub splicer: Option<Arc<Splicer>>,
 }
 
-pub(crate) type States = Arc<Mutex<Vec<PathState>>>;
+/// Every fast path's state, decided at start-up (read by `/metrics`).
+pub(crate) type States = Arc<[PathState]>;
 
-/// Loads and self-tests sk_skb splicing; `None` when it is off.
-pub(crate) async fn splice(mode: FastPath, states: &States) -> Option<Splicing> {
+/// Loads and self-tests sk_skb splicing; the splicer when it is on.
+pub(crate) async fn splice(mode: FastPath) -> (Option<Splicing>, PathState) {
+    let state = |enabled, reason: String| PathState { name: "splice", enabled, reason, splicer: None };
     let (splicing, state) = match mode {
-        FastPath::Off => (None, PathState { name: "splice", enabled: false, reason: "--splice off".into() }),
+        FastPath::Off => (None, state(false, "--splice off".into())),
         FastPath::Auto | FastPath::FailSelfTest => match Splicer::load() {
-            Err(e) => {
-                (None, PathState { name: "splice", enabled: false, reason: format!("cannot load: {e}") })
-            }
-            Ok(s) => {
-                let s: Arc<dyn Splice> = Arc::new(KernelSplice(s));
+            Err(e) => (None, state(false, format!("cannot load: {e}"))),
+            Ok(splicer) => {
+                let splicer = Arc::new(splicer);
+                let s: Arc<dyn Splice> = Arc::new(KernelSplice(Arc::clone(&splicer)));
                 let tested = if mode == FastPath::FailSelfTest {
                     Err("failed on purpose (--splice fail-self-test)".to_string())
                 } else {
                     sluice_proxy::splice::self_test(s.as_ref()).await
                 };
-                match tested {
+                let (splicing, mut st) = match tested {
                     Ok(x) => (
                         Some(Splicing(s)),
-                        PathState {
-                            name: "splice",
-                            enabled: true,
-                            reason: format!(
+                        state(
+                            true,
+                            format!(
                                 "self-test passed ({} bytes up, {} down in the kernel)",
                                 x.kernel_up, x.kernel_down
                             ),
-                        },
+                        ),
                     ),
-                    Err(e) => (
-                        None,
-                        PathState {
-                            name: "splice",
-                            enabled: false,
-                            reason: format!("self-test failed: {e}"),
-                        },
-                    ),
-                }
+                    Err(e) => (None, state(false, format!("self-test failed: {e}"))),
+                };
+                st.splicer = Some(splicer);
+                (splicing, st)
             }
         },
     };
@@ -95,6 +89,5 @@ pub(crate) async fn splice(mode: FastPath, states: &States) -> Option<Splicing> 
             state.reason
         );
     }
-    states.lock().unwrap_or_else(|p| p.into_inner()).push(state);
-    splicing
+    (splicing, state)
 }

@@ -24,13 +24,22 @@ pub(crate) fn renderer(
 }
 
 fn path_metrics(m: &mut Metrics, proxy: &ProxyStats, fast_paths: &crate::fastpath::States) {
-    for p in fast_paths.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for p in fast_paths.iter() {
         m.sample(
             "sluice_fast_path_enabled",
             "gauge",
             "1 when a kernel fast path passed its start-up self-test and is in use.",
             &[("path", p.name)],
             if p.enabled { 1.0 } else { 0.0 },
+        );
+    }
+    for (counter, n) in fast_paths.iter().filter_map(|p| p.splicer.as_ref()).flat_map(|s| s.stats()) {
+        m.sample(
+            "sluice_splice_kernel_total",
+            "counter",
+            "What the sk_skb verdict program did (passed/failed: skbs handed to the proxy, e.g. while a pair joined the map).",
+            &[("counter", counter)],
+            n as f64,
         );
     }
     let paths = [

@@ -154,8 +154,8 @@ impl NodeHandle {
         let own_mark = sluice_redirector::DEFAULT_OWN_MARK;
         let workers =
             args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let fast_paths = crate::fastpath::States::default();
-        let splice = crate::fastpath::splice(args.splice, &fast_paths).await;
+        let (splice, splice_state) = crate::fastpath::splice(args.splice).await;
+        let fast_paths: crate::fastpath::States = Arc::new([splice_state]);
         let proxy = Proxy::bind(ProxyConfig {
             listen4: ([127, 0, 0, 1], port).into(),
             listen6: Some((std::net::Ipv6Addr::LOCALHOST, port).into()),

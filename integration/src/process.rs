@@ -229,30 +229,21 @@ fn testkit_server(
     (guard, addr)
 }
 
+/// `cmd args` run by `sluice-testkit exec`, which first joins `cgroup`.
+fn exec_in(cgroup: &Path, cmd: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(crate::target_bin("sluice-testkit"));
+    c.arg("exec").arg("--cgroup").arg(cgroup).arg("--").arg(cmd).args(args).stdin(Stdio::null());
+    c
+}
+
 /// Runs `cmd args` inside `cgroup` (curl, h2load, python...), as a mesh workload.
 pub fn run_in(cgroup: &Path, cmd: &str, args: &[&str]) -> std::process::Output {
-    Command::new(crate::target_bin("sluice-testkit"))
-        .arg("exec")
-        .arg("--cgroup")
-        .arg(cgroup)
-        .arg("--")
-        .arg(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
+    exec_in(cgroup, cmd, args).output().unwrap_or_else(|e| panic!("running {cmd}: {e}"))
 }
 
 /// [`run_in`] in the background.
 pub fn spawn_in(cgroup: &Path, cmd: &str, args: &[&str]) -> Child {
-    Command::new(crate::target_bin("sluice-testkit"))
-        .arg("exec")
-        .arg("--cgroup")
-        .arg(cgroup)
-        .arg("--")
-        .arg(cmd)
-        .args(args)
-        .stdin(Stdio::null())
+    exec_in(cgroup, cmd, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

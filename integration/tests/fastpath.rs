@@ -70,6 +70,12 @@ fn spliced_connections_keep_their_payload_in_the_kernel() {
         assert_eq!(metric("sluice_path_bytes_total{path=\"splice\",direction=\"up\"}"), all);
         assert_eq!(metric("sluice_path_bytes_total{path=\"splice\",direction=\"down\"}"), all);
     }
+    // The verdict program's own counters are exported too.
+    assert!(metric("sluice_splice_kernel_total{counter=\"redirected_skbs\"}") > 0.0);
+    assert!(
+        metric("sluice_splice_kernel_total{counter=\"redirected_bytes\"}")
+            >= 2.0 * 100.0 * 10_485_760.0 * intact / 100.0
+    );
     // None of it crossed the proxy's userspace.
     assert_eq!(metric("sluice_splice_user_bytes_total"), 0.0);
     assert_eq!(metric("sluice_path_bytes_total{path=\"proxy\",direction=\"up\"}"), 0.0);

@@ -64,20 +64,4 @@ impl ProxyStats {
             c.fetch_add(1, Relaxed);
         }
     }
-
-    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("accepted", self.accepted.load(Relaxed)),
-            ("active", self.active.load(Relaxed)),
-            ("forwarded", self.forwarded.load(Relaxed)),
-            ("no_orig_dst", self.no_orig_dst.load(Relaxed)),
-            ("unknown_service", self.unknown_service.load(Relaxed)),
-            ("no_endpoint", self.no_endpoint.load(Relaxed)),
-            ("upstream_connect_failed", self.upstream_connect_failed.load(Relaxed)),
-            ("bytes_up", self.bytes_up.load(Relaxed)),
-            ("bytes_down", self.bytes_down.load(Relaxed)),
-            ("http_requests", self.http_requests.load(Relaxed)),
-            ("retries", self.retries.load(Relaxed)),
-        ]
-    }
 }

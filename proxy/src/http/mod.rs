@@ -197,9 +197,7 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
                 method: method.to_string(),
                 path: uri.path().to_string(),
             }),
-            Some(r) => {
-                Ok((Arc::clone(&svc), svc.routes.iter().position(|x| std::ptr::eq(x, r)).unwrap_or(0)))
-            }
+            Some(i) => Ok((Arc::clone(&svc), i)),
         },
     };
     drop(table);

@@ -16,8 +16,9 @@ pub struct HttpService {
 }
 
 impl HttpService {
-    pub fn select<B>(&self, req: &Request<B>) -> Option<&CompiledRoute> {
-        self.routes.iter().find(|r| r.matches(req))
+    /// The index in `routes` of the route that takes `req`.
+    pub fn select<B>(&self, req: &Request<B>) -> Option<usize> {
+        self.routes.iter().position(|r| r.matches(req))
     }
 }
 

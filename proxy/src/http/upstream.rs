@@ -97,7 +97,7 @@ impl Pools {
                 let mut unsent_tries = 0;
                 let (tx, resp) = loop {
                     let mut tx =
-                        if upgrade { self.connect_h1(t, true).await? } else { self.checkout_h1(t).await? };
+                        if upgrade { self.connect_h1_upgrade(t).await? } else { self.checkout_h1(t).await? };
                     match tx.try_send_request(req).await {
                         Ok(resp) => break (tx, resp),
                         Err(mut e) => match e.take_message() {
@@ -192,10 +192,11 @@ impl Pools {
         ep.freed.notify_waiters();
     }
 
-    async fn connect_h1(&self, t: Target<'_>, upgrades: bool) -> Result<http1::SendRequest<Body>, HttpError> {
+    /// A connection of its own for an upgrade (it leaves the pool for good).
+    async fn connect_h1_upgrade(&self, t: Target<'_>) -> Result<http1::SendRequest<Body>, HttpError> {
         let conn = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections)
             .ok_or_else(|| overflow(t, "connections", t.limits.max_connections))?;
-        self.handshake_h1(t, conn, upgrades).await
+        self.handshake_h1(t, conn, true).await
     }
 
     async fn handshake_h1(
