@@ -10,9 +10,10 @@ set -euo pipefail
 # nsenter/setpriv, linux-libc-dev the UAPI headers, wrk drives load through
 # restarts, nftables is the baseline of the policy benchmark; curl,
 # nghttp2-client (h2load, nghttp) and python3-grpcio are the real HTTP/1.1,
-# HTTP/2 and gRPC peers of the L7 tests.
+# HTTP/2 and gRPC peers of the L7 tests; python3-prometheus-client parses
+# /metrics in the observability tests, and pip brings rotel (below).
 packages=(clang-16 libbpf-dev bpftool iproute2 util-linux linux-libc-dev pkg-config wrk nftables
-  curl nghttp2-client python3-grpcio)
+  curl nghttp2-client python3-grpcio python3-prometheus-client python3-pip)
 # `--bench`: nginx and haproxy, the reverse proxies the L7 benchmark compares
 # against (their services are not started: the benchmark runs its own).
 if [ "${1:-}" = "--bench" ]; then packages+=(nginx-light haproxy); fi
@@ -36,6 +37,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     trap '"${sudo[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# rotel: a real OTLP receiver (gRPC and HTTP) for the trace tests, from PyPI,
+# into its own folder (--target keeps Debian's Python untouched).
+ROTEL_DIR=/opt/sluice-tools/rotel
+ROTEL_VERSION=0.0.1a15
+if [ ! -x "$ROTEL_DIR/rotel/rotel-agent" ]; then
+  echo "sluice: installing rotel $ROTEL_VERSION (PyPI) into $ROTEL_DIR"
+  if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+  "${sudo[@]}" /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+    --target "$ROTEL_DIR" "rotel==$ROTEL_VERSION"
 fi
 
 if ! command -v cargo >/dev/null; then

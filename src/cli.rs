@@ -192,5 +192,18 @@ pub(crate) fn validate(file: &Path) -> Result<(), Failure> {
         endpoints,
         config.routes.len()
     );
+    let t = &config.telemetry;
+    if let Some(tr) = &t.tracing {
+        println!(
+            "  tracing: {} over {}, sampling {}",
+            tr.endpoint.as_deref().unwrap_or("endpoint from OTEL_EXPORTER_OTLP_ENDPOINT"),
+            tr.protocol.map_or("the OTEL_EXPORTER_OTLP_PROTOCOL protocol", |p| p.name()),
+            tr.sampling().map_or("from OTEL_TRACES_SAMPLER_ARG".to_string(), |r| r.to_string()),
+        );
+    }
+    if let Some(a) = &t.access_log {
+        let to = a.path.as_ref().map_or("stdout".to_string(), |p| p.display().to_string());
+        println!("  access log: {} to {to}", format!("{:?}", a.format).to_lowercase());
+    }
     Ok(())
 }

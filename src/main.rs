@@ -10,8 +10,10 @@ mod check;
 mod cli;
 mod demo;
 mod fastpath;
+mod logging;
 mod metrics;
 mod node;
+mod otel;
 mod status;
 
 use cli::{BpfCommand, Cli, Command, ConfigCommand};
@@ -94,20 +96,12 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn init_tracing(cli: &Cli) {
-    use tracing_subscriber::EnvFilter;
     // The demo talks to a person on stdout: only warnings and errors go to stderr.
     let default = match cli.command {
         Command::Demo(_) if cli.log == "info" => "warn",
         _ => &cli.log,
     };
-    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if cli.log_json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let filter =
+        std::env::var("SLUICE_LOG").ok().filter(|f| tracing_subscriber::EnvFilter::try_new(f).is_ok());
+    logging::init(filter.as_deref().unwrap_or(default), cli.log_json);
 }

@@ -7,20 +7,130 @@ use std::{
     sync::{Arc, Mutex, atomic::Ordering::Relaxed},
 };
 
-use sluice_proxy::{ProxyStats, detect::Detected};
+use sluice_proxy::{
+    ProxyStats, Routes, Telemetry,
+    detect::Detected,
+    telemetry::metrics::{Destination, KernelConnections},
+};
 use sluice_redirector::{Liveness, Stats, Workers, monotonic_ns, policy};
 
 use crate::admin::{Metrics, Render};
 
 pub(crate) type DropEvents = Arc<Mutex<BTreeMap<(&'static str, &'static str), u64>>>;
 
+pub(crate) type ConfigInForce = Arc<Mutex<Option<sluice_mesh_config::MeshConfig>>>;
+
 pub(crate) fn renderer(
     pin_dir: PathBuf,
     proxy: Arc<ProxyStats>,
     drops: DropEvents,
     fast_paths: crate::fastpath::States,
+    telemetry: Arc<Telemetry>,
+    routes: Routes,
+    config: ConfigInForce,
 ) -> Render {
-    Arc::new(move || render(&pin_dir, &proxy, &drops, &fast_paths))
+    Arc::new(move || {
+        let mut out = render(&pin_dir, &proxy, &drops, &fast_paths, &telemetry, &routes);
+        let kernel = zero_hop_connections(&pin_dir, &config);
+        telemetry.metrics.render(&mut out, &kernel);
+        out
+    })
+}
+
+/// Zero-hop connections never reach the proxy: the kernel counts them per
+/// service address.
+fn zero_hop_connections(pin_dir: &std::path::Path, config: &ConfigInForce) -> Vec<KernelConnections> {
+    let Ok(counts) = sluice_redirector::zero_hop_counts(pin_dir) else { return Vec::new() };
+    let config = config.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(config) = config.as_ref() else { return Vec::new() };
+    let mut out: Vec<KernelConnections> = Vec::new();
+    for (addr, sa) in config.service_addrs() {
+        let Some(n) = counts.get(&addr).copied().filter(|n| *n > 0) else { continue };
+        let svc = &config.services[sa.service];
+        let dest = Destination {
+            service: svc.name.as_str().into(),
+            namespace: svc.namespace.as_str().into(),
+            version: None,
+        };
+        match out.iter_mut().find(|k| k.dest == dest) {
+            Some(k) => k.connections += n,
+            None => out.push(KernelConnections { dest, path: "zero_hop", connections: n }),
+        }
+    }
+    out
+}
+
+fn telemetry_metrics(m: &mut Metrics, t: &Telemetry, routes: &Routes) {
+    if let Some(log) = &t.access_log {
+        for (outcome, v) in [("written", &log.written), ("dropped", &log.dropped)] {
+            m.sample(
+                "sluice_access_log_lines_total",
+                "counter",
+                "Access log lines queued for writing, and dropped because the writer fell behind.",
+                &[("outcome", outcome)],
+                v.load(Relaxed) as f64,
+            );
+        }
+    }
+    m.sample(
+        "sluice_tracing_enabled",
+        "gauge",
+        "1 when traces are exported over OTLP.",
+        &[],
+        if t.tracing.is_some() { 1.0 } else { 0.0 },
+    );
+    if let Some(tr) = &t.tracing {
+        m.sample("sluice_tracing_sampling_ratio", "gauge", "Share of new traces recorded.", &[], tr.ratio());
+        let c = &tr.counters;
+        for (outcome, v) in
+            [("started", &c.started), ("exported", &c.exported), ("export_failed", &c.export_failed)]
+        {
+            m.sample(
+                "sluice_tracing_spans_total",
+                "counter",
+                "Spans started, sent to the collector, and lost in failed exports (started - exported - failed: queued, or dropped on a full queue).",
+                &[("outcome", outcome)],
+                v.load(Relaxed) as f64,
+            );
+        }
+    }
+    let eps = routes.endpoint_states();
+    type Pick = fn(&sluice_proxy::endpoint::EndpointState, std::time::Instant) -> f64;
+    let gauges: [(&str, &str, Pick); 4] = [
+        (
+            "sluice_endpoint_requests_active",
+            "HTTP requests in flight per endpoint (circuit breaker: max_requests).",
+            |e, _| f64::from(e.in_flight.load(Relaxed)),
+        ),
+        (
+            "sluice_endpoint_pending_requests",
+            "HTTP requests waiting for an upstream connection (circuit breaker: max_pending_requests).",
+            |e, _| f64::from(e.pending.load(Relaxed)),
+        ),
+        (
+            "sluice_endpoint_connections",
+            "Open upstream HTTP connections per endpoint, pooled or busy (circuit breaker: max_connections).",
+            |e, _| f64::from(e.connections.load(Relaxed)),
+        ),
+        (
+            "sluice_endpoint_ejected",
+            "1 while outlier detection keeps the endpoint out of load balancing.",
+            |e, now| if e.is_ejected(now) { 1.0 } else { 0.0 },
+        ),
+    ];
+    let now = std::time::Instant::now();
+    for (name, help, pick) in gauges {
+        for (service, e) in &eps {
+            let addr = e.addr.to_string();
+            m.sample(
+                name,
+                "gauge",
+                help,
+                &[("service", service), ("endpoint", &addr), ("version", e.version.as_deref().unwrap_or(""))],
+                pick(e, now),
+            );
+        }
+    }
 }
 
 fn path_metrics(m: &mut Metrics, proxy: &ProxyStats, fast_paths: &crate::fastpath::States) {
@@ -150,8 +260,11 @@ fn render(
     proxy: &ProxyStats,
     drops: &DropEvents,
     fast_paths: &crate::fastpath::States,
+    telemetry: &Telemetry,
+    routes: &Routes,
 ) -> String {
     let mut m = Metrics::default();
+    telemetry_metrics(&mut m, telemetry, routes);
     path_metrics(&mut m, proxy, fast_paths);
     m.sample("sluice_up", "gauge", "1 while the node runs.", &[], 1.0);
     if let Ok(live) = Liveness::read_pinned(pin_dir) {

@@ -16,7 +16,10 @@ use sluice_mesh_config::{
     MeshConfig, Policy, PolicyAction,
     watch::{Change, Watcher},
 };
-use sluice_proxy::{HttpLimits, OriginalDst, Proxy, ProxyConfig, ProxyStats, Routes, WorkerHooks};
+use sluice_proxy::{
+    HttpLimits, OriginalDst, Proxy, ProxyConfig, ProxyStats, Routes, Telemetry, WorkerHooks,
+    telemetry::access_log::{AccessLog, LogFormat, LogTarget},
+};
 use sluice_redirector::{
     FailMode, LbMode, Liveness, OrigDstTable, Predecessor, Redirector, RedirectorConfig, Stats, Workers,
     policy::PolicyEnforcer,
@@ -136,6 +139,9 @@ pub(crate) struct NodeHandle {
     instance: String,
     pub admin_addr: SocketAddr,
     drop_events: Arc<std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>>,
+    admin: crate::admin::Admin,
+    telemetry: Arc<Telemetry>,
+    export: Option<crate::otel::TraceExport>,
     /// However the handle goes away, the workers are told to stop.
     _stop_workers: tokio_util::sync::DropGuard,
 }
@@ -154,6 +160,7 @@ impl NodeHandle {
         let own_mark = sluice_redirector::DEFAULT_OWN_MARK;
         let workers =
             args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let (telemetry, export) = telemetry(&config)?;
         let (splice, splice_state) = crate::fastpath::splice(args.splice).await;
         let fast_paths: crate::fastpath::States = Arc::new([splice_state]);
         let proxy = Proxy::bind(ProxyConfig {
@@ -172,6 +179,7 @@ impl NodeHandle {
                 ..HttpLimits::default()
             },
             splice,
+            telemetry: Arc::clone(&telemetry),
             ..ProxyConfig::default()
         })
         .await
@@ -232,7 +240,11 @@ impl NodeHandle {
             proxy_stats.clone(),
             Arc::clone(&drop_events),
             Arc::clone(&fast_paths),
+            Arc::clone(&telemetry),
+            routes.clone(),
+            Arc::clone(&admin.config),
         ));
+        admin.set_config(&config, export.as_ref());
         let admin_addr = admin.clone().serve(args.admin_port, shutdown.clone()).await.map_err(|e| {
             Failure::new(exit::FAILED, format!("admin listener on 127.0.0.1:{}: {e}", args.admin_port))
         })?;
@@ -243,6 +255,9 @@ impl NodeHandle {
             tracing::info!(predecessor = p.pid, "told the running node to drain and exit");
         }
         Ok(Self {
+            admin,
+            telemetry,
+            export,
             policy,
             allow_uplink: args.policy_allow_uplink,
             instance: args.instance.clone(),
@@ -333,6 +348,8 @@ impl NodeHandle {
                 }
                 // Routes next: an address the map starts redirecting must already be routable.
                 self.routes.apply(&new);
+                self.apply_telemetry(&new);
+                self.admin.set_config(&new, self.export.as_ref());
                 match self.redirector.services().sync(&new) {
                     Ok(r) => {
                         tracing::info!(
@@ -357,6 +374,31 @@ impl NodeHandle {
         }
     }
 
+    /// The sampling ratio changes at once; the exporter and the access log
+    /// are set up at start, so a change there needs a restart (said in the log).
+    fn apply_telemetry(&self, new: &MeshConfig) {
+        let old =
+            self.admin.config.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|c| c.telemetry.clone());
+        if let (Some(t), Some(r)) =
+            (&self.telemetry.tracing, new.telemetry.tracing.as_ref().and_then(|c| c.sampling()))
+        {
+            t.set_ratio(r);
+        }
+        let Some(old) = old else { return };
+        let strip = |t: &sluice_mesh_config::Telemetry| {
+            let mut t = t.clone();
+            if let Some(x) = t.tracing.as_mut() {
+                x.sampling_ppm = None;
+            }
+            t
+        };
+        if strip(&old) != strip(&new.telemetry) {
+            tracing::warn!(
+                "telemetry settings other than tracing.sampling changed: restart the node (sluice node --takeover) to apply them"
+            );
+        }
+    }
+
     pub fn kernel_stats(&self) -> &Stats {
         self.redirector.stats()
     }
@@ -371,6 +413,7 @@ impl NodeHandle {
         drop(self.redirector);
         self.shutdown.cancel();
         let _ = self.serving.await;
+        finish_telemetry(&self.telemetry, self.export).await;
     }
 
     /// Replaced: the workers stop taking connections (their queued ones move to
@@ -384,6 +427,51 @@ impl NodeHandle {
             p.hand_over();
         }
         self.redirector.hand_over();
+        finish_telemetry(&self.telemetry, self.export).await;
+    }
+}
+
+/// The proxy's telemetry from the config (and the OTEL_* environment).
+fn telemetry(config: &MeshConfig) -> Result<(Arc<Telemetry>, Option<crate::otel::TraceExport>), Failure> {
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    let export = crate::otel::start(&config.telemetry, &host)?;
+    if let Some(e) = &export {
+        tracing::info!(endpoint = %e.endpoint, protocol = e.protocol.name(), settings = ?e.tracing.settings(), "exporting traces over OTLP");
+    }
+    let access_log = match &config.telemetry.access_log {
+        None => None,
+        Some(a) => {
+            let target = match &a.path {
+                None => LogTarget::Stdout,
+                Some(p) => LogTarget::File(p.clone()),
+            };
+            let format = match a.format {
+                sluice_mesh_config::AccessLogFormat::Json => LogFormat::Json,
+                sluice_mesh_config::AccessLogFormat::Text => LogFormat::Text,
+            };
+            Some(AccessLog::open(target.clone(), format).map_err(|e| {
+                Failure::new(
+                    exit::FAILED,
+                    format!("cannot open the access log {target:?}: {e} (fix telemetry.access_log.path or its directory's permissions)"),
+                )
+            })?)
+        }
+    };
+    let telemetry = Telemetry {
+        tracing: export.as_ref().map(|e| Arc::clone(&e.tracing)),
+        access_log,
+        ..Telemetry::default()
+    };
+    Ok((Arc::new(telemetry), export))
+}
+
+/// Writes out what is still queued: access log lines, then spans.
+async fn finish_telemetry(t: &Telemetry, export: Option<crate::otel::TraceExport>) {
+    if let Some(log) = &t.access_log {
+        log.flush(Duration::from_secs(2));
+    }
+    if let Some(e) = export {
+        e.shutdown().await;
     }
 }
 

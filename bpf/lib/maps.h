@@ -56,6 +56,14 @@ struct {
 	__type(value, struct sl_sockaddr);
 } sl_zh_peer SEC(".maps");
 
+/* Zero-hop connections by the service address dialed (per CPU), for metrics. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct sl_svc_key);
+	__type(value, __u64);
+} sl_zh_conns SEC(".maps");
+
 /* Proxy liveness: one entry, written by the node. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -62,6 +62,22 @@ static __always_inline int sl_remember(struct bpf_sock_addr *ctx, const struct s
  * SL_ZERO_HOP: *ep is the endpoint to connect to instead. */
 enum sl_decision { SL_DIRECT = 0, SL_REDIRECT = 1, SL_REFUSE = 2, SL_ZERO_HOP = 3 };
 
+/* One more zero-hop connection to this service address (per-CPU value: no atomics). */
+static __always_inline void sl_zh_count(const struct sl_svc_key *key)
+{
+	__u64 one = 1, *n = bpf_map_lookup_elem(&sl_zh_conns, key);
+
+	if (n) {
+		*n += 1;
+		return;
+	}
+	if (bpf_map_update_elem(&sl_zh_conns, key, &one, BPF_NOEXIST) != 0) {
+		n = bpf_map_lookup_elem(&sl_zh_conns, key);
+		if (n)
+			*n += 1;
+	}
+}
+
 /*
  * Zero-hop: picks an endpoint (random, so new connections spread) and keeps
  * the VIP for getpeername. NULL: no usable endpoint, take the proxy path.
@@ -88,6 +104,7 @@ static __always_inline const struct sl_sockaddr *sl_zero_hop(struct bpf_sock_add
 	if (bpf_map_update_elem(&sl_zh_peer, &cookie, &vip, BPF_ANY) != 0)
 		return NULL;
 	sl_count(SL_STAT_ZERO_HOP);
+	sl_zh_count(key);
 	return ep;
 }
 

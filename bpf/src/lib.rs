@@ -74,6 +74,8 @@ pub mod maps {
     pub const ZH_ENDPOINTS: &str = "sl_zh_eps";
     /// What zero-hop sockets dialed, by cookie (for getpeername).
     pub const ZH_PEER: &str = "sl_zh_peer";
+    /// Zero-hop connections per service address: [`crate::abi::SvcKey`] → per-CPU `u64`.
+    pub const ZH_CONNS: &str = "sl_zh_conns";
     /// Proxy liveness: [`crate::abi::Live`].
     pub const LIVE: &str = "sl_live";
     /// Worker listeners (IPv4), `REUSEPORT_SOCKARRAY` by slot.
@@ -130,6 +132,7 @@ pub mod maps {
         REUSEPORT_CFG,
         ZH_ENDPOINTS,
         ZH_PEER,
+        ZH_CONNS,
     ];
 }
 

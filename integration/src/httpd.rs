@@ -158,7 +158,10 @@ async fn answer(
     let mut xs: Vec<String> = req
         .headers()
         .iter()
-        .filter(|(k, _)| k.as_str().starts_with("x-") || *k == "host" || *k == "te")
+        .filter(|(k, _)| {
+            k.as_str().starts_with("x-")
+                || ["host", "te", "traceparent", "tracestate", "b3"].contains(&k.as_str())
+        })
         .map(|(k, v)| format!("h:{}={}\n", k, v.to_str().unwrap_or("?")))
         .collect();
     xs.sort();

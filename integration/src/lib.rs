@@ -16,6 +16,7 @@ pub mod httpd;
 pub mod l7;
 pub mod netns;
 pub mod node;
+pub mod otlp;
 pub mod packet;
 pub mod process;
 

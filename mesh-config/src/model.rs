@@ -8,17 +8,88 @@ use std::{
 };
 
 /// A whole, valid mesh config.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct MeshConfig {
     pub services: Vec<Service>,
     /// HTTP routes, in the order written; for each service the first match wins.
     pub routes: Vec<Route>,
     /// L3/L4 policy enforced in XDP (ingress) and tc (egress); `None`: no policy.
     pub policy: Option<Policy>,
+    /// Traces and access logs; metrics are always on.
+    pub telemetry: Telemetry,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Telemetry {
+    /// `None`: tracing is configured by the OTEL_* environment alone.
+    pub tracing: Option<Tracing>,
+    /// `None`: no access log.
+    pub access_log: Option<AccessLog>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    pub const NAMES: &'static [&'static str] = &["grpc", "http/protobuf"];
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "grpc" => Some(Self::Grpc),
+            "http/protobuf" | "http" => Some(Self::HttpProtobuf),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// Trace export; every `None` falls back to the standard OTEL_* variable.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Tracing {
+    /// OTLP endpoint URL (OTEL_EXPORTER_OTLP_ENDPOINT).
+    pub endpoint: Option<String>,
+    /// OTEL_EXPORTER_OTLP_PROTOCOL.
+    pub protocol: Option<OtlpProtocol>,
+    /// Share of new traces recorded, in parts per million (OTEL_TRACES_SAMPLER_ARG).
+    pub sampling_ppm: Option<u32>,
+    /// Propagation formats injected upstream: `tracecontext`, `b3` (both read always).
+    pub propagation: Vec<String>,
+    /// OTEL_SERVICE_NAME.
+    pub service_name: Option<String>,
+    /// Headers sent to the collector (often credentials: redacted in dumps).
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Tracing {
+    pub fn sampling(&self) -> Option<f64> {
+        self.sampling_ppm.map(|p| f64::from(p) / 1e6)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AccessLog {
+    pub format: AccessLogFormat,
+    /// `None`: standard output.
+    pub path: Option<PathBuf>,
 }
 
 /// L3/L4 policy: ordered rules, first match wins, then the default.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Policy {
     /// Network interfaces it applies to (ingress XDP, egress tc).
     pub interfaces: Vec<String>,
@@ -33,7 +104,8 @@ pub struct Policy {
 }
 
 /// How the XDP program is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum XdpMode {
     /// Native (driver) where the driver supports it, generic otherwise.
     #[default]
@@ -44,20 +116,22 @@ pub enum XdpMode {
     Generic,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PolicyAction {
     Allow,
     Deny,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Direction {
     Ingress,
     Egress,
 }
 
 /// An IP prefix; host bits are zero (validation refuses others).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Cidr {
     pub addr: IpAddr,
     pub prefix: u8,
@@ -88,7 +162,8 @@ impl std::fmt::Display for Cidr {
 }
 
 /// IP protocol of a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum L4Protocol {
     Any,
     Tcp,
@@ -110,7 +185,7 @@ impl L4Protocol {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PolicyRule {
     pub name: String,
     pub action: PolicyAction,
@@ -131,15 +206,17 @@ impl PolicyRule {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RateLimit {
     pub packets_per_second: u32,
     pub burst: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Service {
     pub name: String,
+    /// For metrics labels (Istio's `destination_service_namespace`); default `default`.
+    pub namespace: String,
     pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<Endpoint>,
@@ -148,7 +225,7 @@ pub struct Service {
     pub outlier_detection: Option<OutlierDetection>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ServicePort {
     pub port: u16,
     /// The port endpoints listen on, unless an endpoint says otherwise.
@@ -160,7 +237,8 @@ pub struct ServicePort {
 }
 
 /// How the proxy treats a service port's traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Protocol {
     /// Detected per connection: HTTP/1.x and HTTP/2 (prior knowledge) are
     /// served at L7, TLS and anything else are forwarded as opaque TCP.
@@ -201,7 +279,8 @@ impl Protocol {
 }
 
 /// How a service's endpoints are chosen for each request (L7) or connection (L4).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LoadBalancer {
     #[default]
     RoundRobin,
@@ -218,7 +297,7 @@ impl LoadBalancer {
 
 /// Limits per endpoint (summed over the node's workers); over them a request
 /// gets a 503 at once instead of piling onto an overloaded endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct CircuitBreaker {
     /// Upstream connections per endpoint.
     pub max_connections: u32,
@@ -235,7 +314,7 @@ impl Default for CircuitBreaker {
 }
 
 /// Ejects an endpoint from load balancing after consecutive failures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct OutlierDetection {
     /// Consecutive failures (5xx, connect errors, timeouts) that eject.
     pub consecutive_failures: u32,
@@ -247,7 +326,7 @@ pub struct OutlierDetection {
 }
 
 /// One HTTP route: requests to `service` that match go to `to`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Route {
     pub name: String,
     /// Index into [`MeshConfig::services`]: the service applications dialed.
@@ -263,7 +342,7 @@ pub struct Route {
 }
 
 /// Every condition given must hold; an empty match takes every request.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct RouteMatch {
     pub host: Option<HostMatch>,
     pub path: Option<PathMatch>,
@@ -273,14 +352,16 @@ pub struct RouteMatch {
 }
 
 /// The request's authority (Host header or `:authority`), port ignored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HostMatch {
     Exact(String),
     /// `*.example.com`: any name ending in `.example.com`.
     Suffix(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PathMatch {
     Exact(String),
     Prefix(String),
@@ -288,14 +369,15 @@ pub enum PathMatch {
     Regex(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HeaderMatch {
     /// Lowercase.
     pub name: String,
     pub value: ValueMatch,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ValueMatch {
     Present,
     Absent,
@@ -304,7 +386,7 @@ pub enum ValueMatch {
     Regex(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Destination {
     /// Index into [`MeshConfig::services`].
     pub service: usize,
@@ -317,14 +399,14 @@ pub struct Destination {
 }
 
 /// Header changes; names are lowercase.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct HeaderOps {
     /// Set (replacing any value already there).
     pub set: Vec<(String, String)>,
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RetryPolicy {
     /// Attempts in all, the first one included (at least 2).
     pub attempts: u32,
@@ -337,7 +419,7 @@ pub struct RetryPolicy {
 }
 
 /// What is retried. Connect failures are always safe to retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct RetryOn {
     pub connect_failure: bool,
     /// Any 5xx response from an endpoint (also 504 from a per-try timeout).
@@ -355,7 +437,7 @@ impl RetryOn {
         &["connect-failure", "5xx", "gateway-error", "unavailable", "reset"];
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Endpoint {
     pub address: IpAddr,
     /// Overrides the service port's `target_port` (single-port services only).
@@ -374,7 +456,7 @@ impl Endpoint {
 }
 
 /// One address the mesh intercepts, and what is behind it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ServiceAddr {
     /// Index into [`MeshConfig::services`]; also the kernel's `svc_id`.
     pub service: usize,

@@ -20,6 +20,33 @@ pub(crate) struct RawConfig {
     pub routes: Option<Vec<Spanned<RawRoute>>>,
     #[serde(default)]
     pub policy: Option<Spanned<RawPolicy>>,
+    #[serde(default)]
+    pub telemetry: Option<Spanned<RawTelemetry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTelemetry {
+    pub tracing: Option<Spanned<RawTracing>>,
+    pub access_log: Option<Spanned<RawAccessLog>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTracing {
+    pub endpoint: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    pub sampling: Option<Spanned<f64>>,
+    pub propagation: Option<Vec<Spanned<String>>>,
+    pub service_name: Option<Spanned<String>>,
+    pub headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    pub format: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +192,7 @@ impl<'de> Deserialize<'de> for PortSpec {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawService {
     pub name: Spanned<String>,
+    pub namespace: Option<Spanned<String>>,
     pub vips: Spanned<Vec<Spanned<String>>>,
     pub ports: Spanned<Vec<Spanned<RawPort>>>,
     pub load_balancer: Option<Spanned<String>>,

@@ -56,7 +56,9 @@ pub(crate) fn validate(file: &Path, raw: RawConfig) -> Result<MeshConfig, Config
     }
     let routes = crate::routes::validate(file, raw.routes.as_deref().unwrap_or_default(), &services)?;
     let policy = raw.policy.as_ref().map(|p| crate::policy::validate(file, p)).transpose()?;
-    Ok(MeshConfig { services, routes, policy })
+    let telemetry =
+        raw.telemetry.as_ref().map(|t| crate::telemetry::validate(file, t)).transpose()?.unwrap_or_default();
+    Ok(MeshConfig { services, routes, policy, telemetry })
 }
 
 struct Validator<'a> {
@@ -155,8 +157,21 @@ impl Validator<'_> {
         let load_balancer = self.load_balancer(&field, s)?;
         let circuit_breaker = self.circuit_breaker(&field, s)?;
         let outlier_detection = self.outlier(&field, s)?;
+        let namespace = match &s.namespace {
+            None => "default".to_string(),
+            Some(ns) => {
+                let n = ns.value.trim();
+                if !is_valid_name(n) {
+                    return Err(self
+                        .err(loc(ns), format!("{field}.namespace"), format!("'{n}' is not a valid namespace"))
+                        .hint("use 1-63 of a-z, 0-9, '-' and '.', starting with a letter or digit"));
+                }
+                n.to_string()
+            }
+        };
         Ok(Service {
             name,
+            namespace,
             vips,
             ports,
             endpoints: Vec::new(),

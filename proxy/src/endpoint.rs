@@ -17,6 +17,8 @@ use sluice_mesh_config::OutlierDetection;
 pub struct EndpointState {
     pub addr: SocketAddr,
     pub version: Option<String>,
+    /// The version as a metric label.
+    pub label: Option<Arc<str>>,
     pub in_flight: AtomicU32,
     pub connections: AtomicU32,
     pub pending: AtomicU32,
@@ -45,6 +47,7 @@ impl EndpointState {
     pub fn new(addr: SocketAddr, version: Option<String>) -> Self {
         Self {
             addr,
+            label: version.as_deref().map(Arc::from),
             version,
             in_flight: AtomicU32::new(0),
             connections: AtomicU32::new(0),

@@ -24,6 +24,7 @@ pub mod route;
 pub mod splice;
 pub mod stats;
 pub mod tcp;
+pub mod telemetry;
 
 pub use error::ProxyError;
 pub use http::HttpLimits;
@@ -31,6 +32,7 @@ pub use listener::{NoHooks, Proxy, ProxyConfig, WorkerHooks};
 pub use route::Routes;
 pub use splice::{Splice, SpliceIds, Splicing};
 pub use stats::ProxyStats;
+pub use telemetry::Telemetry;
 
 use std::net::SocketAddr;
 

@@ -45,6 +45,8 @@ pub struct ProxyConfig {
     pub http: HttpLimits,
     /// In-kernel splicing for opaque TCP (sk_skb); `None`: copy in userspace.
     pub splice: Option<crate::Splicing>,
+    /// Metrics, traces and access logs.
+    pub telemetry: Arc<crate::Telemetry>,
 }
 
 impl Default for ProxyConfig {
@@ -59,6 +61,7 @@ impl Default for ProxyConfig {
             detect_timeout: Duration::from_millis(100),
             http: HttpLimits::default(),
             splice: None,
+            telemetry: Arc::default(),
         }
     }
 }
@@ -396,6 +399,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &Ctx) {
                 routes: ctx.routes.clone(),
                 stats: Arc::clone(&ctx.stats),
                 limits: ctx.cfg.http.clone(),
+                telemetry: Arc::clone(&ctx.cfg.telemetry),
             };
             http::serve(stream, h2, peer, orig, hctx, ctx.graceful.clone()).await;
         }

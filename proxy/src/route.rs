@@ -23,6 +23,7 @@ use crate::{
         stack::{self, Cluster, UpstreamProto},
         upstream::{Pools, Proto},
     },
+    telemetry::metrics::Destination,
 };
 
 /// Where one service port's connections go (opaque TCP).
@@ -35,6 +36,8 @@ pub struct Backend {
     pub balancer: RoundRobin,
     /// `None` for tcp ports.
     pub http: Option<Arc<HttpService>>,
+    /// Metric labels of its connections.
+    pub dest: Destination,
 }
 
 /// One immutable version of the table.
@@ -84,6 +87,7 @@ impl Builder<'_> {
         };
         let c = Arc::new(Cluster {
             service: svc.name.as_str().into(),
+            namespace: svc.namespace.as_str().into(),
             version: version.cloned(),
             endpoints,
             balancer: Balancer::from_config(&svc.load_balancer),
@@ -133,7 +137,12 @@ impl Builder<'_> {
                 CompiledRoute::new(r, dests)
             })
             .collect();
-        HttpService { service: svc.name.clone(), routes: compiled }
+        HttpService {
+            service: svc.name.clone(),
+            label: svc.name.as_str().into(),
+            namespace: svc.namespace.as_str().into(),
+            routes: compiled,
+        }
     }
 }
 
@@ -161,6 +170,11 @@ impl Table {
                         endpoints: svc.endpoints.iter().map(|e| e.socket_addr(port)).collect(),
                         balancer: RoundRobin::default(),
                         http,
+                        dest: Destination {
+                            service: svc.name.as_str().into(),
+                            namespace: svc.namespace.as_str().into(),
+                            version: None,
+                        },
                     });
                     backends.insert((sa.service, sa.port), Arc::clone(&b_));
                     b_
@@ -214,5 +228,13 @@ impl Routes {
 
     pub fn load(&self) -> Arc<Table> {
         self.current.load_full()
+    }
+
+    /// Every endpoint's state (HTTP services), by service, sorted.
+    pub fn endpoint_states(&self) -> Vec<(String, Arc<EndpointState>)> {
+        let reg = self.shared.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = reg.iter().map(|((svc, _, _), e)| (svc.clone(), Arc::clone(e))).collect();
+        v.sort_by(|a, b| (&a.0, a.1.addr, &a.1.version).cmp(&(&b.0, b.1.addr, &b.1.version)));
+        v
     }
 }

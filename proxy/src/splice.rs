@@ -80,7 +80,13 @@ pub struct Spliced {
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Splices `a` and `b` and waits until both directions have ended.
-pub async fn run(a: &TcpStream, b: &TcpStream, s: &dyn Splice) -> Result<Spliced, SpliceError> {
+/// `started` is called once the pair is in the kernel's map.
+pub async fn run(
+    a: &TcpStream,
+    b: &TcpStream,
+    s: &dyn Splice,
+    started: &mut (dyn FnMut() + Send),
+) -> Result<Spliced, SpliceError> {
     // What was already queued on, or read from, each side does not belong
     // to the splice.
     let base = |fd: BorrowedFd<'_>| -> io::Result<Base> {
@@ -89,6 +95,7 @@ pub async fn run(a: &TcpStream, b: &TcpStream, s: &dyn Splice) -> Result<Spliced
     let base_a = base(a.as_fd()).map_err(SpliceError::Setup)?;
     let base_b = base(b.as_fd()).map_err(SpliceError::Setup)?;
     let ids = s.splice(a.as_fd(), b.as_fd()).map_err(SpliceError::Setup)?;
+    started();
     let result = tokio::try_join!(
         pump(a, ids.a, base_a.consumed, b, base_b.queued, s),
         pump(b, ids.b, base_b.consumed, a, base_a.queued, s)
@@ -249,7 +256,7 @@ async fn one_case(s: &dyn Splice, case: Case) -> Result<Spliced, String> {
     // The proxy's sockets close when the splice ends (a reset reaches the
     // client only then).
     let spliced = async move {
-        let r = run(&pa, &pb, s).await;
+        let r = run(&pa, &pb, s, &mut || {}).await;
         drop((pa, pb));
         r
     };

@@ -2,12 +2,30 @@
 //! sides are done. A FIN from one side becomes a shutdown(SHUT_WR) towards the
 //! other (half-close), and the other direction keeps flowing.
 
-use std::{io, net::SocketAddr, sync::atomic::Ordering::Relaxed, time::Instant};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Instant, SystemTime},
+};
+
+use opentelemetry::{
+    KeyValue,
+    trace::{Span as _, Status},
+};
+use opentelemetry_sdk::trace::Span;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::{ProxyConfig, ProxyError, ProxyStats, route::Backend};
+use crate::{
+    ProxyConfig, ProxyError, ProxyStats, Telemetry,
+    route::Backend,
+    telemetry::{
+        access_log::{self, TcpEntry},
+        metrics::{TcpKey, TcpPath, TcpSeries},
+    },
+};
 
 pub(crate) async fn forward(
     mut client: TcpStream,
@@ -18,25 +36,49 @@ pub(crate) async fn forward(
     cfg: &ProxyConfig,
 ) {
     let started = Instant::now();
+    let tel = &cfg.telemetry;
+    let mut conn = TcpConn {
+        tel,
+        backend,
+        peer,
+        start: started,
+        start_wall: SystemTime::now(),
+        span: tel.tracing.as_ref().and_then(|t| t.start_tcp(&backend.service, peer, orig)),
+        series: None,
+        path: TcpPath::Proxy,
+        endpoint: None,
+        flags: "-",
+        up: 0,
+        down: 0,
+    };
     let (mut upstream, endpoint) = match connect_any(backend, orig, stats, cfg).await {
         Ok(u) => u,
         Err(e) => {
+            conn.flags = if backend.endpoints.is_empty() { "UH" } else { "UF" };
+            conn.open(TcpPath::Proxy);
+            if let Some(s) = conn.span.as_mut() {
+                s.set_status(Status::error(e.to_string()));
+            }
             tracing::warn!(%peer, %orig, error = %e, "connection refused");
             return;
         }
     };
+    conn.endpoint = Some(endpoint);
     stats.forwarded.fetch_add(1, Relaxed);
     tracing::debug!(%peer, %orig, service = %backend.service, %endpoint, "forwarding");
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     if let Some(s) = &cfg.splice {
-        match crate::splice::run(&client, &upstream, s.0.as_ref()).await {
+        let mut on_start = || conn.open(TcpPath::Splice);
+        let r = crate::splice::run(&client, &upstream, s.0.as_ref(), &mut on_start).await;
+        match r {
             Ok(x) => {
                 stats.spliced.fetch_add(1, Relaxed);
                 stats.spliced_bytes_up.fetch_add(x.kernel_up, Relaxed);
                 stats.spliced_bytes_down.fetch_add(x.kernel_down, Relaxed);
                 stats.spliced_user_bytes.fetch_add(x.user_up + x.user_down, Relaxed);
-                tracing::info!(
+                (conn.up, conn.down) = (x.kernel_up + x.user_up, x.kernel_down + x.user_down);
+                tracing::debug!(
                     %peer, %orig, service = %backend.service, %endpoint,
                     kernel_up = x.kernel_up, kernel_down = x.kernel_down,
                     user_bytes = x.user_up + x.user_down,
@@ -50,6 +92,7 @@ pub(crate) async fn forward(
                 if e.kind() == std::io::ErrorKind::InvalidData {
                     stats.splice_lost.fetch_add(1, Relaxed);
                 }
+                conn.flags = "UC";
                 tracing::info!(%peer, %orig, service = %backend.service, %endpoint, error = %e, "spliced connection reset");
                 return;
             }
@@ -59,6 +102,7 @@ pub(crate) async fn forward(
             }
         }
     }
+    conn.open(TcpPath::Proxy);
     stats.copied.fetch_add(1, Relaxed);
     let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     let (up, down, error) = match result {
@@ -67,13 +111,85 @@ pub(crate) async fn forward(
     };
     stats.bytes_up.fetch_add(up, Relaxed);
     stats.bytes_down.fetch_add(down, Relaxed);
-    tracing::info!(
+    (conn.up, conn.down) = (up, down);
+    if error.is_some() {
+        conn.flags = "UC";
+    }
+    tracing::debug!(
         %peer, %orig, service = %backend.service, %endpoint,
         bytes_up = up, bytes_down = down,
         duration_ms = started.elapsed().as_millis() as u64,
         error = error.as_ref().map(|e| e.to_string()),
         "connection closed"
     );
+}
+
+/// One opaque TCP connection's accounting: opened when its path is known,
+/// closed (metrics, span, access log) when dropped.
+struct TcpConn<'a> {
+    tel: &'a Telemetry,
+    backend: &'a Backend,
+    peer: SocketAddr,
+    start: Instant,
+    start_wall: SystemTime,
+    span: Option<Span>,
+    series: Option<Arc<TcpSeries>>,
+    path: TcpPath,
+    endpoint: Option<SocketAddr>,
+    flags: &'static str,
+    up: u64,
+    down: u64,
+}
+
+impl TcpConn<'_> {
+    fn open(&mut self, path: TcpPath) {
+        if self.series.is_some() {
+            return;
+        }
+        self.path = path;
+        let s = self.tel.metrics.tcp(TcpKey { dest: self.backend.dest.clone(), path, flags: self.flags });
+        s.opened.fetch_add(1, Relaxed);
+        self.series = Some(s);
+    }
+}
+
+impl Drop for TcpConn<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = &self.series {
+            s.closed.fetch_add(1, Relaxed);
+            s.received.fetch_add(self.up, Relaxed);
+            s.sent.fetch_add(self.down, Relaxed);
+        }
+        let trace_id = self.span.as_ref().map(|s| format!("{:032x}", s.span_context().trace_id()));
+        if let Some(mut span) = self.span.take() {
+            span.set_attribute(KeyValue::new("sluice.path", self.path.name()));
+            span.set_attribute(KeyValue::new("sluice.bytes_up", self.up as i64));
+            span.set_attribute(KeyValue::new("sluice.bytes_down", self.down as i64));
+            if let Some(e) = self.endpoint {
+                span.set_attribute(KeyValue::new("network.peer.address", e.ip().to_string()));
+                span.set_attribute(KeyValue::new("network.peer.port", i64::from(e.port())));
+            }
+            if self.flags != "-" {
+                span.set_attribute(KeyValue::new("sluice.response_flags", self.flags));
+            }
+            span.end();
+        }
+        if let Some(log) = &self.tel.access_log {
+            log.tcp(&TcpEntry {
+                start_time: access_log::timestamp(self.start_wall),
+                kind: "tcp",
+                service: &self.backend.service,
+                path: self.path.name(),
+                response_flags: self.flags,
+                bytes_received: self.up,
+                bytes_sent: self.down,
+                duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+                upstream_host: self.endpoint.map(|e| e.to_string()),
+                downstream_peer: self.peer.to_string(),
+                trace_id,
+            });
+        }
+    }
 }
 
 /// Tries the endpoints in round-robin order until one accepts.

@@ -140,6 +140,19 @@ impl OrigDstTable {
     }
 }
 
+/// Zero-hop connections per service address, from a running node's pins.
+pub fn zero_hop_counts(pin_dir: &Path) -> Result<std::collections::HashMap<SocketAddr, u64>, Error> {
+    let data = MapData::from_pin(pin_dir.join(maps::ZH_CONNS)).map_err(|e| Error::map(maps::ZH_CONNS, e))?;
+    let map: aya::maps::PerCpuHashMap<MapData, SvcKey, u64> =
+        aya::maps::PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+            .map_err(|e| Error::map(maps::ZH_CONNS, e))?;
+    let mut out = std::collections::HashMap::new();
+    for (k, v) in map.iter().flatten() {
+        *out.entry(k.socket_addr()).or_default() += v.iter().sum::<u64>();
+    }
+    Ok(out)
+}
+
 /// `sl_stats`: per-CPU counters, summed.
 pub struct Stats {
     map: PerCpuArray<MapData, u64>,

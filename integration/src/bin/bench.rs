@@ -18,6 +18,10 @@
 //! (h2load) through Sluice's L7 path vs nginx, haproxy and direct (see
 //! `bench_l7.rs`).
 //!
+//! `sluice-bench telemetry [--secs N] [--rounds N]`: the L7 path with
+//! tracing off, tracing at 100% (OTLP/gRPC to rotel) and JSON access logs
+//! (see `bench/telemetry.rs`).
+//!
 //! Needs root; build with `--release`.
 
 #![allow(clippy::unwrap_used)]
@@ -28,6 +32,8 @@ use std::net::SocketAddr;
 mod bench_l7;
 #[path = "bench/paths.rs"]
 mod bench_paths;
+#[path = "bench/telemetry.rs"]
+mod bench_telemetry;
 
 use anyhow::bail;
 use sluice_integration::{
@@ -72,8 +78,9 @@ fn main() -> anyhow::Result<()> {
         Some("policy") => policy(packets, rounds),
         Some("paths") => bench_paths::run(secs, rounds, stopped),
         Some("l7") => bench_l7::run(secs, rounds, stopped),
+        Some("telemetry") => bench_telemetry::run(secs, rounds, stopped),
         _ => bail!(
-            "usage: sluice-bench workers|l7 [--secs N] [--rounds N] | policy [--packets N] [--rounds N]"
+            "usage: sluice-bench workers|l7|paths|telemetry [--secs N] [--rounds N] | policy [--packets N] [--rounds N]"
         ),
     }
 }

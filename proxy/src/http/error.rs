@@ -114,6 +114,33 @@ impl HttpError {
         }
     }
 
+    /// Envoy's response flag for it (Istio's `response_flags` label).
+    pub fn response_flags(&self) -> &'static str {
+        match self {
+            HttpError::NoRoute { .. } | HttpError::ServiceGone { .. } => "NR",
+            HttpError::NoEndpoints { .. } => "UH",
+            HttpError::Overflow { .. } | HttpError::PoolTimeout { .. } => "UO",
+            HttpError::Connect { .. } | HttpError::ConnectTimeout { .. } => "UF",
+            HttpError::UpstreamReset { .. } => "UC",
+            HttpError::BadRequestBody { .. } => "DPE",
+            HttpError::RouteTimeout { .. } | HttpError::TryTimeout { .. } => "UT",
+            HttpError::Upgrade { .. } => "UPE",
+        }
+    }
+
+    /// The endpoint the failure happened at, if one was reached.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        match self {
+            HttpError::Overflow { endpoint, .. }
+            | HttpError::Connect { endpoint, .. }
+            | HttpError::ConnectTimeout { endpoint, .. }
+            | HttpError::PoolTimeout { endpoint, .. }
+            | HttpError::UpstreamReset { endpoint, .. }
+            | HttpError::TryTimeout { endpoint, .. } => Some(*endpoint),
+            _ => None,
+        }
+    }
+
     /// Whether this failure counts against the endpoint for outlier detection.
     pub fn is_endpoint_failure(&self) -> bool {
         matches!(

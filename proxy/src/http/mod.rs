@@ -18,19 +18,23 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 pub use error::HttpError;
 use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, server::conn::http1, server::conn::http2, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ProxyStats, Routes};
+use crate::{
+    ProxyStats, Routes,
+    telemetry::{self, Attempt, Counted, Exchange, Outgoing, RequestBytes, RequestInfo, Tracked},
+};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -77,6 +81,7 @@ pub(crate) struct ConnCtx {
     pub routes: Routes,
     pub stats: Arc<ProxyStats>,
     pub limits: HttpLimits,
+    pub telemetry: Arc<crate::Telemetry>,
 }
 
 #[derive(Debug)]
@@ -184,31 +189,64 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 
 async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<Body>, Infallible> {
     let stats = &conn.ctx.stats;
+    let tel = &conn.ctx.telemetry;
     stats.http_requests.fetch_add(1, Relaxed);
+    let start = Instant::now();
     let grpc = is_grpc(&req);
     let downstream_version = req.version();
-    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let info = RequestInfo::new(
+        req.method().clone(),
+        req.uri().clone(),
+        downstream_version,
+        req.headers(),
+        grpc,
+        tel.access_log.is_some(),
+    );
+    let server_trace = tel.tracing.as_ref().map(|t| {
+        let st = t.start_server(&req, conn.peer);
+        req.extensions_mut().insert(Outgoing {
+            tracing: Arc::clone(t),
+            parent: st.parent.clone(),
+            b3_single: st.b3_single,
+        });
+        st
+    });
+    let request_bytes = match req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
+        Some(n) => RequestBytes::Known(n.parse().unwrap_or(0)),
+        None if req.body().is_end_stream() => RequestBytes::Known(0),
+        None => RequestBytes::Counted(Arc::default()),
+    };
     let table = conn.ctx.routes.load();
+    let mut dialed = None;
     let route = match table.get(conn.orig).and_then(|b| b.http.clone()) {
         None => Err(HttpError::ServiceGone { orig: conn.orig }),
-        Some(svc) => match svc.select(&req) {
-            None => Err(HttpError::NoRoute {
-                service: svc.service.clone(),
-                method: method.to_string(),
-                path: uri.path().to_string(),
-            }),
-            Some(i) => Ok((Arc::clone(&svc), i)),
-        },
+        Some(svc) => {
+            dialed = Some((Arc::clone(&svc.label), Arc::clone(&svc.namespace)));
+            match svc.select(&req) {
+                None => Err(HttpError::NoRoute {
+                    service: svc.service.clone(),
+                    method: info.method.to_string(),
+                    path: info.uri.path().to_string(),
+                }),
+                Some(i) => Ok((Arc::clone(&svc), i)),
+            }
+        }
     };
     drop(table);
+    let route_name = route.as_ref().ok().map(|(svc, i)| Arc::clone(&svc.routes[*i].name));
     let upgrade = headers::is_upgrade(req.headers()) && downstream_version < Version::HTTP_2;
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let result = match route {
         Err(e) => Err(e),
         Ok((svc, i)) => {
             let route = &svc.routes[i];
-            let mut req =
-                req.map(|b| b.map_err(|e| Box::new(DownstreamBodyError(e)) as BoxError).boxed_unsync());
+            let mut req = req.map(|b| {
+                let b = b.map_err(|e| Box::new(DownstreamBodyError(e)) as BoxError).boxed_unsync();
+                match &request_bytes {
+                    RequestBytes::Counted(n) => Counted::new(b, Arc::clone(n)).boxed_unsync(),
+                    RequestBytes::Known(_) => b,
+                }
+            });
             headers::strip_hop_by_hop(req.headers_mut(), upgrade);
             headers::apply(&route.request_headers, req.headers_mut());
             match route.pick() {
@@ -220,14 +258,15 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
             }
         }
     };
-    let mut resp = match result {
-        Ok(r) => r,
+    let (mut resp, flags, error, failed_endpoint) = match result {
+        Ok(r) => (r, "-", None, None),
         Err(e) => {
             stats.http_errors.fetch_add(1, Relaxed);
-            tracing::info!(peer = %conn.peer, orig = %conn.orig, %method, path = uri.path(), status = e.status().as_u16(), reason = e.reason(), error = %e, "request answered by the proxy");
-            e.to_response(grpc)
+            tracing::info!(peer = %conn.peer, orig = %conn.orig, method = %info.method, path = info.uri.path(), status = e.status().as_u16(), reason = e.reason(), error = %e, "request answered by the proxy");
+            (e.to_response(grpc), e.response_flags(), Some(e.reason()), e.endpoint())
         }
     };
+    let attempt = resp.extensions_mut().remove::<Attempt>().unwrap_or_default();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS && on_upgrade.is_some() {
         stats.http_upgrades.fetch_add(1, Relaxed);
         let upstream = hyper::upgrade::on(&mut resp);
@@ -248,6 +287,41 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
             resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
         }
     }
-    stats.count_status(resp.status().as_u16());
-    Ok(resp)
+    let status = resp.status().as_u16();
+    stats.count_status(status);
+    let (service, namespace) = match (attempt.service, dialed) {
+        (Some(s), _) => (Some(s), attempt.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into())),
+        (None, Some((s, ns))) => (Some(s), ns),
+        (None, None) => (None, DEFAULT_NAMESPACE.into()),
+    };
+    let mut exchange = Exchange {
+        telemetry: Arc::clone(tel),
+        start,
+        start_wall: std::time::SystemTime::now() - start.elapsed(),
+        info,
+        peer: conn.peer,
+        service,
+        namespace,
+        route: route_name,
+        endpoint: attempt.endpoint.or(failed_endpoint),
+        version: attempt.version,
+        status,
+        grpc_status: telemetry::grpc_status(resp.headers()),
+        flags,
+        error,
+        request_bytes,
+        response_bytes: 0,
+        complete: false,
+        server_span: server_trace.and_then(|t| t.span),
+        client_span: attempt.span.and_then(|s| s.take()),
+    };
+    if resp.body().is_end_stream() {
+        exchange.complete = true;
+        drop(exchange);
+        return Ok(resp);
+    }
+    Ok(resp.map(|b| Tracked::new(b, exchange).boxed_unsync()))
 }
+
+/// Services without a namespace in the config are in this one.
+const DEFAULT_NAMESPACE: &str = "default";

@@ -154,6 +154,9 @@ impl Service<Request<Body>> for Retry {
                 *r.version_mut() = parts.version;
                 *r.headers_mut() = parts.headers.clone();
                 r.extensions_mut().insert(tried.clone());
+                if let Some(o) = parts.extensions.get::<crate::telemetry::Outgoing>() {
+                    r.extensions_mut().insert(o.clone());
+                }
                 let res = super::stack::call(&inner, r).await;
                 let why = retryable(&res, &policy.on);
                 if attempt >= policy.attempts || why.is_none() || !replay.replayable() {

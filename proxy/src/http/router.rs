@@ -2,6 +2,8 @@
 //! condition holds takes the request; then a weighted pick among its
 //! destinations (canary splits).
 
+use std::sync::Arc;
+
 use http::{HeaderName, Method, Request};
 use regex::Regex;
 use sluice_mesh_config::{HeaderOps, HostMatch, PathMatch, Route, ValueMatch};
@@ -12,6 +14,9 @@ use super::{headers, stack::HttpStack};
 #[derive(Debug)]
 pub struct HttpService {
     pub service: String,
+    /// The service name and namespace as metric labels.
+    pub label: Arc<str>,
+    pub namespace: Arc<str>,
     pub routes: Vec<CompiledRoute>,
 }
 
@@ -24,7 +29,7 @@ impl HttpService {
 
 #[derive(Debug)]
 pub struct CompiledRoute {
-    pub name: String,
+    pub name: Arc<str>,
     host: Option<HostMatch>,
     path: Option<PathRule>,
     methods: Vec<Method>,
@@ -81,7 +86,7 @@ impl CompiledRoute {
             r.matches.methods.iter().filter_map(|m| Method::from_bytes(m.as_bytes()).ok()).collect();
         let total_weight = dests.iter().map(|(w, _)| u64::from(*w)).sum();
         Self {
-            name: r.name.clone(),
+            name: r.name.as_str().into(),
             host: r.matches.host.clone(),
             path,
             methods,

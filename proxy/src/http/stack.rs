@@ -25,7 +25,13 @@ use super::{
     retry::{RetryLayer, Tried},
     upstream::{Pools, Proto, Target},
 };
-use crate::{ProxyStats, balance::Balancer, endpoint::EndpointState};
+use crate::{
+    ProxyStats,
+    balance::Balancer,
+    endpoint::EndpointState,
+    telemetry::{Attempt, Outgoing, SpanSlot, trace},
+};
+use opentelemetry::{KeyValue, trace::Span as _};
 
 pub type HttpStack = BoxCloneSyncService<Request<Body>, Response<Body>, HttpError>;
 
@@ -42,6 +48,7 @@ pub enum UpstreamProto {
 #[derive(Debug)]
 pub struct Cluster {
     pub service: Arc<str>,
+    pub namespace: Arc<str>,
     pub version: Option<String>,
     pub endpoints: Vec<Arc<EndpointState>>,
     pub balancer: Balancer,
@@ -173,16 +180,41 @@ impl Service<Request<Body>> for Balance {
                 UpstreamProto::Downstream => Proto::Http1,
             };
             headers::for_upstream(&mut req, proto, &this.fallback_authority);
+            let span = match req.extensions_mut().remove::<Outgoing>() {
+                None => None,
+                Some(o) => {
+                    o.tracing.start_attempt(&o.parent, o.b3_single, &mut req, ep.addr, earlier.len() as u32)
+                }
+            };
             let target = Target { service: &c.service, ep: &ep, limits: c.limits };
             let started = c.balancer.uses_latency().then(Instant::now);
             let sent = this.pools.send(target, proto, req);
-            let res = match this.per_try {
+            let mut res = match this.per_try {
                 None => sent.await,
                 Some(after) => tokio::time::timeout(after, sent).await.unwrap_or_else(|_| {
                     Err(HttpError::TryTimeout { service: c.service.to_string(), endpoint: ep.addr, after })
                 }),
             };
             this.record(&ep, &res, started.map(|s| s.elapsed()));
+            let mut span = span;
+            if let Some(s) = span.as_mut() {
+                match &res {
+                    Ok(r) => trace::finish_http(s, r.status().as_u16(), None, false),
+                    Err(e) => s.set_attribute(KeyValue::new("error.type", e.reason())),
+                }
+                if let Err(e) = &res {
+                    s.set_status(opentelemetry::trace::Status::error(e.to_string()));
+                }
+            }
+            if let Ok(r) = res.as_mut() {
+                r.extensions_mut().insert(Attempt {
+                    service: Some(Arc::clone(&c.service)),
+                    namespace: Some(Arc::clone(&c.namespace)),
+                    endpoint: Some(ep.addr),
+                    version: ep.label.clone(),
+                    span: span.map(SpanSlot::new),
+                });
+            }
             res
         })
     }

@@ -121,7 +121,7 @@ fn sluice(cg: &CgroupGuard, backend: SocketAddr, protocol: &str, vip: &str) -> F
 
 /// h2load from inside `cgroup`: requests/s and latency percentiles from its
 /// per-request log.
-fn h2load(cgroup: &Path, url: &str, secs: u32, log: &Path) -> anyhow::Result<WrkResult> {
+pub(crate) fn h2load(cgroup: &Path, url: &str, secs: u32, log: &Path) -> anyhow::Result<WrkResult> {
     let out = Command::new("sh")
         .arg("-c")
         .arg("echo $$ > \"$0\" && exec \"$@\"")
@@ -216,7 +216,7 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-struct Cleanup(PathBuf);
+pub(crate) struct Cleanup(pub PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {

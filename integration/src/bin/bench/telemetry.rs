@@ -1,0 +1,111 @@
+//! `sluice-bench telemetry`: the cost of observability on the L7 path.
+//! HTTP/1.1 (wrk) and h2c (h2load) through one Sluice worker with tracing
+//! off, tracing at 100% sampling exported over OTLP/gRPC to a real
+//! collector (rotel, exporting to nowhere), and JSON access logs to a file,
+//! in one run; rounds alternate; medians. Spans started vs exported are
+//! read from the node's metrics, so a run whose exporter fell behind shows it.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::bail;
+use sluice_integration::{
+    CgroupGuard, Node,
+    bench::{WrkResult, wrk},
+    node::NodeOpts,
+    otlp::Rotel,
+    process::hello_process,
+};
+
+struct Mode {
+    name: &'static str,
+    telemetry: String,
+}
+
+fn node(cg: &CgroupGuard, backend: SocketAddr, vip: &str, telemetry: &str) -> Node {
+    let config = format!(
+        "services:\n  - {{name: bench, vips: [{vip}], ports: [{{port: 80, protocol: http}}]}}\nendpoints:\n  - {{service: bench, address: 127.0.0.1, port: {}}}\n{telemetry}",
+        backend.port()
+    );
+    Node::start(NodeOpts {
+        test: "benchtel",
+        config: &config,
+        cgroup: cg.path(),
+        netns: None,
+        node_in_cgroup: false,
+        args: &["--workers", "1"],
+    })
+}
+
+pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark attaches eBPF programs: run it as root");
+    }
+    let cg = CgroupGuard::new("benchtel");
+    let dir: PathBuf = std::env::temp_dir().join(format!("sluice-benchtel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = crate::bench_l7::Cleanup(dir.clone());
+    let rotel = Rotel::start_quiet();
+    let (_backend, backend) = hello_process("127.0.0.1:0");
+    let log = dir.join("access.log");
+    let modes = [
+        Mode { name: "tracing off", telemetry: String::new() },
+        Mode {
+            name: "tracing 100% (OTLP gRPC)",
+            telemetry: format!(
+                "telemetry:\n  tracing: {{endpoint: \"http://{}\", protocol: grpc, sampling: 1.0}}\n",
+                rotel.grpc
+            ),
+        },
+        Mode {
+            name: "access log (JSON, file)",
+            telemetry: format!("telemetry:\n  access_log: {{format: json, path: {}}}\n", log.display()),
+        },
+    ];
+    println!(
+        "backend: sluice-testkit hello (hyper, 1 thread); sluice: 1 worker; collector: rotel (blackhole exporter)"
+    );
+    println!(
+        "HTTP/1.1: wrk -t1 -c32 -d{secs}s; h2c: h2load -c8 -m16 -D{secs}; {rounds} rounds alternating; medians"
+    );
+    let mut h1: Vec<Vec<WrkResult>> = vec![Vec::new(); modes.len()];
+    let mut h2: Vec<Vec<WrkResult>> = vec![Vec::new(); modes.len()];
+    let mut spans: Vec<(f64, f64)> = vec![(0.0, 0.0); modes.len()];
+    for round in 0..rounds {
+        for (i, mode) in modes.iter().enumerate() {
+            if stopped() {
+                bail!("interrupted; cleaned up");
+            }
+            let vip = format!("127.100.0.{}", 110 + i);
+            let n = node(&cg, backend, &vip, &mode.telemetry);
+            let r1 =
+                wrk(cg.path(), &format!("http://{vip}/"), 1, 32, secs, false).map_err(anyhow::Error::msg)?;
+            let hlog = dir.join(format!("h2load-{round}-{i}.log"));
+            let r2 = crate::bench_l7::h2load(cg.path(), &format!("http://{vip}/"), secs, &hlog)?;
+            // Give the batch processor a moment to send what it holds.
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            let started = n.metric("sluice_tracing_spans_total{outcome=\"started\"}").unwrap_or(0.0);
+            let exported = n.metric("sluice_tracing_spans_total{outcome=\"exported\"}").unwrap_or(0.0);
+            spans[i].0 += started;
+            spans[i].1 += exported;
+            eprintln!(
+                "round {round} {}: h1 {:.0} req/s, h2 {:.0} req/s, spans started {started}, exported {exported}",
+                mode.name, r1.requests_per_sec, r2.requests_per_sec
+            );
+            h1[i].push(r1);
+            h2[i].push(r2);
+        }
+    }
+    for (title, results) in [("HTTP/1.1 keep-alive (wrk)", &h1), ("HTTP/2 h2c (h2load)", &h2)] {
+        println!("\n{title}");
+        println!("{:<28} {:>12} {:>9} {:>9} {:>7}", "mode", "req/s", "p50 ms", "p99 ms", "errors");
+        for (mode, runs) in modes.iter().zip(results.iter()) {
+            println!("{}", sluice_integration::bench::row(mode.name, 28, runs));
+        }
+    }
+    let (started, exported) = spans[1];
+    println!(
+        "\ntracing 100%: {started:.0} spans started, {exported:.0} exported to the collector ({:.1}%) over all rounds",
+        if started > 0.0 { exported * 100.0 / started } else { 0.0 }
+    );
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! Trace export: the OTLP exporter (gRPC or HTTP/protobuf) and the batch
+//! processor behind the proxy's tracer, configured by mesh-config's
+//! `telemetry.tracing` and, for whatever it leaves out, the standard OTEL_*
+//! environment variables. The proxy makes the sampling decision itself
+//! (so unsampled requests create no span objects); the SDK records all it is
+//! given.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::{
+    Resource,
+    error::OTelSdkResult,
+    trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter},
+};
+use sluice_mesh_config::{OtlpProtocol, Telemetry};
+use sluice_proxy::telemetry::trace::{SpanCounters, TraceSettings, Tracing};
+
+use crate::{Failure, exit};
+
+/// A running trace export.
+pub(crate) struct TraceExport {
+    pub provider: SdkTracerProvider,
+    pub tracing: Arc<Tracing>,
+    /// What it sends where, for the log and /config_dump.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+}
+
+impl std::fmt::Debug for TraceExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceExport")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .finish()
+    }
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+/// Whether traces are wanted: configured in the mesh config, or an OTLP
+/// endpoint in the environment; never with OTEL_SDK_DISABLED=true or
+/// OTEL_TRACES_EXPORTER=none.
+fn wanted(t: &Telemetry) -> bool {
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || env("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
+    {
+        return false;
+    }
+    t.tracing.is_some()
+        || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+}
+
+/// Sampling from the config, else OTEL_TRACES_SAMPLER(_ARG), else every
+/// new trace with the parent's decision respected.
+fn settings(t: &Telemetry) -> Result<TraceSettings, Failure> {
+    let mut s = TraceSettings::default();
+    let cfg = t.tracing.as_ref();
+    match cfg.and_then(|c| c.sampling()) {
+        Some(r) => s.ratio = r,
+        None => {
+            if let Some(sampler) = env("OTEL_TRACES_SAMPLER") {
+                let arg = || -> Result<f64, Failure> {
+                    let a = env("OTEL_TRACES_SAMPLER_ARG").unwrap_or_else(|| "1".into());
+                    a.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)).ok_or_else(|| {
+                        Failure::new(
+                            exit::BAD_INPUT,
+                            format!("OTEL_TRACES_SAMPLER_ARG='{a}' is not a ratio: use a number from 0 to 1"),
+                        )
+                    })
+                };
+                (s.ratio, s.parent_based) = match sampler.as_str() {
+                    "always_on" => (1.0, false),
+                    "always_off" => (0.0, false),
+                    "traceidratio" => (arg()?, false),
+                    "parentbased_always_on" => (1.0, true),
+                    "parentbased_always_off" => (0.0, true),
+                    "parentbased_traceidratio" => (arg()?, true),
+                    other => {
+                        return Err(Failure::new(
+                            exit::BAD_INPUT,
+                            format!(
+                                "OTEL_TRACES_SAMPLER='{other}' is not supported: use always_on, always_off, traceidratio or their parentbased_ forms"
+                            ),
+                        ));
+                    }
+                };
+            }
+        }
+    }
+    let propagation: Vec<String> = match cfg {
+        Some(c) => c.propagation.clone(),
+        None => env("OTEL_PROPAGATORS")
+            .map(|p| p.split(',').map(|x| x.trim().to_ascii_lowercase()).collect())
+            .unwrap_or_else(|| vec!["tracecontext".into(), "b3".into()]),
+    };
+    s.tracecontext = propagation.iter().any(|p| p == "tracecontext");
+    s.b3 = propagation.iter().any(|p| p == "b3" || p == "b3multi");
+    Ok(s)
+}
+
+fn protocol(t: &Telemetry, endpoint: Option<&str>) -> Result<OtlpProtocol, Failure> {
+    if let Some(p) = t.tracing.as_ref().and_then(|c| c.protocol) {
+        return Ok(p);
+    }
+    match env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL")) {
+        Some(p) => OtlpProtocol::parse(&p).ok_or_else(|| {
+            Failure::new(
+                exit::BAD_INPUT,
+                format!("OTEL_EXPORTER_OTLP_PROTOCOL='{p}' is not supported: use grpc or http/protobuf"),
+            )
+        }),
+        // The specification's default is http/protobuf; an endpoint on the
+        // well-known gRPC port says otherwise.
+        None if endpoint.is_some_and(|e| e.trim_end_matches('/').ends_with(":4317")) => {
+            Ok(OtlpProtocol::Grpc)
+        }
+        None => Ok(OtlpProtocol::HttpProtobuf),
+    }
+}
+
+/// Builds the export when traces are wanted. Must run inside the node's
+/// tokio runtime (the gRPC client lives there).
+pub(crate) fn start(t: &Telemetry, node_name: &str) -> Result<Option<TraceExport>, Failure> {
+    if !wanted(t) {
+        return Ok(None);
+    }
+    let cfg = t.tracing.clone().unwrap_or_default();
+    let env_endpoint =
+        env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let protocol = protocol(t, cfg.endpoint.as_deref().or(env_endpoint.as_deref()))?;
+    let settings = settings(t)?;
+    let bad = |e: opentelemetry_otlp::ExporterBuildError| {
+        Failure::new(exit::BAD_INPUT, format!("cannot set up the OTLP trace exporter: {e}"))
+    };
+    let (exporter, endpoint) = match protocol {
+        OtlpProtocol::Grpc => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if let Some(e) = &cfg.endpoint {
+                b = b.with_endpoint(e.clone());
+            }
+            if !cfg.headers.is_empty() {
+                let mut h = http::HeaderMap::new();
+                for (k, v) in &cfg.headers {
+                    if let (Ok(k), Ok(v)) =
+                        (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(v))
+                    {
+                        h.insert(k, v);
+                    }
+                }
+                b = b.with_metadata(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(h));
+            }
+            let shown =
+                cfg.endpoint.clone().or(env_endpoint).unwrap_or_else(|| "http://localhost:4317".into());
+            (b.build().map_err(bad)?, shown)
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder().with_http();
+            let mut shown = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .or_else(|| {
+                    env("OTEL_EXPORTER_OTLP_ENDPOINT")
+                        .map(|e| format!("{}/v1/traces", e.trim_end_matches('/')))
+                })
+                .unwrap_or_else(|| "http://localhost:4318/v1/traces".into());
+            if let Some(e) = &cfg.endpoint {
+                // As OTEL_EXPORTER_OTLP_ENDPOINT: a base URL gets the signal's path.
+                let after_scheme = e.split_once("://").map_or(e.as_str(), |x| x.1);
+                let url = if after_scheme.trim_end_matches('/').contains('/') {
+                    e.clone()
+                } else {
+                    format!("{}/v1/traces", e.trim_end_matches('/'))
+                };
+                shown = url.clone();
+                b = b.with_endpoint(url);
+            }
+            if !cfg.headers.is_empty() {
+                b = b.with_headers(
+                    cfg.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>(),
+                );
+            }
+            (b.build().map_err(bad)?, shown)
+        }
+    };
+    let mut batch = BatchConfigBuilder::default();
+    // Defaults sized for a proxy (the SDK's 2048/512 drop spans at a few
+    // thousand requests per second); the OTEL_BSP_* variables still win.
+    if env("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        batch = batch.with_max_queue_size(65_536);
+    }
+    if env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").is_none() {
+        batch = batch.with_max_export_batch_size(4_096);
+    }
+    if env("OTEL_BSP_SCHEDULE_DELAY").is_none() {
+        batch = batch.with_scheduled_delay(Duration::from_millis(1_000));
+    }
+    let counters = Arc::new(SpanCounters::default());
+    let exporter = Counting { inner: exporter, counters: Arc::clone(&counters) };
+    let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch.build()).build();
+    let mut resource =
+        Resource::builder().with_attribute(opentelemetry::KeyValue::new("host.name", node_name.to_string()));
+    resource = match &cfg.service_name {
+        Some(n) => resource.with_service_name(n.clone()),
+        None if env("OTEL_SERVICE_NAME").is_none() => resource.with_service_name("sluice"),
+        None => resource,
+    };
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(Sampler::AlwaysOn)
+        .with_resource(resource.build())
+        .build();
+    let tracer = provider.tracer("sluice");
+    Ok(Some(TraceExport {
+        tracing: Arc::new(Tracing::new(tracer, settings, counters)),
+        provider,
+        endpoint,
+        protocol,
+    }))
+}
+
+/// Counts what reaches the exporter and what it could not send.
+#[derive(Debug)]
+struct Counting<E> {
+    inner: E,
+    counters: Arc<SpanCounters>,
+}
+
+impl<E: SpanExporter> SpanExporter for Counting<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let r = self.inner.export(batch).await;
+        match &r {
+            Ok(()) => self.counters.exported.fetch_add(n, Relaxed),
+            Err(_) => self.counters.export_failed.fetch_add(n, Relaxed),
+        };
+        r
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+impl TraceExport {
+    /// Sends what is still queued and stops. The exporter's gRPC client runs
+    /// on the caller's runtime, so this waits off it.
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        let r =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(Duration::from_secs(5))).await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "trace export did not finish cleanly");
+        }
+    }
+}
