@@ -76,6 +76,13 @@ fn spliced_connections_keep_their_payload_in_the_kernel() {
         metric("sluice_splice_kernel_total{counter=\"redirected_bytes\"}")
             >= 2.0 * 100.0 * 10_485_760.0 * intact / 100.0
     );
+    // The same connections under the service's labels, by path.
+    assert_eq!(
+        metric(
+            "sluice_tcp_connections_total{destination_service=\"bulk\",destination_service_namespace=\"default\",path=\"splice\"}"
+        ),
+        100.0
+    );
     // None of it crossed the proxy's userspace.
     assert_eq!(metric("sluice_splice_user_bytes_total"), 0.0);
     assert_eq!(metric("sluice_path_bytes_total{path=\"proxy\",direction=\"up\"}"), 0.0);

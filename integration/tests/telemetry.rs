@@ -10,7 +10,7 @@ use std::{collections::HashMap, net::SocketAddr, process::Command, time::Duratio
 
 use serde_json::Value;
 use sluice_integration::{
-    EchoServer, HttpEndpoint,
+    EchoServer, HttpEndpoint, client,
     l7::{curl, endpoints_yaml, mesh},
     otlp::{Rotel, SpanRecord},
     privileged,
@@ -39,14 +39,17 @@ fn two_hops_make_one_trace_in_a_real_otlp_receiver() {
     }
     let rotel = Rotel::start();
     let (front, back) = (HttpEndpoint::start("front"), HttpEndpoint::start("back"));
+    let db = EchoServer::start("127.0.0.1:0");
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     let config = format!(
         "services:
   - {{name: front, vips: [127.100.3.10], ports: [{{port: 80, protocol: http}}]}}
   - {{name: back, namespace: shop, vips: [127.100.3.11], ports: [{{port: 80, protocol: http}}]}}
+  - {{name: db, vips: [127.100.3.12], ports: [{{port: 5432, protocol: tcp}}]}}
 endpoints:
-{}{}routes:
+{}{}  - {{service: db, address: 127.0.0.1, port: {}}}
+routes:
   - name: back-retry
     service: back
     retries: {{attempts: 3, on: [5xx]}}
@@ -56,6 +59,7 @@ telemetry:
 ",
         endpoints_yaml("front", &[(&front, None)]),
         endpoints_yaml("back", &[(&back, None)]),
+        db.addr.port(),
         rotel.grpc,
         log.display()
     );
@@ -111,13 +115,28 @@ telemetry:
     wait_for("5 spans counted as exported", Duration::from_secs(5), || {
         (m.node.metric("sluice_tracing_spans_total{outcome=\"exported\"}") == Some(5.0)).then_some(())
     });
-    // Access log: one JSON line per request, with the trace id.
-    let lines: Vec<Value> = wait_for("2 access log lines", Duration::from_secs(5), || {
+    // An opaque TCP connection is a span of its own, with its byte counts.
+    let r = client(Some(cg), None, "127.100.3.12:5432".parse().unwrap(), 10_000, 1000).unwrap();
+    assert!(r.intact());
+    let spans = rotel.wait_spans("the TCP span", |s| s.iter().any(|x| x.name == "TCP db"));
+    let tcp = spans.iter().find(|x| x.name == "TCP db").unwrap();
+    assert!(tcp.kind.contains("SERVER") && tcp.parent_id.is_empty(), "{tcp:?}");
+    assert_eq!(tcp.attr("sluice.bytes_up"), Some("10000"));
+    assert_eq!(tcp.attr("sluice.bytes_down"), Some("10000"));
+    assert_eq!(tcp.attr("sluice.path"), Some("proxy"));
+    assert_eq!(tcp.attr("network.peer.port"), Some(db.addr.port().to_string().as_str()));
+    // Access log: one JSON line per request and per connection, with the trace id.
+    let lines: Vec<Value> = wait_for("3 access log lines", Duration::from_secs(5), || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let v: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        (v.len() >= 2).then_some(v)
+        (v.len() >= 3).then_some(v)
     });
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let l3 = lines.iter().find(|l| l["kind"] == "tcp").expect("tcp line");
+    assert_eq!(l3["service"], "db");
+    assert_eq!(l3["bytes_received"], 10_000);
+    assert_eq!(l3["bytes_sent"], 10_000);
+    assert_eq!(l3["trace_id"], tcp.trace_id.as_str());
     let l2 = lines.iter().find(|l| l["service"] == "back").expect("back line");
     assert_eq!(l2["trace_id"], trace.as_str());
     assert_eq!(l2["span_id"], server2.span_id.as_str());
@@ -261,6 +280,8 @@ fn istio_metrics_parse_and_count_what_clients_saw() {
     let (v1, v2) = (HttpEndpoint::start("v1"), HttpEndpoint::start("v2"));
     let echo = EchoServer::start("127.0.0.1:0");
     let zh = EchoServer::start("127.0.0.1:0");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
     let config = format!(
         "services:
   - {{name: web, namespace: shop, vips: [127.100.3.30], ports: [{{port: 80, protocol: http}}]}}
@@ -274,10 +295,13 @@ routes:
     service: web
     match: {{methods: [GET]}}
     to: [{{version: v1}}]
+telemetry:
+  access_log: {{format: text, path: {}}}
 ",
         endpoints_yaml("web", &[(&v1, Some("v1")), (&v2, Some("v2"))]),
         echo.addr.port(),
         zh.addr.port(),
+        log.display(),
     );
     let m = mesh("tel_metrics", &config, &[]);
     let cg = m.cg.path();
@@ -363,6 +387,22 @@ routes:
         0.0,
         "declared http: no detection"
     );
+    // Text access log: a line per request and per proxied connection (not
+    // for zero-hop ones: the proxy never sees them), no trace ids (tracing off).
+    let text = wait_for("8 access log lines", Duration::from_secs(5), || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        (t.lines().count() >= 8).then_some(t)
+    });
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 8, "{text}");
+    assert_eq!(lines.iter().filter(|l| l.contains("\"GET /ok")).count(), 5, "{text}");
+    assert!(lines.iter().any(|l| l.contains("\"POST /none HTTP/1.1\" 404 NR ")), "{text}");
+    assert!(
+        lines.iter().any(|l| l.contains("] TCP db - 10000 10000 ") && l.ends_with("path=proxy trace_id=-")),
+        "{text}"
+    );
+    assert!(lines.iter().all(|l| l.starts_with('[') && !l.contains("trace_id=0")), "{text}");
+    assert_eq!(m.node.metric("sluice_access_log_lines_total{outcome=\"dropped\"}"), Some(0.0));
 }
 
 #[test]

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     ProxyStats, Routes,
-    telemetry::{self, Attempt, Counted, Exchange, Outgoing, RequestBytes, RequestInfo, Tracked},
+    telemetry::{self, Attempt, Counted, Exchange, Outgoing, RequestBytes, RequestInfo, SpanSlot, Tracked},
 };
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -187,21 +187,28 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<Body>, Infallible> {
+async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<Tracked>, Infallible> {
     let stats = &conn.ctx.stats;
     let tel = &conn.ctx.telemetry;
     stats.http_requests.fetch_add(1, Relaxed);
     let start = Instant::now();
     let grpc = is_grpc(&req);
     let downstream_version = req.version();
-    let info = RequestInfo::new(
-        req.method().clone(),
-        req.uri().clone(),
-        downstream_version,
-        req.headers(),
-        grpc,
-        tel.access_log.is_some(),
-    );
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    // What only access logs and traces need is gathered only for them.
+    let mut detail = (tel.access_log.is_some() || tel.tracing.is_some()).then(|| {
+        Box::new(telemetry::Detail {
+            start_wall: std::time::SystemTime::now(),
+            info: tel
+                .access_log
+                .is_some()
+                .then(|| RequestInfo::new(method.clone(), uri.clone(), downstream_version, req.headers())),
+            route: None,
+            endpoint: None,
+            server_span: None,
+            client_span: None,
+        })
+    });
     let server_trace = tel.tracing.as_ref().map(|t| {
         let st = t.start_server(&req, conn.peer);
         req.extensions_mut().insert(Outgoing {
@@ -225,17 +232,22 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
             match svc.select(&req) {
                 None => Err(HttpError::NoRoute {
                     service: svc.service.clone(),
-                    method: info.method.to_string(),
-                    path: info.uri.path().to_string(),
+                    method: method.to_string(),
+                    path: uri.path().to_string(),
                 }),
                 Some(i) => Ok((Arc::clone(&svc), i)),
             }
         }
     };
     drop(table);
-    let route_name = route.as_ref().ok().map(|(svc, i)| Arc::clone(&svc.routes[*i].name));
+    let route_name = if detail.is_some() {
+        route.as_ref().ok().map(|(svc, i)| Arc::clone(&svc.routes[*i].name))
+    } else {
+        None
+    };
     let upgrade = headers::is_upgrade(req.headers()) && downstream_version < Version::HTTP_2;
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut attempt = Attempt::default();
     let result = match route {
         Err(e) => Err(e),
         Ok((svc, i)) => {
@@ -251,10 +263,14 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
             headers::apply(&route.request_headers, req.headers_mut());
             match route.pick() {
                 None => Err(HttpError::NoEndpoints { service: svc.service.clone(), version: None }),
-                Some(stack) => stack::call(stack, req).await.map(|mut resp| {
-                    headers::apply(&route.response_headers, resp.headers_mut());
-                    resp
-                }),
+                Some(stack) => {
+                    let (r, a) = telemetry::with_attempt(stack::call(stack, req)).await;
+                    attempt = a;
+                    r.map(|mut resp| {
+                        headers::apply(&route.response_headers, resp.headers_mut());
+                        resp
+                    })
+                }
             }
         }
     };
@@ -262,11 +278,11 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
         Ok(r) => (r, "-", None, None),
         Err(e) => {
             stats.http_errors.fetch_add(1, Relaxed);
-            tracing::info!(peer = %conn.peer, orig = %conn.orig, method = %info.method, path = info.uri.path(), status = e.status().as_u16(), reason = e.reason(), error = %e, "request answered by the proxy");
+            tracing::info!(peer = %conn.peer, orig = %conn.orig, method = %method, path = uri.path(), status = e.status().as_u16(), reason = e.reason(), error = %e, "request answered by the proxy");
             (e.to_response(grpc), e.response_flags(), Some(e.reason()), e.endpoint())
         }
     };
-    let attempt = resp.extensions_mut().remove::<Attempt>().unwrap_or_default();
+    let client_span = resp.extensions_mut().remove::<SpanSlot>().and_then(|s| s.take());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS && on_upgrade.is_some() {
         stats.http_upgrades.fetch_add(1, Relaxed);
         let upstream = hyper::upgrade::on(&mut resp);
@@ -290,21 +306,24 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
     let status = resp.status().as_u16();
     stats.count_status(status);
     let (service, namespace) = match (attempt.service, dialed) {
-        (Some(s), _) => (Some(s), attempt.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into())),
+        (Some(s), _) => (Some(s), attempt.namespace.unwrap_or_else(telemetry::default_namespace)),
         (None, Some((s, ns))) => (Some(s), ns),
-        (None, None) => (None, DEFAULT_NAMESPACE.into()),
+        (None, None) => (None, telemetry::default_namespace()),
     };
+    if let Some(d) = detail.as_mut() {
+        d.route = route_name;
+        d.endpoint = attempt.endpoint.or(failed_endpoint);
+        d.server_span = server_trace.and_then(|t| t.span);
+        d.client_span = client_span;
+    }
     let mut exchange = Exchange {
         telemetry: Arc::clone(tel),
         start,
-        start_wall: std::time::SystemTime::now() - start.elapsed(),
-        info,
         peer: conn.peer,
         service,
         namespace,
-        route: route_name,
-        endpoint: attempt.endpoint.or(failed_endpoint),
         version: attempt.version,
+        grpc,
         status,
         grpc_status: telemetry::grpc_status(resp.headers()),
         flags,
@@ -312,16 +331,12 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
         request_bytes,
         response_bytes: 0,
         complete: false,
-        server_span: server_trace.and_then(|t| t.span),
-        client_span: attempt.span.and_then(|s| s.take()),
+        detail,
     };
     if resp.body().is_end_stream() {
         exchange.complete = true;
         drop(exchange);
-        return Ok(resp);
+        return Ok(resp.map(Tracked::plain));
     }
-    Ok(resp.map(|b| Tracked::new(b, exchange).boxed_unsync()))
+    Ok(resp.map(|b| Tracked::new(b, exchange)))
 }
-
-/// Services without a namespace in the config are in this one.
-const DEFAULT_NAMESPACE: &str = "default";

@@ -29,7 +29,7 @@ use crate::{
     ProxyStats,
     balance::Balancer,
     endpoint::EndpointState,
-    telemetry::{Attempt, Outgoing, SpanSlot, trace},
+    telemetry::{Attempt, Outgoing, SpanSlot, record_attempt, trace},
 };
 use opentelemetry::{KeyValue, trace::Span as _};
 
@@ -207,13 +207,15 @@ impl Service<Request<Body>> for Balance {
                 }
             }
             if let Ok(r) = res.as_mut() {
-                r.extensions_mut().insert(Attempt {
+                record_attempt(Attempt {
                     service: Some(Arc::clone(&c.service)),
                     namespace: Some(Arc::clone(&c.namespace)),
                     endpoint: Some(ep.addr),
                     version: ep.label.clone(),
-                    span: span.map(SpanSlot::new),
                 });
+                if let Some(s) = span {
+                    r.extensions_mut().insert(SpanSlot::new(s));
+                }
             }
             res
         })

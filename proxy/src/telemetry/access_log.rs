@@ -217,15 +217,22 @@ fn writer(out: Box<dyn Write + Send>, rx: Receiver<Msg>) {
             let _ = ack.send(());
         }
     };
+    // One write per batch, not per line: after a batch the thread rests a
+    // moment so lines gather (a sender then never has to wake it), and
+    // nothing waits in the buffer longer than that.
     while let Ok(m) = rx.recv() {
         handle(&mut out, m);
         while let Ok(m) = rx.try_recv() {
             handle(&mut out, m);
         }
         let _ = out.flush();
+        std::thread::sleep(BATCH_PAUSE);
     }
     let _ = out.flush();
 }
+
+/// How long lines gather between writes.
+const BATCH_PAUSE: Duration = Duration::from_millis(5);
 
 pub fn format_socket(a: Option<SocketAddr>) -> Option<String> {
     a.map(|a| a.to_string())

@@ -58,18 +58,6 @@ impl<const N: usize> Histogram<N> {
     pub fn count(&self) -> u64 {
         self.count.load(Relaxed)
     }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cum = 0;
-        for (b, n) in self.bounds.iter().zip(&self.buckets) {
-            cum += n.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cum}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum.load(Relaxed) as f64 / self.scale);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-    }
 }
 
 /// Who was called: the labels shared by request and TCP series.
@@ -97,6 +85,8 @@ pub struct RequestKey {
 
 #[derive(Debug)]
 pub struct RequestSeries {
+    /// Its labels.
+    pub key: RequestKey,
     pub requests: AtomicU64,
     /// Milliseconds, summed in microseconds.
     pub duration: Histogram<19>,
@@ -147,31 +137,95 @@ pub struct KernelConnections {
     pub connections: u64,
 }
 
+/// A request series found without building its labels: the destination's
+/// strings by address (they live as long as the config that made them, and
+/// the series keeps a clone, so an address is never reused while mapped),
+/// the rest by value. Two addresses with equal text (a reload) make two
+/// series with the same labels; a scrape adds them up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FastKey {
+    service: usize,
+    namespace: usize,
+    version: usize,
+    protocol: usize,
+    flags: usize,
+    code: u16,
+    grpc_status: u16,
+}
+
+/// A request's labels, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLabels<'a> {
+    pub service: &'a Arc<str>,
+    pub namespace: &'a Arc<str>,
+    pub version: Option<&'a Arc<str>>,
+    pub protocol: &'static str,
+    pub code: u16,
+    pub grpc_status: Option<u16>,
+    pub flags: &'static str,
+}
+
+impl RequestLabels<'_> {
+    fn fast(&self) -> FastKey {
+        let addr = |s: &Arc<str>| Arc::as_ptr(s) as *const u8 as usize;
+        FastKey {
+            service: addr(self.service),
+            namespace: addr(self.namespace),
+            version: self.version.map_or(0, addr),
+            protocol: self.protocol.as_ptr() as usize,
+            flags: self.flags.as_ptr() as usize,
+            code: self.code,
+            grpc_status: self.grpc_status.unwrap_or(u16::MAX),
+        }
+    }
+
+    fn owned(&self) -> RequestKey {
+        RequestKey {
+            dest: Destination {
+                service: Arc::clone(self.service),
+                namespace: Arc::clone(self.namespace),
+                version: self.version.cloned(),
+            },
+            protocol: self.protocol,
+            code: self.code,
+            grpc_status: self.grpc_status,
+            flags: self.flags,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Registry {
-    requests: RwLock<HashMap<RequestKey, Arc<RequestSeries>>>,
+    requests: RwLock<HashMap<FastKey, Arc<RequestSeries>, rustc_hash::FxBuildHasher>>,
     tcp: RwLock<HashMap<TcpKey, Arc<TcpSeries>>>,
 }
 
 impl Registry {
-    pub fn request(&self, key: RequestKey) -> Arc<RequestSeries> {
-        if let Some(s) = self.requests.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Arc::clone(s);
-        }
-        let mut w = self.requests.write().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(w.entry(key).or_insert_with(|| {
-            Arc::new(RequestSeries {
-                requests: AtomicU64::new(0),
-                duration: Histogram::new(&DURATION_BUCKETS_MS, 1000.0),
-                request_bytes: Histogram::new(&BYTES_BUCKETS, 1.0),
-                response_bytes: Histogram::new(&BYTES_BUCKETS, 1.0),
-            })
-        }))
-    }
-
-    /// Records one finished request.
-    pub fn record_request(&self, key: RequestKey, took: Duration, request_bytes: u64, response_bytes: u64) {
-        let s = self.request(key);
+    /// Records one finished request: a hash of a few words and atomics.
+    pub fn record_request(
+        &self,
+        labels: RequestLabels<'_>,
+        took: Duration,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        let fast = labels.fast();
+        let found = self.requests.read().unwrap_or_else(|p| p.into_inner()).get(&fast).cloned();
+        let s = match found {
+            Some(s) => s,
+            None => {
+                let mut w = self.requests.write().unwrap_or_else(|p| p.into_inner());
+                Arc::clone(w.entry(fast).or_insert_with(|| {
+                    Arc::new(RequestSeries {
+                        key: labels.owned(),
+                        requests: AtomicU64::new(0),
+                        duration: Histogram::new(&DURATION_BUCKETS_MS, 1000.0),
+                        request_bytes: Histogram::new(&BYTES_BUCKETS, 1.0),
+                        response_bytes: Histogram::new(&BYTES_BUCKETS, 1.0),
+                    })
+                }))
+            }
+        };
         s.requests.fetch_add(1, Relaxed);
         s.duration.observe(took.as_micros().min(u128::from(u64::MAX)) as u64);
         s.request_bytes.observe(request_bytes);
@@ -189,13 +243,10 @@ impl Registry {
     /// Prometheus text for every series; `kernel` adds the connections the
     /// kernel counted for paths that bypass the proxy.
     pub fn render(&self, out: &mut String, kernel: &[KernelConnections]) {
-        let requests: BTreeMap<RequestKey, Arc<RequestSeries>> = self
-            .requests
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
-            .collect();
+        let mut requests: BTreeMap<RequestKey, Vec<Arc<RequestSeries>>> = BTreeMap::new();
+        for s in self.requests.read().unwrap_or_else(|p| p.into_inner()).values() {
+            requests.entry(s.key.clone()).or_default().push(Arc::clone(s));
+        }
         let tcp: BTreeMap<TcpKey, Arc<TcpSeries>> = self
             .tcp
             .read()
@@ -220,7 +271,8 @@ impl Registry {
             "Requests, by source, destination and response (Istio's names and labels).",
         );
         for (k, s) in &requests {
-            let _ = writeln!(out, "istio_requests_total{{{}}} {}", req_labels(k), s.requests.load(Relaxed));
+            let n: u64 = s.iter().map(|s| s.requests.load(Relaxed)).sum();
+            let _ = writeln!(out, "istio_requests_total{{{}}} {n}", req_labels(k));
         }
         type Pick = fn(&RequestSeries) -> &dyn RenderHist;
         let hists: [(&str, &str, Pick); 3] = [
@@ -235,7 +287,8 @@ impl Registry {
         for (name, help, pick) in hists {
             header(out, name, "histogram", help);
             for (k, s) in &requests {
-                pick(s).render_into(out, name, &req_labels(k));
+                let parts: Vec<&dyn RenderHist> = s.iter().map(|s| pick(s)).collect();
+                render_sum(&parts, out, name, &req_labels(k));
             }
         }
         // Istio's TCP series have no path label: sum over paths.
@@ -326,13 +379,40 @@ impl Registry {
 }
 
 trait RenderHist {
-    fn render_into(&self, out: &mut String, name: &str, labels: &str);
+    fn bounds(&self) -> &[f64];
+    fn bucket(&self, i: usize) -> u64;
+    fn count(&self) -> u64;
+    fn sum(&self) -> f64;
 }
 
 impl<const N: usize> RenderHist for Histogram<N> {
-    fn render_into(&self, out: &mut String, name: &str, labels: &str) {
-        self.render(out, name, labels);
+    fn bounds(&self) -> &[f64] {
+        self.bounds
     }
+    fn bucket(&self, i: usize) -> u64 {
+        self.buckets[i].load(Relaxed)
+    }
+    fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+    fn sum(&self) -> f64 {
+        self.sum.load(Relaxed) as f64 / self.scale
+    }
+}
+
+/// Histograms with the same labels and bounds, rendered as one.
+fn render_sum(parts: &[&dyn RenderHist], out: &mut String, name: &str, labels: &str) {
+    let Some(first) = parts.first() else { return };
+    let mut cum = 0;
+    for (i, b) in first.bounds().iter().enumerate() {
+        cum += parts.iter().map(|p| p.bucket(i)).sum::<u64>();
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cum}");
+    }
+    let count: u64 = parts.iter().map(|p| p.count()).sum();
+    let sum: f64 = parts.iter().map(|p| p.sum()).sum();
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -369,10 +449,22 @@ mod tests {
     #[test]
     fn requests_render_as_istio() {
         let r = Registry::default();
-        let key =
-            RequestKey { dest: dest(Some("v1")), protocol: "http", code: 200, grpc_status: None, flags: "-" };
-        r.record_request(key.clone(), Duration::from_micros(3_500), 10, 2_000);
-        r.record_request(key, Duration::from_millis(30), 0, 0);
+        let (svc, ns, v1): (Arc<str>, Arc<str>, Arc<str>) = ("reviews".into(), "default".into(), "v1".into());
+        let labels = RequestLabels {
+            service: &svc,
+            namespace: &ns,
+            version: Some(&v1),
+            protocol: "http",
+            code: 200,
+            grpc_status: None,
+            flags: "-",
+        };
+        r.record_request(labels, Duration::from_micros(3_500), 10, 2_000);
+        // The same labels from other allocations (as after a reload): one series on the page.
+        let (svc2, v1b): (Arc<str>, Arc<str>) = ("reviews".into(), "v1".into());
+        let again = RequestLabels { service: &svc2, version: Some(&v1b), ..labels };
+        r.record_request(again, Duration::from_millis(30), 0, 0);
+        assert_eq!(r.requests.read().unwrap().len(), 2, "two series inside");
         let mut out = String::new();
         r.render(&mut out, &[]);
         assert!(out.contains("# TYPE istio_requests_total counter"), "{out}");

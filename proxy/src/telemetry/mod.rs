@@ -27,7 +27,7 @@ use opentelemetry_sdk::trace::Span;
 
 use self::{
     access_log::AccessLog,
-    metrics::{Destination, Registry, RequestKey},
+    metrics::{Registry, RequestLabels},
     trace::Tracing,
 };
 use crate::http::{Body, BoxError};
@@ -50,7 +50,9 @@ pub struct Outgoing {
     pub b3_single: bool,
 }
 
-/// Carried in a response's extensions from the attempt that produced it.
+/// What the attempt that produced a response tells the request's
+/// accounting: set by the stack's last layer in a task-local cell (no
+/// allocation per request), read by [`crate::http`] once the stack returns.
 #[derive(Debug, Default)]
 pub struct Attempt {
     /// The service and namespace of the cluster it went to (a route may
@@ -59,12 +61,32 @@ pub struct Attempt {
     pub namespace: Option<Arc<str>>,
     pub endpoint: Option<SocketAddr>,
     pub version: Option<Arc<str>>,
-    /// The attempt's CLIENT span, ended with the response body.
-    pub span: Option<SpanSlot>,
 }
 
-/// A span that may sit in `http::Extensions` (which need `Clone + Sync`):
-/// only the first holder owns it.
+tokio::task_local! {
+    /// The request's latest [`Attempt`], within [`with_attempt`].
+    static ATTEMPT: std::cell::RefCell<Attempt>;
+}
+
+/// Runs `f` (a request through its stack) and returns what its last attempt recorded.
+pub async fn with_attempt<T>(f: impl Future<Output = T>) -> (T, Attempt) {
+    ATTEMPT
+        .scope(std::cell::RefCell::new(Attempt::default()), async move {
+            let r = f.await;
+            (r, ATTEMPT.with(|a| a.take()))
+        })
+        .await
+}
+
+/// Records an attempt (outside [`with_attempt`], e.g. in unit tests, nothing happens).
+pub fn record_attempt(a: Attempt) {
+    let _ = ATTEMPT.try_with(|cell| *cell.borrow_mut() = a);
+}
+
+/// An attempt's CLIENT span, carried in its response's extensions (only
+/// when tracing) so that it ends with that response: with the body for
+/// the response the client gets, at once for one a retry throws away.
+/// Extensions need `Clone + Sync`: only the first holder owns the span.
 #[derive(Debug)]
 pub struct SpanSlot(std::sync::Mutex<Option<Span>>);
 
@@ -83,16 +105,10 @@ impl Clone for SpanSlot {
     }
 }
 
-impl Clone for Attempt {
-    fn clone(&self) -> Self {
-        Self {
-            service: self.service.clone(),
-            namespace: self.namespace.clone(),
-            endpoint: self.endpoint,
-            version: self.version.clone(),
-            span: None,
-        }
-    }
+/// The namespace of services whose config names none.
+pub fn default_namespace() -> Arc<str> {
+    static NS: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    Arc::clone(NS.get_or_init(|| Arc::from("default")))
 }
 
 /// Request bytes: known from Content-Length, or counted as the body streams.
@@ -111,7 +127,7 @@ impl RequestBytes {
     }
 }
 
-/// What is known of a request when it arrives.
+/// What the access log needs of a request (read only when it is on).
 #[derive(Debug)]
 pub struct RequestInfo {
     pub method: Method,
@@ -120,26 +136,17 @@ pub struct RequestInfo {
     pub authority: String,
     pub user_agent: String,
     pub request_id: String,
-    pub grpc: bool,
 }
 
 impl RequestInfo {
-    pub fn new(
-        method: Method,
-        uri: Uri,
-        version: Version,
-        headers: &HeaderMap,
-        grpc: bool,
-        log: bool,
-    ) -> Self {
+    pub fn new(method: Method, uri: Uri, version: Version, headers: &HeaderMap) -> Self {
         let h = |k: http::header::HeaderName| {
-            if log {
-                headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
-            } else {
-                String::new()
-            }
+            headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
         };
-        let authority = uri.authority().map(|a| a.to_string()).unwrap_or_else(|| h(http::header::HOST));
+        let authority = match uri.authority() {
+            Some(a) => a.to_string(),
+            None => h(http::header::HOST),
+        };
         Self {
             user_agent: h(http::header::USER_AGENT),
             request_id: h(http::header::HeaderName::from_static("x-request-id")),
@@ -147,9 +154,22 @@ impl RequestInfo {
             method,
             uri,
             version,
-            grpc,
         }
     }
+}
+
+/// The parts of a request's accounting that only access logs and traces
+/// need: boxed, and only made when one of them is on, so that the common
+/// case moves a small struct around.
+#[derive(Debug)]
+pub struct Detail {
+    pub start_wall: SystemTime,
+    /// `None` when there is no access log.
+    pub info: Option<RequestInfo>,
+    pub route: Option<Arc<str>>,
+    pub endpoint: Option<SocketAddr>,
+    pub server_span: Option<Span>,
+    pub client_span: Option<Span>,
 }
 
 /// One request's accounting, finished on drop.
@@ -157,14 +177,11 @@ impl RequestInfo {
 pub struct Exchange {
     pub telemetry: Arc<Telemetry>,
     pub start: Instant,
-    pub start_wall: SystemTime,
-    pub info: RequestInfo,
     pub peer: SocketAddr,
     pub service: Option<Arc<str>>,
     pub namespace: Arc<str>,
-    pub route: Option<Arc<str>>,
-    pub endpoint: Option<SocketAddr>,
     pub version: Option<Arc<str>>,
+    pub grpc: bool,
     pub status: u16,
     pub grpc_status: Option<u16>,
     pub flags: &'static str,
@@ -173,8 +190,7 @@ pub struct Exchange {
     pub response_bytes: u64,
     /// The response body was sent to its end.
     pub complete: bool,
-    pub server_span: Option<Span>,
-    pub client_span: Option<Span>,
+    pub detail: Option<Box<Detail>>,
 }
 
 impl Drop for Exchange {
@@ -184,33 +200,37 @@ impl Drop for Exchange {
             self.flags = "DC";
         }
         if let Some(service) = &self.service {
-            let key = RequestKey {
-                dest: Destination {
-                    service: Arc::clone(service),
-                    namespace: Arc::clone(&self.namespace),
-                    version: self.version.clone(),
-                },
-                protocol: if self.info.grpc { "grpc" } else { "http" },
+            let labels = RequestLabels {
+                service,
+                namespace: &self.namespace,
+                version: self.version.as_ref(),
+                protocol: if self.grpc { "grpc" } else { "http" },
                 code: self.status,
                 grpc_status: self.grpc_status,
                 flags: self.flags,
             };
-            self.telemetry.metrics.record_request(key, took, self.request_bytes.get(), self.response_bytes);
+            self.telemetry.metrics.record_request(
+                labels,
+                took,
+                self.request_bytes.get(),
+                self.response_bytes,
+            );
         }
-        if let Some(mut span) = self.client_span.take() {
+        let Some(mut d) = self.detail.take() else { return };
+        if let Some(mut span) = d.client_span.take() {
             span.end();
         }
-        let ids = self.server_span.as_ref().map(|s| {
+        let ids = d.server_span.as_ref().map(|s| {
             let c = s.span_context();
             (format!("{:032x}", c.trace_id()), format!("{:016x}", c.span_id()))
         });
-        if let Some(mut span) = self.server_span.take() {
+        if let Some(mut span) = d.server_span.take() {
             use opentelemetry::KeyValue;
-            if let Some(r) = &self.route {
-                span.set_attribute(KeyValue::new("sluice.route", r.to_string()));
+            if let Some(r) = &d.route {
+                span.set_attribute(KeyValue::new("sluice.route", Arc::clone(r)));
             }
             if let Some(s) = &self.service {
-                span.set_attribute(KeyValue::new("sluice.service", s.to_string()));
+                span.set_attribute(KeyValue::new("sluice.service", Arc::clone(s)));
             }
             if let Some(g) = self.grpc_status {
                 span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(g)));
@@ -221,18 +241,18 @@ impl Drop for Exchange {
             trace::finish_http(&mut span, self.status, self.error, true);
             span.end();
         }
-        if let Some(log) = &self.telemetry.access_log {
+        if let (Some(log), Some(info)) = (&self.telemetry.access_log, &d.info) {
             let (trace_id, span_id) = match ids {
                 Some((t, s)) => (Some(t), Some(s)),
                 None => (None, None),
             };
             log.request(&access_log::RequestEntry {
-                start_time: access_log::timestamp(self.start_wall),
-                kind: if self.info.grpc { "grpc" } else { "http" },
-                method: self.info.method.as_str(),
-                path: self.info.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-                authority: &self.info.authority,
-                protocol: match self.info.version {
+                start_time: access_log::timestamp(d.start_wall),
+                kind: if self.grpc { "grpc" } else { "http" },
+                method: info.method.as_str(),
+                path: info.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                authority: &info.authority,
+                protocol: match info.version {
                     Version::HTTP_2 => "HTTP/2",
                     Version::HTTP_10 => "HTTP/1.0",
                     _ => "HTTP/1.1",
@@ -244,11 +264,11 @@ impl Drop for Exchange {
                 bytes_sent: self.response_bytes,
                 duration_ms: took.as_secs_f64() * 1000.0,
                 service: self.service.as_deref().unwrap_or("-"),
-                route: self.route.as_deref().unwrap_or("-"),
-                upstream_host: self.endpoint.map(|e| e.to_string()),
+                route: d.route.as_deref().unwrap_or("-"),
+                upstream_host: d.endpoint.map(|e| e.to_string()),
                 downstream_peer: self.peer.to_string(),
-                user_agent: &self.info.user_agent,
-                request_id: &self.info.request_id,
+                user_agent: &info.user_agent,
+                request_id: &info.request_id,
                 trace_id,
                 span_id,
             });
@@ -267,6 +287,11 @@ pin_project_lite::pin_project! {
 }
 
 impl Tracked {
+    /// A body whose request is already accounted for (or never will be).
+    pub fn plain(inner: Body) -> Self {
+        Self { inner, exchange: None }
+    }
+
     pub fn new(inner: Body, exchange: Exchange) -> Self {
         Self { inner, exchange: Some(exchange) }
     }

@@ -128,8 +128,8 @@ impl Tracing {
             None => Context::new(),
         };
         let (host, port) = authority(req);
-        let mut attrs = Vec::with_capacity(12);
-        attrs.push(KeyValue::new("http.request.method", req.method().as_str().to_string()));
+        let mut attrs = Vec::with_capacity(14);
+        attrs.push(KeyValue::new("http.request.method", method_name(req.method())));
         attrs.push(KeyValue::new("url.path", req.uri().path().to_string()));
         if let Some(q) = req.uri().query() {
             attrs.push(KeyValue::new("url.query", q.to_string()));
@@ -150,7 +150,7 @@ impl Tracing {
         self.counters.started.fetch_add(1, Relaxed);
         let span = self
             .tracer
-            .span_builder(Cow::Owned(req.method().as_str().to_string()))
+            .span_builder(method_name(req.method()))
             .with_kind(SpanKind::Server)
             .with_attributes(attrs)
             .start_with_context(&self.tracer, &parent);
@@ -173,11 +173,10 @@ impl Tracing {
             return None;
         }
         let parent = Context::new().with_remote_span_context(server.clone());
-        let mut attrs = Vec::with_capacity(8);
-        attrs.push(KeyValue::new("http.request.method", req.method().as_str().to_string()));
+        let mut attrs = Vec::with_capacity(9);
+        attrs.push(KeyValue::new("http.request.method", method_name(req.method())));
         attrs.push(KeyValue::new("server.address", endpoint.ip().to_string()));
         attrs.push(KeyValue::new("server.port", i64::from(endpoint.port())));
-        attrs.push(KeyValue::new("network.peer.address", endpoint.ip().to_string()));
         attrs.push(KeyValue::new(
             "url.full",
             format!("http://{endpoint}{}", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/")),
@@ -189,7 +188,7 @@ impl Tracing {
         self.counters.started.fetch_add(1, Relaxed);
         let span = self
             .tracer
-            .span_builder(Cow::Owned(req.method().as_str().to_string()))
+            .span_builder(method_name(req.method()))
             .with_kind(SpanKind::Client)
             .with_attributes(attrs)
             .start_with_context(&self.tracer, &parent);
@@ -222,40 +221,48 @@ impl Tracing {
     }
 
     fn inject(&self, ctx: &SpanContext, b3_single: bool, headers: &mut HeaderMap) {
-        if self.settings.tracecontext {
-            let v = format!(
-                "00-{:032x}-{:016x}-{:02x}",
-                ctx.trace_id(),
-                ctx.span_id(),
-                ctx.trace_flags().to_u8() & 1
-            );
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                headers.insert("traceparent", v);
+        // Hex written into stack buffers: one allocation per header (the
+        // header value itself).
+        let mut tid = [0u8; 32];
+        let mut sid = [0u8; 16];
+        hex_into(&ctx.trace_id().to_bytes(), &mut tid);
+        hex_into(&ctx.span_id().to_bytes(), &mut sid);
+        let sampled = if ctx.is_sampled() { b'1' } else { b'0' };
+        let value = |parts: &[&[u8]]| {
+            let mut buf = [0u8; 64];
+            let mut n = 0;
+            for p in parts {
+                buf[n..n + p.len()].copy_from_slice(p);
+                n += p.len();
+            }
+            HeaderValue::from_bytes(&buf[..n]).ok()
+        };
+        if self.settings.tracecontext
+            && let Some(v) = value(&[b"00-", &tid, b"-", &sid, b"-0", &[sampled]])
+        {
+            headers.insert("traceparent", v);
+        }
+        if !self.settings.b3 {
+            return;
+        }
+        if b3_single {
+            if let Some(v) = value(&[&tid, b"-", &sid, b"-", &[sampled]]) {
+                headers.insert("b3", v);
+            }
+            return;
+        }
+        for (k, v) in [
+            ("x-b3-traceid", value(&[&tid])),
+            ("x-b3-spanid", value(&[&sid])),
+            ("x-b3-sampled", value(&[&[sampled]])),
+        ] {
+            if let Some(v) = v {
+                headers.insert(k, v);
             }
         }
-        if self.settings.b3 {
-            let sampled = if ctx.is_sampled() { "1" } else { "0" };
-            if b3_single {
-                let v = format!("{:032x}-{:016x}-{sampled}", ctx.trace_id(), ctx.span_id());
-                if let Ok(v) = HeaderValue::from_str(&v) {
-                    headers.insert("b3", v);
-                }
-            } else {
-                for (k, v) in [
-                    ("x-b3-traceid", format!("{:032x}", ctx.trace_id())),
-                    ("x-b3-spanid", format!("{:016x}", ctx.span_id())),
-                    ("x-b3-sampled", sampled.to_string()),
-                ] {
-                    if let Ok(v) = HeaderValue::from_str(&v) {
-                        headers.insert(k, v);
-                    }
-                }
-                // The parent's id would now be wrong; the debug flag is carried
-                // by x-b3-sampled.
-                headers.remove("x-b3-parentspanid");
-                headers.remove("x-b3-flags");
-            }
-        }
+        // The parent's id would now be wrong; the debug flag is carried by x-b3-sampled.
+        headers.remove("x-b3-parentspanid");
+        headers.remove("x-b3-flags");
     }
 }
 
@@ -283,6 +290,25 @@ pub fn finish_http(span: &mut Span, status: u16, error: Option<&str>, server: bo
     }
 }
 
+/// The method as a span name and attribute value; the standard ones
+/// without an allocation.
+fn method_name(m: &http::Method) -> Cow<'static, str> {
+    use http::Method as M;
+    Cow::Borrowed(match *m {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        M::PATCH => "PATCH",
+        M::CONNECT => "CONNECT",
+        M::TRACE => "TRACE",
+        // Semantic conventions: other methods are reported as _OTHER.
+        _ => "_OTHER",
+    })
+}
+
 fn protocol_version(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "0.9",
@@ -300,10 +326,12 @@ fn authority<B>(req: &Request<B>) -> (Option<String>, Option<u16>) {
         .map(|a| a.as_str())
         .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()));
     let Some(raw) = raw else { return (None, None) };
-    match raw.parse::<http::uri::Authority>() {
-        Ok(a) => (Some(a.host().to_string()), a.port_u16()),
-        Err(_) => (Some(raw.to_string()), None),
-    }
+    // host, host:port, [v6], [v6]:port
+    let (host, port) = match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => (&raw[..i], raw[i + 1..].parse().ok()),
+        _ => (raw, None),
+    };
+    (Some(host.trim_start_matches('[').trim_end_matches(']').to_string()), port)
 }
 
 /// A context found in request headers.
@@ -356,6 +384,15 @@ pub fn extract(h: &HeaderMap) -> Option<Extracted> {
 fn remote(tid: TraceId, sid: SpanId, sampled: Option<bool>) -> SpanContext {
     let flags = if sampled == Some(true) { TraceFlags::SAMPLED } else { TraceFlags::default() };
     SpanContext::new(tid, sid, flags, true, TraceState::default())
+}
+
+/// Lower-case hex of `bytes` into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -461,6 +498,35 @@ mod tests {
         }
         // A later version may carry more fields.
         assert!(parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-x").is_some());
+    }
+
+    #[test]
+    fn injected_headers_read_back() {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let t = Tracing::new(
+            opentelemetry::trace::TracerProvider::tracer(&provider, "t"),
+            TraceSettings::default(),
+            Default::default(),
+        );
+        let ctx = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let mut h = headers(&[("x-b3-parentspanid", "1111111111111111")]);
+        t.inject(&ctx, false, &mut h);
+        assert_eq!(h["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(h["x-b3-traceid"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(h["x-b3-spanid"], "00f067aa0ba902b7");
+        assert_eq!(h["x-b3-sampled"], "1");
+        assert!(h.get("x-b3-parentspanid").is_none());
+        let mut h = HeaderMap::new();
+        t.inject(&ctx, true, &mut h);
+        assert_eq!(h["b3"], "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1");
+        let back = extract(&h).unwrap();
+        assert_eq!(back.ctx.span_id(), ctx.span_id());
     }
 
     #[test]
