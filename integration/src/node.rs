@@ -51,6 +51,11 @@ mod tempfile_dir {
 
 impl Node {
     pub fn start(o: NodeOpts<'_>) -> Self {
+        Self::start_env(o, &[])
+    }
+
+    /// [`Node::start`] with more environment variables for the node.
+    pub fn start_env(o: NodeOpts<'_>, env: &[(&str, &str)]) -> Self {
         let instance = crate::unique(o.test).trim_start_matches("sluice-").to_string();
         let dir = std::env::temp_dir().join(format!("sluice-{instance}"));
         std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -89,6 +94,7 @@ impl Node {
             .expect("log file");
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
+            .envs(env.iter().copied())
             .env(
                 "SLUICE_LOG",
                 std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info,sluice_proxy=debug".into()),

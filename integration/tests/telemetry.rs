@@ -208,6 +208,70 @@ endpoints:
         .wait_spans("the last trace", |s| s.iter().any(|x| x.trace_id == "11111111111111111111111111111111"));
     assert!(!spans.iter().any(|s| s.trace_id == unsampled || s.trace_id == not), "{spans:#?}");
     assert_eq!(m.node.metric("sluice_tracing_sampling_ratio"), Some(0.0));
+    // The ratio follows a config reload; new traces are then recorded.
+    m.node.write_config(&config.replace("sampling: 0}", "sampling: 1.0}"));
+    wait_for("the new sampling ratio", Duration::from_secs(5), || {
+        (m.node.metric("sluice_tracing_sampling_ratio") == Some(1.0)).then_some(())
+    });
+    let r = curl(cg, &["http://127.100.3.20/after-reload"]);
+    let (fresh, _, flags) = traceparent_seen(&r.body);
+    assert_eq!(flags, "01");
+    rotel.wait_spans("the new trace", |s| s.iter().any(|x| x.trace_id == fresh));
+}
+
+#[test]
+fn standard_otel_environment_configures_tracing() {
+    if !privileged("standard_otel_environment_configures_tracing") {
+        return;
+    }
+    let rotel = Rotel::start();
+    let web = HttpEndpoint::start("web");
+    // No telemetry section: the OTEL_* variables alone turn tracing on.
+    let config = format!(
+        "services:\n  - {{name: web, vips: [127.100.3.50], ports: [{{port: 80}}]}}\nendpoints:\n{}",
+        endpoints_yaml("web", &[(&web, None)])
+    );
+    let cg = sluice_integration::CgroupGuard::new("tel_env");
+    let endpoint = format!("http://{}", rotel.http);
+    let node = sluice_integration::Node::start_env(
+        sluice_integration::node::NodeOpts {
+            test: "tel_env",
+            config: &config,
+            cgroup: cg.path(),
+            netns: None,
+            node_in_cgroup: false,
+            args: &[],
+        },
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_SERVICE_NAME", "edge-node"),
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1"),
+            ("OTEL_PROPAGATORS", "tracecontext"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    assert!(node.log().contains("exporting traces over OTLP"), "{}", node.log());
+    // traceidratio is not parent-based: an unsampled caller does not stop the trace here.
+    let r = curl(
+        cg.path(),
+        &[
+            "-H",
+            "traceparent: 00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-00",
+            "http://127.100.3.50/env",
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let (trace, _, flags) = traceparent_seen(&r.body);
+    assert_eq!((trace.as_str(), flags.as_str()), ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "01"));
+    assert!(!r.body.contains("x-b3-"), "OTEL_PROPAGATORS=tracecontext: no B3 injected: {}", r.body);
+    let spans = rotel.wait_spans("spans from the env-configured node", |s| {
+        s.iter().filter(|x| x.trace_id == trace).count() >= 2
+    });
+    let server = spans.iter().find(|s| s.trace_id == trace && s.kind.contains("SERVER")).unwrap();
+    assert_eq!(server.service, "edge-node");
+    assert_eq!(server.parent_id, "bbbbbbbbbbbbbbbb");
 }
 
 /// Name, labels, value.
