@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, bail};
 
 /// Objects built from `bpf/<name>.bpf.c`; `src/lib.rs` names the same list.
-const PROGRAMS: &[&str] = &["sock_addr", "sock_ops", "reuseport", "xdp", "tc", "sk_skb"];
+const PROGRAMS: &[&str] = &["sock_addr", "sock_ops", "reuseport", "xdp", "tc", "sk_skb", "sk_msg"];
 
 fn main() -> anyhow::Result<()> {
     let dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);

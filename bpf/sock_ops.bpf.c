@@ -55,12 +55,57 @@ static __always_inline void sl_rekey_orig_dst(struct bpf_sock_ops *skops)
 	bpf_map_delete_elem(&sl_pend, &cookie);
 }
 
+/*
+ * sk_msg acceleration: an established local socket of an app <-> proxy pair
+ * joins sl_msg, so the sk_msg program can send its data straight into the
+ * peer's receive queue. Only while the node has it on (sl_msg_on: the
+ * proxy port), only loopback pairs, only those with the proxy's port at one end.
+ */
+/* Whether one end is a local endpoint of the mesh (the proxy <-> endpoint hop). */
+static __always_inline int sl_msg_endpoint_end(const struct sl_flow_key *key)
+{
+	struct sl_svc_key ep = {};
+
+	__builtin_memcpy(ep.addr_be, key->src_addr_be, sizeof(ep.addr_be));
+	ep.port_be = key->src_port_be;
+	if (bpf_map_lookup_elem(&sl_msg_eps, &ep))
+		return 1;
+	__builtin_memcpy(ep.addr_be, key->dst_addr_be, sizeof(ep.addr_be));
+	ep.port_be = key->dst_port_be;
+	return bpf_map_lookup_elem(&sl_msg_eps, &ep) != 0;
+}
+
+static __always_inline void sl_msg_join(struct bpf_sock_ops *skops)
+{
+	__u32 zero = 0;
+	__u32 *port = bpf_map_lookup_elem(&sl_msg_on, &zero);
+	struct sl_flow_key key = {};
+	__u16 proxy_be;
+
+	if (!port || *port == 0)
+		return;
+	sl_flow_from_skops(skops, &key);
+	if (!sl_is_loopback(key.src_addr_be) || !sl_is_loopback(key.dst_addr_be))
+		return;
+	proxy_be = bpf_htons((__u16)*port);
+	if (key.src_port_be != proxy_be && key.dst_port_be != proxy_be && !sl_msg_endpoint_end(&key))
+		return;
+	/* A new socket starts on the fast path, whatever an old one with this 4-tuple did. */
+	bpf_map_delete_elem(&sl_msg_taint, &key);
+	if (bpf_sock_hash_update(skops, &sl_msg, &key, BPF_NOEXIST) == 0)
+		sl_msg_count(SL_MSG_STAT_JOINED, 1);
+}
+
 SEC("sockops")
 int sl_sock_ops(struct bpf_sock_ops *skops)
 {
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		sl_rekey_orig_dst(skops);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		sl_msg_join(skops);
 		break;
 	default:
 		break;

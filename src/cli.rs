@@ -133,6 +133,12 @@ pub(crate) struct NodeArgs {
     /// data short (Sluice then resets the connection rather than truncate it).
     #[arg(long, value_enum, default_value_t = FastPath::Off)]
     pub splice: FastPath,
+    /// sk_msg acceleration of local app <-> proxy pairs (sends go straight
+    /// into the peer socket, skipping loopback TCP/IP): `auto` turns it on if
+    /// the start-up self-test passes, `off` (the default) never. Not with
+    /// `--splice auto` (a socket cannot be on both paths).
+    #[arg(long, value_enum, default_value_t = FastPath::Off)]
+    pub sk_msg: FastPath,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -143,6 +149,9 @@ pub(crate) enum FastPath {
     /// For tests: the self-test fails on purpose (proves the fallback).
     #[value(hide = true)]
     FailSelfTest,
+    /// For benchmarks only: on without the self-test (sk_msg).
+    #[value(hide = true, name = "unsafe-no-self-test")]
+    UnsafeNoSelfTest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

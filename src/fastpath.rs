@@ -5,7 +5,7 @@
 use std::{os::fd::BorrowedFd, sync::Arc};
 
 use sluice_proxy::{Splice, SpliceIds, Splicing};
-use sluice_redirector::{SplicedPair, Splicer, sys};
+use sluice_redirector::{LocalPairs, SplicedPair, Splicer, sys};
 
 use crate::cli::FastPath;
 
@@ -42,6 +42,84 @@ pub(crate) struct PathState {
     pub reason: String,
     /// The loaded programs, whose counters `/metrics` shows.
     pub splicer: Option<Arc<Splicer>>,
+    pub local_pairs: Option<Arc<LocalPairs>>,
+}
+
+/// The proxy's view of the sk_msg map.
+struct KernelPairs(Arc<LocalPairs>);
+
+impl sluice_proxy::JoinLocalPair for KernelPairs {
+    fn join(
+        &self,
+        fd: BorrowedFd<'_>,
+        local: std::net::SocketAddr,
+        peer: std::net::SocketAddr,
+    ) -> std::io::Result<()> {
+        self.0.join(fd, local, peer).map_err(std::io::Error::other)
+    }
+}
+
+/// Loads and self-tests the sk_msg path (the node's maps must be pinned);
+/// when it passes, sock_ops starts adding pairs with the proxy port and the
+/// proxy adds its ends.
+pub(crate) async fn sk_msg(
+    mode: FastPath,
+    pin_dir: &std::path::Path,
+    proxy_port: u16,
+    slot: &sluice_proxy::LocalPairs,
+    config: &sluice_mesh_config::MeshConfig,
+) -> PathState {
+    let mut st =
+        PathState { name: "sk_msg", enabled: false, reason: String::new(), splicer: None, local_pairs: None };
+    match mode {
+        FastPath::Off => st.reason = "--sk-msg off".into(),
+        FastPath::Auto | FastPath::FailSelfTest | FastPath::UnsafeNoSelfTest => {
+            match LocalPairs::load(pin_dir) {
+                Err(e) => st.reason = format!("cannot load: {e}"),
+                Ok(lp) => {
+                    let lp = Arc::new(lp);
+                    let tested = if mode == FastPath::FailSelfTest {
+                        Err("failed on purpose (--sk-msg fail-self-test)".to_string())
+                    } else if mode == FastPath::UnsafeNoSelfTest {
+                        tracing::warn!(
+                            "sk_msg: self-test SKIPPED (--sk-msg unsafe-no-self-test): for benchmarks only, data may stall"
+                        );
+                        Ok(sluice_redirector::MsgSelfTest { redirected_bytes: 0 })
+                    } else {
+                        let t = Arc::clone(&lp);
+                        tokio::task::spawn_blocking(move || t.self_test())
+                            .await
+                            .unwrap_or_else(|e| Err(format!("self-test crashed: {e}")))
+                    };
+                    let on = |x| -> Result<_, String> {
+                        lp.set_local_endpoints(config).map_err(|e| e.to_string())?;
+                        lp.set_on(proxy_port).map_err(|e| e.to_string())?;
+                        Ok(x)
+                    };
+                    match tested.and_then(on) {
+                        Ok(x) => {
+                            let _ = slot.0.set(Arc::new(KernelPairs(Arc::clone(&lp))));
+                            st.enabled = true;
+                            st.reason =
+                                format!("self-test passed ({} bytes through sk_msg)", x.redirected_bytes);
+                        }
+                        Err(e) => st.reason = format!("self-test failed: {e}"),
+                    }
+                    st.local_pairs = Some(lp);
+                }
+            }
+        }
+    }
+    if st.enabled {
+        tracing::info!(path = "sk_msg", "fast path on: sk_msg for local app <-> proxy pairs; {}", st.reason);
+    } else {
+        tracing::warn!(
+            path = "sk_msg",
+            "fast path off: sk_msg for local app <-> proxy pairs; {}; they use loopback TCP",
+            st.reason
+        );
+    }
+    st
 }
 
 /// Every fast path's state, decided at start-up (read by `/metrics`).
@@ -49,10 +127,16 @@ pub(crate) type States = Arc<[PathState]>;
 
 /// Loads and self-tests sk_skb splicing; the splicer when it is on.
 pub(crate) async fn splice(mode: FastPath) -> (Option<Splicing>, PathState) {
-    let state = |enabled, reason: String| PathState { name: "splice", enabled, reason, splicer: None };
+    let state = |enabled, reason: String| PathState {
+        name: "splice",
+        enabled,
+        reason,
+        splicer: None,
+        local_pairs: None,
+    };
     let (splicing, state) = match mode {
         FastPath::Off => (None, state(false, "--splice off".into())),
-        FastPath::Auto | FastPath::FailSelfTest => match Splicer::load() {
+        FastPath::Auto | FastPath::FailSelfTest | FastPath::UnsafeNoSelfTest => match Splicer::load() {
             Err(e) => (None, state(false, format!("cannot load: {e}"))),
             Ok(splicer) => {
                 let splicer = Arc::new(splicer);

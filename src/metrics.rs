@@ -143,6 +143,15 @@ fn path_metrics(m: &mut Metrics, proxy: &ProxyStats, fast_paths: &crate::fastpat
             if p.enabled { 1.0 } else { 0.0 },
         );
     }
+    for (counter, n) in fast_paths.iter().filter_map(|p| p.local_pairs.as_ref()).flat_map(|s| s.stats()) {
+        m.sample(
+            "sluice_sk_msg_kernel_total",
+            "counter",
+            "What the sk_msg program did: sends put straight into the peer socket (and their bytes), sends on the TCP path, sockets sock_ops added.",
+            &[("counter", counter)],
+            n as f64,
+        );
+    }
     for (counter, n) in fast_paths.iter().filter_map(|p| p.splicer.as_ref()).flat_map(|s| s.stats()) {
         m.sample(
             "sluice_splice_kernel_total",

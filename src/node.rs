@@ -140,6 +140,8 @@ pub(crate) struct NodeHandle {
     pub admin_addr: SocketAddr,
     drop_events: Arc<std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>>,
     admin: crate::admin::Admin,
+    /// The sk_msg path when on (its endpoint set follows the config).
+    msg_pairs: Option<Arc<sluice_redirector::LocalPairs>>,
     telemetry: Arc<Telemetry>,
     export: Option<crate::otel::TraceExport>,
     /// However the handle goes away, the workers are told to stop.
@@ -161,8 +163,14 @@ impl NodeHandle {
         let workers =
             args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let (telemetry, export) = telemetry(&config)?;
+        if args.splice != crate::cli::FastPath::Off && args.sk_msg != crate::cli::FastPath::Off {
+            return Err(Failure::new(
+                exit::BAD_INPUT,
+                "--splice and --sk-msg cannot both be on: a socket whose sends go through sk_msg is not seen by the sk_skb splice; pick one",
+            ));
+        }
         let (splice, splice_state) = crate::fastpath::splice(args.splice).await;
-        let fast_paths: crate::fastpath::States = Arc::new([splice_state]);
+        let local_pairs = sluice_proxy::LocalPairs::default();
         let proxy = Proxy::bind(ProxyConfig {
             listen4: ([127, 0, 0, 1], port).into(),
             listen6: Some((std::net::Ipv6Addr::LOCALHOST, port).into()),
@@ -180,6 +188,7 @@ impl NodeHandle {
             },
             splice,
             telemetry: Arc::clone(&telemetry),
+            local_pairs: local_pairs.clone(),
             ..ProxyConfig::default()
         })
         .await
@@ -211,6 +220,11 @@ impl NodeHandle {
         };
         write_policy_state(&args.instance, policy.as_ref());
         let report = redirector.services().sync(&config)?;
+        let msg_state =
+            crate::fastpath::sk_msg(args.sk_msg, redirector.pin_dir(), proxy4.port(), &local_pairs, &config)
+                .await;
+        let msg_pairs = msg_state.local_pairs.clone().filter(|_| msg_state.enabled);
+        let fast_paths: crate::fastpath::States = Arc::new([splice_state, msg_state]);
         tracing::info!(services = config.services.len(), addresses = report.added, "config applied");
 
         let hooks = Arc::new(KernelWorkers {
@@ -255,6 +269,7 @@ impl NodeHandle {
             tracing::info!(predecessor = p.pid, "told the running node to drain and exit");
         }
         Ok(Self {
+            msg_pairs,
             admin,
             telemetry,
             export,
@@ -349,6 +364,11 @@ impl NodeHandle {
                 // Routes next: an address the map starts redirecting must already be routable.
                 self.routes.apply(&new);
                 self.apply_telemetry(&new);
+                if let Some(lp) = &self.msg_pairs
+                    && let Err(e) = lp.set_local_endpoints(&new)
+                {
+                    tracing::warn!(error = %e, "sk_msg: the local endpoint set was not updated");
+                }
                 self.admin.set_config(&new, self.export.as_ref());
                 match self.redirector.services().sync(&new) {
                     Ok(r) => {

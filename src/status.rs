@@ -96,6 +96,16 @@ fn print_paths(instance: &str, zero_hop: u64) {
         );
     }
     println!("  {:<10} {:<5} {:>12} {:>14} {:>14}", "zero-hop", "yes", zero_hop, "(kernel only)", "");
+    // sk_msg moves sends between sockets the proxy still reads and writes:
+    // its count is of sockets joined and bytes moved, beside the paths above.
+    println!(
+        "  {:<10} {:<5} {:>12} {:>14} {:>14}",
+        "sk_msg",
+        if value("sluice_fast_path_enabled{path=\"sk_msg\"}") == 1 { "yes" } else { "no" },
+        format!("{} sockets", value("sluice_sk_msg_kernel_total{counter=\"joined_sockets\"}")),
+        format!("{} bytes", value("sluice_sk_msg_kernel_total{counter=\"redirected_bytes\"}")),
+        "(both ways)"
+    );
     println!(
         "  {:<10} {:<5} {:>12} {:>14} {:>14}",
         "http",

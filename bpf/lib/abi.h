@@ -220,6 +220,18 @@ struct sl_splice_peer {
 	__u64 bytes; /* redirected from this socket to its peer */
 };
 
+/* sk_msg acceleration of local pairs: counters (sl_msg_stats). */
+enum sl_msg_stat {
+	SL_MSG_STAT_REDIRECTED = 0, /* sends put straight into the peer socket's receive queue */
+	SL_MSG_STAT_BYTES = 1,      /* their bytes */
+	SL_MSG_STAT_NO_PEER = 2,    /* sends whose peer was not in the map: TCP path, and the socket stays on it */
+	SL_MSG_STAT_STAYED = 3,     /* sends of such a socket, on the TCP path (keeps the byte order) */
+	SL_MSG_STAT_JOINED = 4,     /* sockets sock_ops put into the map */
+	SL_MSG_STAT_COUNT = 5,
+};
+
+#define SL_MSG_MAX 65536
+
 enum sl_spl_stat {
 	SL_SPL_STAT_REDIRECTED = 0, /* skbs sent on to the peer socket */
 	SL_SPL_STAT_BYTES = 1,      /* their bytes */

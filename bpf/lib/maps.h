@@ -56,6 +56,64 @@ struct {
 	__type(value, struct sl_sockaddr);
 } sl_zh_peer SEC(".maps");
 
+/*
+ * sk_msg acceleration: both ends of local app <-> proxy pairs, keyed by the
+ * socket's own 4-tuple (src = local end). sl_msg_on[0] is the proxy port
+ * (host order) while the fast path is on, 0 when off.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, SL_MSG_MAX);
+	__type(key, struct sl_flow_key);
+	__type(value, __u32);
+} sl_msg SEC(".maps");
+
+/* Sockets that sent on the TCP path once: they stay on it (LRU: stale keys only keep a socket on TCP). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SL_MSG_MAX);
+	__type(key, struct sl_flow_key);
+	__type(value, __u8);
+} sl_msg_taint SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SL_MSG_STAT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} sl_msg_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} sl_msg_on SEC(".maps");
+
+/* Local endpoints (loopback address and port) of the mesh: their pairs with the proxy join sl_msg too. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct sl_svc_key);
+	__type(value, __u8);
+} sl_msg_eps SEC(".maps");
+
+static __always_inline void sl_msg_count(__u32 stat, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&sl_msg_stats, &stat);
+
+	if (c)
+		*c += n;
+}
+
+static __always_inline int sl_is_loopback(const __u32 addr_be[4])
+{
+	/* 127.0.0.0/8 (v4-mapped) or ::1 */
+	if (addr_be[0] == 0 && addr_be[1] == 0 && addr_be[2] == bpf_htonl(0xffff))
+		return (bpf_ntohl(addr_be[3]) >> 24) == 127;
+	return addr_be[0] == 0 && addr_be[1] == 0 && addr_be[2] == 0 && addr_be[3] == bpf_htonl(1);
+}
+
 /* Zero-hop connections by the service address dialed (per CPU), for metrics. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);

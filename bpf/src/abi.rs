@@ -240,6 +240,35 @@ impl SpliceStat {
 
 const _: () = assert!(std::mem::size_of::<SplicePeer>() == 16);
 
+/// `enum sl_msg_stat`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsgStat {
+    Redirected = 0,
+    Bytes = 1,
+    NoPeer = 2,
+    Stayed = 3,
+    Joined = 4,
+}
+
+impl MsgStat {
+    pub const ALL: [MsgStat; 5] =
+        [MsgStat::Redirected, MsgStat::Bytes, MsgStat::NoPeer, MsgStat::Stayed, MsgStat::Joined];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MsgStat::Redirected => "redirected_sends",
+            MsgStat::Bytes => "redirected_bytes",
+            MsgStat::NoPeer => "no_peer_sends",
+            MsgStat::Stayed => "tcp_path_sends",
+            MsgStat::Joined => "joined_sockets",
+        }
+    }
+}
+
+/// `SL_MSG_MAX`: sockets in the sk_msg map.
+pub const MSG_MAX: u32 = 65536;
+
 /// `SL_MAX_RULES`: rules per direction.
 pub const MAX_RULES: u32 = 64;
 

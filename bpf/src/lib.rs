@@ -51,8 +51,12 @@ pub const TC: Object =
 pub const SK_SKB: Object =
     Object { name: "sk_skb", bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk_skb.bpf.o")) };
 
+/// `sk_msg` (program `sl_msg_verdict`): local app <-> proxy pairs skip loopback TCP.
+pub const SK_MSG: Object =
+    Object { name: "sk_msg", bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk_msg.bpf.o")) };
+
 /// Every object, in load order.
-pub const OBJECTS: &[Object] = &[SOCK_ADDR, SOCK_OPS, REUSEPORT, XDP, TC, SK_SKB];
+pub const OBJECTS: &[Object] = &[SOCK_ADDR, SOCK_OPS, REUSEPORT, XDP, TC, SK_SKB, SK_MSG];
 
 /// Map names (`sl_` prefix, at most 15 characters, as `bpftool map` shows them).
 pub mod maps {
@@ -76,6 +80,16 @@ pub mod maps {
     pub const ZH_PEER: &str = "sl_zh_peer";
     /// Zero-hop connections per service address: [`crate::abi::SvcKey`] → per-CPU `u64`.
     pub const ZH_CONNS: &str = "sl_zh_conns";
+    /// sk_msg: both ends of local app <-> proxy pairs (`SOCKHASH`, [`crate::abi::FlowKey`] keys).
+    pub const MSG: &str = "sl_msg";
+    /// sk_msg: sockets that went the TCP path and stay on it ([`crate::abi::FlowKey`] → `u8`).
+    pub const MSG_TAINT: &str = "sl_msg_taint";
+    /// sk_msg: per-CPU counters by [`crate::abi::MsgStat`].
+    pub const MSG_STATS: &str = "sl_msg_stats";
+    /// sk_msg: one `u32`, the proxy port while on, 0 when off.
+    pub const MSG_ON: &str = "sl_msg_on";
+    /// sk_msg: local endpoints of the mesh ([`crate::abi::SvcKey`] → `u8`).
+    pub const MSG_ENDPOINTS: &str = "sl_msg_eps";
     /// Proxy liveness: [`crate::abi::Live`].
     pub const LIVE: &str = "sl_live";
     /// Worker listeners (IPv4), `REUSEPORT_SOCKARRAY` by slot.
@@ -133,6 +147,11 @@ pub mod maps {
         ZH_ENDPOINTS,
         ZH_PEER,
         ZH_CONNS,
+        MSG,
+        MSG_TAINT,
+        MSG_STATS,
+        MSG_ON,
+        MSG_ENDPOINTS,
     ];
 }
 
@@ -143,6 +162,7 @@ pub mod programs {
     pub const GETPEERNAME4: &str = "sl_getpeername4";
     pub const GETPEERNAME6: &str = "sl_getpeername6";
     pub const SOCK_OPS: &str = "sl_sock_ops";
+    pub const MSG_VERDICT: &str = "sl_msg_verdict";
     pub const REUSEPORT: &str = "sl_reuseport";
     pub const XDP_POLICY: &str = "sl_xdp_policy";
     pub const TC_EGRESS: &str = "sl_tc_egress";

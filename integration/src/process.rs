@@ -202,6 +202,13 @@ pub fn echo_process(netns: Option<&str>, listen: &str, after_eof: bool) -> (Chil
     testkit_server("echo", netns, listen, after_eof)
 }
 
+/// Starts `sluice-testkit echo` inside `cgroup` (an endpoint that is a mesh workload itself).
+pub fn echo_in_cgroup(cgroup: &Path, listen: &str) -> (ChildGuard, SocketAddr) {
+    let mut cmd =
+        exec_in(cgroup, crate::target_bin("sluice-testkit").to_str().expect("utf-8 path"), &["echo"]);
+    spawn_server(&mut cmd, listen)
+}
+
 fn testkit_server(
     kind: &str,
     netns: Option<&str>,
@@ -216,6 +223,11 @@ fn testkit_server(
     if after_eof {
         cmd.arg("--after-eof");
     }
+    spawn_server(&mut cmd, listen)
+}
+
+/// Spawns a testkit server (with `listen` as its last argument); waits for its address.
+fn spawn_server(cmd: &mut Command, listen: &str) -> (ChildGuard, SocketAddr) {
     let mut child = cmd.arg(listen).stdout(Stdio::piped()).spawn().expect("spawn testkit");
     let stdout = child.stdout.take().expect("stdout");
     let guard = ChildGuard(child);

@@ -28,7 +28,7 @@ pub mod telemetry;
 
 pub use error::ProxyError;
 pub use http::HttpLimits;
-pub use listener::{NoHooks, Proxy, ProxyConfig, WorkerHooks};
+pub use listener::{JoinLocalPair, LocalPairs, NoHooks, Proxy, ProxyConfig, WorkerHooks};
 pub use route::Routes;
 pub use splice::{Splice, SpliceIds, Splicing};
 pub use stats::ProxyStats;

@@ -47,6 +47,24 @@ pub struct ProxyConfig {
     pub splice: Option<crate::Splicing>,
     /// Metrics, traces and access logs.
     pub telemetry: Arc<crate::Telemetry>,
+    /// sk_msg acceleration: set (once, after its self-test) when on.
+    pub local_pairs: LocalPairs,
+}
+
+/// The kernel's map of local pairs: the proxy adds its end of each accepted
+/// connection before reading from it.
+pub trait JoinLocalPair: Send + Sync + 'static {
+    fn join(&self, fd: std::os::fd::BorrowedFd<'_>, local: SocketAddr, peer: SocketAddr) -> io::Result<()>;
+}
+
+/// Where the sk_msg path is, once it is on.
+#[derive(Clone, Default)]
+pub struct LocalPairs(pub Arc<std::sync::OnceLock<Arc<dyn JoinLocalPair>>>);
+
+impl std::fmt::Debug for LocalPairs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "LocalPairs(on)" } else { "LocalPairs(off)" })
+    }
 }
 
 impl Default for ProxyConfig {
@@ -62,6 +80,7 @@ impl Default for ProxyConfig {
             http: HttpLimits::default(),
             splice: None,
             telemetry: Arc::default(),
+            local_pairs: LocalPairs::default(),
         }
     }
 }
@@ -368,6 +387,15 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &Ctx) {
         tracing::warn!(error = %ProxyError::NoOriginalDst { peer, local }, "connection refused");
         return;
     };
+    if let Some(lp) = ctx.cfg.local_pairs.0.get()
+        && peer.ip().is_loopback()
+    {
+        // Before anything is read or written: from here on the app's sends
+        // may land straight in this socket.
+        if let Err(e) = lp.join(std::os::fd::AsFd::as_fd(&stream), local, peer) {
+            tracing::debug!(%peer, error = %e, "local pair stays on TCP");
+        }
+    }
     let table = ctx.routes.load();
     let Some(backend) = table.get(orig).cloned() else {
         ctx.stats.unknown_service.fetch_add(1, Relaxed);

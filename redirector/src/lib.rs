@@ -34,7 +34,10 @@ mod workers;
 pub use error::Error;
 pub use live::{Liveness, monotonic_ns};
 pub use maps::{OrigDstTable, ServiceMap, Stats, zero_hop_counts};
-pub use programs::sk_skb::{SplicedPair, Splicer};
+pub use programs::{
+    sk_msg::{LocalPairs, MsgSelfTest},
+    sk_skb::{SplicedPair, Splicer},
+};
 pub use redirector::{Predecessor, Redirector, RedirectorConfig};
 pub use sluice_bpf::abi::{FailMode, LbMode, WorkerState};
 pub use workers::{WorkerInfo, Workers};

@@ -327,7 +327,7 @@ impl Drop for PinDirGuard {
     }
 }
 
-fn load(obj: &Object, pin_dir: &Path, cfg: Option<&abi::Config>) -> Result<Ebpf, Error> {
+pub(crate) fn load(obj: &Object, pin_dir: &Path, cfg: Option<&abi::Config>) -> Result<Ebpf, Error> {
     let paths: Vec<(&'static str, PathBuf)> = maps::SHARED.iter().map(|m| (*m, pin_dir.join(m))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {

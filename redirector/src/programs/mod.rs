@@ -6,6 +6,7 @@
 //! (link_create refuses attach flags): other tools can still attach to the same
 //! or nested cgroups, and `CgroupAttachMode::Single` is the only mode aya may pass.
 
+pub(crate) mod sk_msg;
 pub(crate) mod sk_skb;
 pub(crate) mod sock_addr;
 pub(crate) mod sock_ops;

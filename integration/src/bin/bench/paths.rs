@@ -73,10 +73,13 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
     };
     // (name, node args and zero-hop; None: no node)
     type Mode<'a> = (&'a str, Option<(&'a [&'a str], bool)>);
-    let modes: [Mode; 4] = [
+    let modes: [Mode; 5] = [
         ("direct", None),
         ("proxy (userspace copy)", Some((&["--splice", "off"], false))),
         ("sk_skb splice", Some((&["--splice", "auto"], false))),
+        // Its self-test fails on this kernel (half-close stall): measured with
+        // the test skipped, the node in the mesh cgroup (client <-> proxy hop).
+        ("sk_msg (forced)", Some((&["--sk-msg", "unsafe-no-self-test"], false))),
         ("zero-hop", Some((&["--splice", "off"], true))),
     ];
     println!("echo backend: sluice-testkit echo (thread per connection); the node runs 1 worker");
@@ -99,7 +102,7 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
                             config: &config(*zero_hop),
                             cgroup: cg.path(),
                             netns: None,
-                            node_in_cgroup: false,
+                            node_in_cgroup: args.contains(&"--sk-msg"),
                             args: &all,
                         });
                         (Some(n), format!("{vip}:7"))
@@ -111,11 +114,19 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
                 pin(echo.0.id(), pinned)?;
                 let secs_s = secs.to_string();
                 let pp = testkit(&cg, pinned, &["pingpong", "--secs", &secs_s, &target, "64"])?;
-                let bulk = testkit(&cg, pinned, &["bulk", &target, "1073741824"])?;
+                // A bulk transfer that stalls (sk_msg's half-close bug) is a
+                // result too: shown as "stalled", not a failed benchmark.
+                let gbit = match testkit(&cg, pinned, &["bulk", &target, "1073741824"]) {
+                    Ok(bulk) => field(&bulk, "gbit_per_s")?,
+                    Err(e) => {
+                        eprintln!("bulk through {}: {e}", modes[i].0);
+                        f64::NAN
+                    }
+                };
                 results[i].push(Sample {
                     p50_us: field(&pp, "p50_us")?,
                     p99_us: field(&pp, "p99_us")?,
-                    gbit: field(&bulk, "gbit_per_s")?,
+                    gbit,
                 });
             }
         }
@@ -123,12 +134,15 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
         println!("{:<24} {:>10} {:>10} {:>12}", "path", "p50 us", "p99 us", "bulk Gbit/s");
         for ((name, _), runs) in modes.iter().zip(&results) {
             let m = |f: fn(&Sample) -> f64| median(runs.iter().map(f).collect());
-            println!(
-                "{name:<24} {:>10.1} {:>10.1} {:>12.2}",
-                m(|s| s.p50_us),
-                m(|s| s.p99_us),
-                m(|s| s.gbit)
-            );
+            let stalled = runs.iter().filter(|s| s.gbit.is_nan()).count();
+            let ok: Vec<f64> = runs.iter().map(|s| s.gbit).filter(|g| !g.is_nan()).collect();
+            let bulk = if ok.is_empty() { "stalled".to_string() } else { format!("{:.2}", median(ok)) };
+            let note = if stalled > 0 {
+                format!("  ({stalled}/{} bulk runs stalled)", runs.len())
+            } else {
+                String::new()
+            };
+            println!("{name:<24} {:>10.1} {:>10.1} {:>12}{note}", m(|s| s.p50_us), m(|s| s.p99_us), bulk);
         }
     }
     pin(echo.0.id(), false)?;
