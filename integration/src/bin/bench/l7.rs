@@ -101,7 +101,7 @@ fn haproxy(dir: &Path, backend: SocketAddr) -> anyhow::Result<Front> {
     spawn_front(cmd, p1, p2)
 }
 
-fn sluice(cg: &CgroupGuard, backend: SocketAddr, protocol: &str, vip: &str) -> Front {
+fn sluice(cg: &CgroupGuard, backend: SocketAddr, protocol: &str, vip: &str, extra: &[&str]) -> Front {
     let config = format!(
         "services:\n  - {{name: bench, vips: [{vip}], ports: [{{port: 80, protocol: {protocol}}}]}}\nendpoints:\n  - {{service: bench, address: 127.0.0.1, port: {}}}\n",
         backend.port()
@@ -111,8 +111,9 @@ fn sluice(cg: &CgroupGuard, backend: SocketAddr, protocol: &str, vip: &str) -> F
         config: &config,
         cgroup: cg.path(),
         netns: None,
-        node_in_cgroup: false,
-        args: &["--workers", "1"],
+        // sk_msg needs both ends of the app <-> proxy pair in the mesh cgroup.
+        node_in_cgroup: extra.contains(&"--sk-msg"),
+        args: &[&["--workers", "1"][..], extra].concat(),
     });
     let addr: SocketAddr =
         format!("{vip}:80").parse().unwrap_or_else(|_| SocketAddr::from(([127, 100, 0, 95], 80)));
@@ -171,7 +172,8 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
     std::fs::create_dir_all(&dir)?;
     let _cleanup = Cleanup(dir.clone());
     let (_backend, backend) = hello_process("127.0.0.1:0");
-    let targets = ["direct", "sluice", "sluice (h2→http1 upstream)", "nginx", "haproxy"];
+    let targets =
+        ["direct", "sluice", "sluice (h2→http1 upstream)", "sluice + sk_msg (forced)", "nginx", "haproxy"];
     println!("backend: sluice-testkit hello (hyper, 1 thread); every proxy: 1 worker, keep-alive upstream");
     println!(
         "HTTP/1.1: wrk -t1 -c32 -d{secs}s --latency; h2c: h2load -c8 -m16 -D{secs} (p50/p99 from its request log)"
@@ -189,9 +191,12 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
             }
             let front = match i {
                 0 => Front { h1: backend, h2: backend, _guard: None, _node: None },
-                1 => sluice(&cg, backend, "http", "127.100.0.95"),
-                2 => sluice(&cg, backend, "http1", "127.100.0.96"),
-                3 => nginx(&dir, backend)?,
+                1 => sluice(&cg, backend, "http", "127.100.0.95", &[]),
+                2 => sluice(&cg, backend, "http1", "127.100.0.96", &[]),
+                // Its self-test fails on this kernel (a half-close stall that
+                // wrk and h2load never trigger): measured with it skipped.
+                3 => sluice(&cg, backend, "http", "127.100.0.94", &["--sk-msg", "unsafe-no-self-test"]),
+                4 => nginx(&dir, backend)?,
                 _ => haproxy(&dir, backend)?,
             };
             let r1 = wrk(cg.path(), &format!("http://{}/", front.h1), 1, 32, secs, false)
