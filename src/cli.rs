@@ -43,6 +43,17 @@ pub(crate) enum Command {
     /// (used by the demo) Join a cgroup, connect, send a line, print the reply.
     #[command(hide = true)]
     DemoClient(DemoClientArgs),
+    /// (used by the node's zero-hop self-test) Join a cgroup and exchange
+    /// data with a zero-hop service address.
+    #[command(hide = true)]
+    ProbeZeroHop(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProbeArgs {
+    #[arg(long)]
+    pub cgroup: PathBuf,
+    pub addr: std::net::SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +150,11 @@ pub(crate) struct NodeArgs {
     /// `--splice auto` (a socket cannot be on both paths).
     #[arg(long, value_enum, default_value_t = FastPath::Off)]
     pub sk_msg: FastPath,
+    /// Zero-hop L4 for the service ports that ask for it (`zero_hop: true`):
+    /// `auto` (the default) turns it on if the start-up self-test passes;
+    /// `off` sends those connections through the proxy.
+    #[arg(long, value_enum, default_value_t = FastPath::Auto)]
+    pub zero_hop: FastPath,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

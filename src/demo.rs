@@ -98,6 +98,7 @@ async fn walk_through(s: &Scratch, args: &DemoArgs) -> Result<(), Failure> {
         h2_max_pending_resets: 100,
         splice: crate::cli::FastPath::Off,
         sk_msg: crate::cli::FastPath::Off,
+        zero_hop: crate::cli::FastPath::Auto,
     };
     let mut node = NodeHandle::start(&node_args).await?;
     say(&format!(

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Command::Bpf { command: BpfCommand::Cleanup { instance } } => status::cleanup(instance.as_deref()),
         Command::Demo(args) => demo::run(args),
         Command::DemoClient(args) => demo::client_main(args),
+        Command::ProbeZeroHop(args) => fastpath::probe_zero_hop(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

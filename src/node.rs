@@ -140,6 +140,8 @@ pub(crate) struct NodeHandle {
     pub admin_addr: SocketAddr,
     drop_events: Arc<std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>>,
     admin: crate::admin::Admin,
+    /// Whether zero-hop passed its self-test (else its ports go through the proxy).
+    zero_hop_on: bool,
     /// The sk_msg path when on (its endpoint set follows the config).
     msg_pairs: Option<Arc<sluice_redirector::LocalPairs>>,
     telemetry: Arc<Telemetry>,
@@ -219,12 +221,15 @@ impl NodeHandle {
             Some(p) => Some(start_policy(&redirector, p, args.policy_allow_uplink)?),
         };
         write_policy_state(&args.instance, policy.as_ref());
-        let report = redirector.services().sync(&config)?;
+        // Zero-hop ports start on the proxy path; the self-test then turns them on.
+        let report = redirector.services().sync(&crate::fastpath::effective(&config, false))?;
+        let zero_hop_state = crate::fastpath::zero_hop(args.zero_hop, &mut redirector, &config).await;
+        let zero_hop_on = zero_hop_state.enabled;
         let msg_state =
             crate::fastpath::sk_msg(args.sk_msg, redirector.pin_dir(), proxy4.port(), &local_pairs, &config)
                 .await;
         let msg_pairs = msg_state.local_pairs.clone().filter(|_| msg_state.enabled);
-        let fast_paths: crate::fastpath::States = Arc::new([splice_state, msg_state]);
+        let fast_paths: crate::fastpath::States = Arc::new([splice_state, msg_state, zero_hop_state]);
         tracing::info!(services = config.services.len(), addresses = report.added, "config applied");
 
         let hooks = Arc::new(KernelWorkers {
@@ -269,6 +274,7 @@ impl NodeHandle {
             tracing::info!(predecessor = p.pid, "told the running node to drain and exit");
         }
         Ok(Self {
+            zero_hop_on,
             msg_pairs,
             admin,
             telemetry,
@@ -370,7 +376,7 @@ impl NodeHandle {
                     tracing::warn!(error = %e, "sk_msg: the local endpoint set was not updated");
                 }
                 self.admin.set_config(&new, self.export.as_ref());
-                match self.redirector.services().sync(&new) {
+                match self.redirector.services().sync(&crate::fastpath::effective(&new, self.zero_hop_on)) {
                     Ok(r) => {
                         tracing::info!(
                             services = new.services.len(),

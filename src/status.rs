@@ -95,7 +95,8 @@ fn print_paths(instance: &str, zero_hop: u64) {
             value(&format!("sluice_path_bytes_total{{path=\"{path}\",direction=\"down\"}}"))
         );
     }
-    println!("  {:<10} {:<5} {:>12} {:>14} {:>14}", "zero-hop", "yes", zero_hop, "(kernel only)", "");
+    let zh_on = if value("sluice_fast_path_enabled{path=\"zero_hop\"}") == 1 { "yes" } else { "no" };
+    println!("  {:<10} {:<5} {:>12} {:>14} {:>14}", "zero-hop", zh_on, zero_hop, "(kernel only)", "");
     // sk_msg moves sends between sockets the proxy still reads and writes:
     // its count is of sockets joined and bytes moved, beside the paths above.
     println!(

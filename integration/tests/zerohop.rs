@@ -52,7 +52,14 @@ fn zero_hop_goes_straight_to_an_endpoint_and_getpeername_shows_the_vip() {
         b.connections()
     );
     let stats = node.kernel_stats();
-    assert_eq!(stats["zero_hop_connect"], 41, "{stats:?}");
+    // 41, plus the start-up self-test's own connection (to a service of its own).
+    assert_eq!(stats["zero_hop_connect"], 42, "{stats:?}");
+    assert!(
+        node.log().contains("fast path on: zero-hop L4 (1 service ports ask for it); self-test passed"),
+        "{}",
+        node.log()
+    );
+    assert_eq!(node.metric("sluice_fast_path_enabled{path=\"zero_hop\"}"), Some(1.0));
     assert_eq!(stats["redirect_connect4"], 0, "nothing went to the proxy: {stats:?}");
     assert!(stats["zero_hop_getpeername"] >= 41, "{stats:?}");
     assert_eq!(node.metric("sluice_proxy_connections_total{outcome=\"accepted\"}"), Some(0.0));
@@ -103,4 +110,39 @@ fn zero_hop_needs_no_proxy_even_fail_closed() {
     assert!(r.intact());
     assert_eq!(r.peer, vip.to_string());
     assert_eq!(node.kernel_stats()["proxy_down_fail_closed"], 0);
+}
+
+#[test]
+fn zero_hop_that_fails_its_self_test_goes_through_the_proxy() {
+    if !privileged("zero_hop_that_fails_its_self_test_goes_through_the_proxy") {
+        return;
+    }
+    let cg = CgroupGuard::new("zerohopfail");
+    let a = EchoServer::start("127.0.0.1:0");
+    let vip: SocketAddr = "127.100.0.82:5432".parse().unwrap();
+    let node = start("zerohopfail", &cg, &config(vip, &[&a]), &["--zero-hop", "fail-self-test"]);
+    assert!(
+        node.log().contains("fast path off: zero-hop L4; self-test failed: failed on purpose"),
+        "{}",
+        node.log()
+    );
+    assert_eq!(node.metric("sluice_fast_path_enabled{path=\"zero_hop\"}"), Some(0.0));
+    // The service still works, through the proxy.
+    let r = client(Some(cg.path()), None, vip, 100_000, 1000).unwrap();
+    assert!(r.intact(), "{r:?}");
+    let stats = node.kernel_stats();
+    assert_eq!(stats["zero_hop_connect"], 0, "{stats:?}");
+    assert_eq!(stats["redirect_connect4"], 1, "{stats:?}");
+    assert_eq!(node.metric("sluice_proxy_connections_total{outcome=\"forwarded\"}"), Some(1.0));
+    // A reload keeps it off.
+    let mut changed = config(vip, &[&a]);
+    changed = changed.replacen(
+        "services:\n",
+        "services:\n  - {name: other, vips: [127.100.0.83], ports: [{port: 1}]}\n",
+        1,
+    );
+    node.write_config(&changed);
+    wait_for("the reload", Duration::from_secs(5), || node.log().contains("config reloaded").then_some(()));
+    client_count(cg.path(), vip, 3).unwrap();
+    assert_eq!(node.kernel_stats()["zero_hop_connect"], 0);
 }
