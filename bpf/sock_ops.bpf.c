@@ -96,6 +96,62 @@ static __always_inline void sl_msg_join(struct bpf_sock_ops *skops)
 		sl_msg_count(SL_MSG_STAT_JOINED, 1);
 }
 
+/* A zero-hop socket (connect4 recorded what it dialed): watch its state, to count its bytes at the end. */
+static __always_inline void sl_zh_watch(struct bpf_sock_ops *skops)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+
+	if (bpf_map_lookup_elem(&sl_zh_peer, &cookie))
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* It closed: its bytes go to the service address it dialed (TCP's own counts, no per-packet work). */
+static __always_inline void sl_zh_closed(struct bpf_sock_ops *skops)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	const struct sl_sockaddr *vip;
+	struct sl_svc_key key = {};
+	struct sl_zh_bytes zero = {}, *b;
+
+	__u32 old = skops->args[0];
+	__u64 up = skops->bytes_acked, down = skops->bytes_received;
+	int our_fin_acked, their_fin;
+
+	if (skops->args[1] != BPF_TCP_CLOSE)
+		return;
+	/*
+	 * TCP's counts include its SYN and FINs (one sequence number each): take
+	 * them out. From the state it closed from: FIN_WAIT2 (on to TIME_WAIT),
+	 * LAST_ACK and CLOSING have both FINs behind them, CLOSE_WAIT only the
+	 * peer's. (A FIN_WAIT2 that timed out without the peer's FIN is counted
+	 * one byte short.)
+	 */
+	our_fin_acked = old == BPF_TCP_FIN_WAIT2 || old == BPF_TCP_LAST_ACK || old == BPF_TCP_CLOSING ||
+			old == BPF_TCP_TIME_WAIT;
+	their_fin = our_fin_acked || old == BPF_TCP_CLOSE_WAIT;
+	if (up > 0)
+		up -= 1; /* the SYN */
+	if (our_fin_acked && up > 0)
+		up -= 1;
+	if (their_fin && down > 0)
+		down -= 1;
+	vip = bpf_map_lookup_elem(&sl_zh_peer, &cookie);
+	if (!vip)
+		return;
+	__builtin_memcpy(key.addr_be, vip->addr_be, sizeof(key.addr_be));
+	key.port_be = vip->port_be;
+	b = bpf_map_lookup_elem(&sl_zh_bytes, &key);
+	if (!b) {
+		bpf_map_update_elem(&sl_zh_bytes, &key, &zero, BPF_NOEXIST);
+		b = bpf_map_lookup_elem(&sl_zh_bytes, &key);
+		if (!b)
+			return;
+	}
+	b->up += up;
+	b->down += down;
+	b->closed += 1;
+}
+
 SEC("sockops")
 int sl_sock_ops(struct bpf_sock_ops *skops)
 {
@@ -104,8 +160,14 @@ int sl_sock_ops(struct bpf_sock_ops *skops)
 		sl_rekey_orig_dst(skops);
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		sl_zh_watch(skops);
+		sl_msg_join(skops);
+		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		sl_msg_join(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		sl_zh_closed(skops);
 		break;
 	default:
 		break;

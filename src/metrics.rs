@@ -41,11 +41,13 @@ pub(crate) fn renderer(
 /// service address.
 fn zero_hop_connections(pin_dir: &std::path::Path, config: &ConfigInForce) -> Vec<KernelConnections> {
     let Ok(counts) = sluice_redirector::zero_hop_counts(pin_dir) else { return Vec::new() };
+    let bytes = sluice_redirector::zero_hop_bytes(pin_dir).unwrap_or_default();
     let config = config.lock().unwrap_or_else(|p| p.into_inner());
     let Some(config) = config.as_ref() else { return Vec::new() };
     let mut out: Vec<KernelConnections> = Vec::new();
     for (addr, sa) in config.service_addrs() {
         let Some(n) = counts.get(&addr).copied().filter(|n| *n > 0) else { continue };
+        let b = bytes.get(&addr).copied().unwrap_or_default();
         let svc = &config.services[sa.service];
         let dest = Destination {
             service: svc.name.as_str().into(),
@@ -53,8 +55,20 @@ fn zero_hop_connections(pin_dir: &std::path::Path, config: &ConfigInForce) -> Ve
             version: None,
         };
         match out.iter_mut().find(|k| k.dest == dest) {
-            Some(k) => k.connections += n,
-            None => out.push(KernelConnections { dest, path: "zero_hop", connections: n }),
+            Some(k) => {
+                k.connections += n;
+                k.closed += b.closed;
+                k.bytes_up += b.up;
+                k.bytes_down += b.down;
+            }
+            None => out.push(KernelConnections {
+                dest,
+                path: "zero_hop",
+                connections: n,
+                closed: b.closed,
+                bytes_up: b.up,
+                bytes_down: b.down,
+            }),
         }
     }
     out

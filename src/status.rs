@@ -77,6 +77,14 @@ fn print_paths(instance: &str, zero_hop: u64) {
             })
             .unwrap_or(0.0) as u64
     };
+    // Summed over services: the series whose labels hold `part`.
+    let sum = |name: &str, part: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(part))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum::<f64>() as u64
+    };
     println!("paths:");
     println!("  {:<10} {:<5} {:>12} {:>14} {:>14}", "path", "on", "connections", "bytes up", "bytes down");
     for (path, on) in [
@@ -96,7 +104,14 @@ fn print_paths(instance: &str, zero_hop: u64) {
         );
     }
     let zh_on = if value("sluice_fast_path_enabled{path=\"zero_hop\"}") == 1 { "yes" } else { "no" };
-    println!("  {:<10} {:<5} {:>12} {:>14} {:>14}", "zero-hop", zh_on, zero_hop, "(kernel only)", "");
+    println!(
+        "  {:<10} {:<5} {:>12} {:>14} {:>14}",
+        "zero-hop",
+        zh_on,
+        zero_hop,
+        sum("sluice_tcp_bytes_total{", "path=\"zero_hop\",direction=\"up\""),
+        sum("sluice_tcp_bytes_total{", "path=\"zero_hop\",direction=\"down\"")
+    );
     // sk_msg moves sends between sockets the proxy still reads and writes:
     // its count is of sockets joined and bytes moved, beside the paths above.
     println!(

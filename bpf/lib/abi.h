@@ -220,6 +220,13 @@ struct sl_splice_peer {
 	__u64 bytes; /* redirected from this socket to its peer */
 };
 
+/* Zero-hop connections' bytes per service address, added when a socket closes (sl_zh_bytes). */
+struct sl_zh_bytes {
+	__u64 up;     /* bytes the application sent (and the endpoint acknowledged) */
+	__u64 down;   /* bytes it received */
+	__u64 closed; /* connections closed */
+};
+
 /* sk_msg acceleration of local pairs: counters (sl_msg_stats). */
 enum sl_msg_stat {
 	SL_MSG_STAT_REDIRECTED = 0, /* sends put straight into the peer socket's receive queue */
@@ -246,6 +253,7 @@ _Static_assert(__builtin_offsetof(struct sl_svc_key, port_be) == 16, "sl_svc_key
 _Static_assert(sizeof(struct sl_svc_val) == 16, "sl_svc_val size");
 _Static_assert(__builtin_offsetof(struct sl_svc_val, ep_base) == 8, "sl_svc_val.ep_base");
 _Static_assert(sizeof(struct sl_sockaddr) == 20, "sl_sockaddr size");
+_Static_assert(sizeof(struct sl_zh_bytes) == 24, "sl_zh_bytes size");
 _Static_assert(sizeof(struct sl_orig_dst) == 24, "sl_orig_dst size");
 _Static_assert(__builtin_offsetof(struct sl_orig_dst, port_be) == 16, "sl_orig_dst.port_be");
 _Static_assert(__builtin_offsetof(struct sl_orig_dst, svc_id) == 20, "sl_orig_dst.svc_id");

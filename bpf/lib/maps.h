@@ -122,6 +122,14 @@ struct {
 	__type(value, __u64);
 } sl_zh_conns SEC(".maps");
 
+/* Zero-hop bytes and closed connections by the service address dialed (per CPU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct sl_svc_key);
+	__type(value, struct sl_zh_bytes);
+} sl_zh_bytes SEC(".maps");
+
 /* Proxy liveness: one entry, written by the node. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

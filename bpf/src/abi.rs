@@ -240,6 +240,17 @@ impl SpliceStat {
 
 const _: () = assert!(std::mem::size_of::<SplicePeer>() == 16);
 
+/// `struct sl_zh_bytes`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ZhBytes {
+    pub up: u64,
+    pub down: u64,
+    pub closed: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<ZhBytes>() == 24);
+
 /// `enum sl_msg_stat`.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -476,6 +487,8 @@ mod pod {
     unsafe impl aya::Pod for SvcKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SvcVal {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ZhBytes {}
     // SAFETY: as above.
     unsafe impl aya::Pod for OrigDst {}
     // SAFETY: as above.

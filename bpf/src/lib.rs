@@ -80,6 +80,8 @@ pub mod maps {
     pub const ZH_PEER: &str = "sl_zh_peer";
     /// Zero-hop connections per service address: [`crate::abi::SvcKey`] → per-CPU `u64`.
     pub const ZH_CONNS: &str = "sl_zh_conns";
+    /// Zero-hop bytes and closes per service address: [`crate::abi::SvcKey`] → per-CPU [`crate::abi::ZhBytes`].
+    pub const ZH_BYTES: &str = "sl_zh_bytes";
     /// sk_msg: both ends of local app <-> proxy pairs (`SOCKHASH`, [`crate::abi::FlowKey`] keys).
     pub const MSG: &str = "sl_msg";
     /// sk_msg: sockets that went the TCP path and stay on it ([`crate::abi::FlowKey`] → `u8`).
@@ -147,6 +149,7 @@ pub mod maps {
         ZH_ENDPOINTS,
         ZH_PEER,
         ZH_CONNS,
+        ZH_BYTES,
         MSG,
         MSG_TAINT,
         MSG_STATS,

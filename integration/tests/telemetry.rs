@@ -13,9 +13,7 @@ use sluice_integration::{
     EchoServer, HttpEndpoint, client,
     l7::{curl, endpoints_yaml, mesh},
     otlp::{Rotel, SpanRecord},
-    privileged,
-    process::client_count,
-    wait_for,
+    privileged, wait_for,
 };
 
 fn traceparent_seen(body: &str) -> (String, String, String) {
@@ -383,12 +381,15 @@ telemetry:
     )
     .unwrap();
     assert!(r.intact());
-    client_count(cg, "127.100.3.32:6379".parse().unwrap(), 3).unwrap();
+    for _ in 0..3 {
+        let r = client(Some(cg), None, "127.100.3.32:6379".parse().unwrap(), 10_000, 1000).unwrap();
+        assert!(r.intact());
+    }
 
-    let (types, s) = wait_for("the TCP connection closed in the metrics", Duration::from_secs(5), || {
+    let (types, s) = wait_for("the TCP connections closed in the metrics", Duration::from_secs(5), || {
         let (t, s) = scrape(&m.node);
-        (sum(&s, "istio_tcp_connections_closed_total", &[("destination_service", "db")]) >= 1.0)
-            .then_some((t, s))
+        let closed = |svc| sum(&s, "istio_tcp_connections_closed_total", &[("destination_service", svc)]);
+        (closed("db") >= 1.0 && closed("cache") >= 3.0).then_some((t, s))
     });
     assert_eq!(types["istio_requests"], "counter");
     assert_eq!(types["istio_request_duration_milliseconds"], "histogram");
@@ -428,6 +429,18 @@ telemetry:
     assert_eq!(sum(&s, "istio_tcp_sent_bytes_total", &db), 10_000.0);
     // Zero-hop connections never reach the proxy: the kernel's count, same labels.
     assert_eq!(sum(&s, "istio_tcp_connections_opened_total", &[("destination_service", "cache")]), 3.0);
+    // ... and their bytes, from TCP's own counts when each socket closed.
+    assert_eq!(sum(&s, "istio_tcp_connections_closed_total", &[("destination_service", "cache")]), 3.0);
+    assert_eq!(sum(&s, "istio_tcp_received_bytes_total", &[("destination_service", "cache")]), 30_000.0);
+    assert_eq!(sum(&s, "istio_tcp_sent_bytes_total", &[("destination_service", "cache")]), 30_000.0);
+    let zh = |dir| {
+        sum(
+            &s,
+            "sluice_tcp_bytes_total",
+            &[("destination_service", "cache"), ("path", "zero_hop"), ("direction", dir)],
+        )
+    };
+    assert_eq!((zh("up"), zh("down")), (30_000.0, 30_000.0));
     assert_eq!(
         sum(&s, "sluice_tcp_connections_total", &[("destination_service", "cache"), ("path", "zero_hop")]),
         3.0

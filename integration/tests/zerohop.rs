@@ -60,6 +60,16 @@ fn zero_hop_goes_straight_to_an_endpoint_and_getpeername_shows_the_vip() {
         node.log()
     );
     assert_eq!(node.metric("sluice_fast_path_enabled{path=\"zero_hop\"}"), Some(1.0));
+    // Their bytes, counted by sock_ops when each socket closed, in `sluice status`.
+    let row = wait_for("zero-hop bytes in sluice status", Duration::from_secs(5), || {
+        let st = node.status();
+        let row = st.lines().find(|l| l.trim_start().starts_with("zero-hop "))?.to_string();
+        let up: u64 = row.split_whitespace().nth(3)?.parse().ok()?;
+        (up >= 1 << 20).then_some(row)
+    });
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], "yes", "{row}");
+    assert_eq!(cols[3], cols[4], "an echo: as many bytes back as sent: {row}");
     assert_eq!(stats["redirect_connect4"], 0, "nothing went to the proxy: {stats:?}");
     assert!(stats["zero_hop_getpeername"] >= 41, "{stats:?}");
     assert_eq!(node.metric("sluice_proxy_connections_total{outcome=\"accepted\"}"), Some(0.0));

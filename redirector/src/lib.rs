@@ -33,7 +33,7 @@ mod workers;
 
 pub use error::Error;
 pub use live::{Liveness, monotonic_ns};
-pub use maps::{OrigDstTable, ServiceMap, Stats, zero_hop_counts};
+pub use maps::{OrigDstTable, ServiceMap, Stats, zero_hop_bytes, zero_hop_counts};
 pub use programs::{
     sk_msg::{LocalPairs, MsgSelfTest},
     sk_skb::{SplicedPair, Splicer},

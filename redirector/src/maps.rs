@@ -10,7 +10,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use sluice_bpf::{
-    abi::{FlowKey, OrigDst, SVC_ZERO_HOP, Sockaddr, Stat, SvcKey, SvcVal, ZH_EPS_PER_GEN},
+    abi::{FlowKey, OrigDst, SVC_ZERO_HOP, Sockaddr, Stat, SvcKey, SvcVal, ZH_EPS_PER_GEN, ZhBytes},
     maps,
 };
 use sluice_mesh_config::MeshConfig;
@@ -149,6 +149,25 @@ pub fn zero_hop_counts(pin_dir: &Path) -> Result<std::collections::HashMap<Socke
     let mut out = std::collections::HashMap::new();
     for (k, v) in map.iter().flatten() {
         *out.entry(k.socket_addr()).or_default() += v.iter().sum::<u64>();
+    }
+    Ok(out)
+}
+
+/// Zero-hop bytes (up: sent by applications, down: received) and closed
+/// connections per service address, summed over CPUs.
+pub fn zero_hop_bytes(pin_dir: &Path) -> Result<std::collections::HashMap<SocketAddr, ZhBytes>, Error> {
+    let data = MapData::from_pin(pin_dir.join(maps::ZH_BYTES)).map_err(|e| Error::map(maps::ZH_BYTES, e))?;
+    let map: aya::maps::PerCpuHashMap<MapData, SvcKey, ZhBytes> =
+        aya::maps::PerCpuHashMap::try_from(Map::PerCpuHashMap(data))
+            .map_err(|e| Error::map(maps::ZH_BYTES, e))?;
+    let mut out: std::collections::HashMap<SocketAddr, ZhBytes> = std::collections::HashMap::new();
+    for (k, v) in map.iter().flatten() {
+        let e = out.entry(k.socket_addr()).or_default();
+        for b in v.iter() {
+            e.up += b.up;
+            e.down += b.down;
+            e.closed += b.closed;
+        }
     }
     Ok(out)
 }

@@ -135,6 +135,10 @@ pub struct KernelConnections {
     pub dest: Destination,
     pub path: &'static str,
     pub connections: u64,
+    /// Of those, closed; and their bytes from and to the client.
+    pub closed: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
 }
 
 /// A request series found without building its labels: the destination's
@@ -300,9 +304,15 @@ impl Registry {
             e[2] += s.sent.load(Relaxed);
             e[3] += s.received.load(Relaxed);
         }
-        let mut kernel_opened: BTreeMap<&Destination, u64> = BTreeMap::new();
+        // What the kernel counted for connections that bypass the proxy, in the
+        // same order as the families below: opened, closed, sent, received.
+        let mut kernel_by_dest: BTreeMap<&Destination, [u64; 4]> = BTreeMap::new();
         for k in kernel {
-            *kernel_opened.entry(&k.dest).or_default() += k.connections;
+            let e = kernel_by_dest.entry(&k.dest).or_default();
+            e[0] += k.connections;
+            e[1] += k.closed;
+            e[2] += k.bytes_down;
+            e[3] += k.bytes_up;
         }
         let tcp_labels = |d: &Destination, flags: &str| {
             format!(
@@ -316,23 +326,28 @@ impl Registry {
                 "TCP connections opened (zero-hop ones counted by the kernel).",
                 0,
             ),
-            ("istio_tcp_connections_closed_total", "TCP connections closed (proxied and spliced).", 1),
+            (
+                "istio_tcp_connections_closed_total",
+                "TCP connections closed (zero-hop ones counted by the kernel).",
+                1,
+            ),
             ("istio_tcp_sent_bytes_total", "Bytes sent to clients on TCP connections.", 2),
             ("istio_tcp_received_bytes_total", "Bytes received from clients on TCP connections.", 3),
         ];
         for (name, help, i) in families {
             header(out, name, "counter", help);
+            let mut kernel_left = kernel_by_dest.clone();
             for ((d, flags), v) in &by_dest {
                 let mut n = v[i];
-                if i == 0 && *flags == "-" {
-                    n += kernel_opened.remove(d).unwrap_or(0);
+                if *flags == "-"
+                    && let Some(k) = kernel_left.remove(d)
+                {
+                    n += k[i];
                 }
                 let _ = writeln!(out, "{name}{{{}}} {n}", tcp_labels(d, flags));
             }
-            if i == 0 {
-                for (d, n) in &kernel_opened {
-                    let _ = writeln!(out, "{name}{{{}}} {n}", tcp_labels(d, "-"));
-                }
+            for (d, k) in &kernel_left {
+                let _ = writeln!(out, "{name}{{{}}} {}", tcp_labels(d, "-"), k[i]);
             }
         }
         header(
@@ -366,6 +381,10 @@ impl Registry {
         for (k, s) in &tcp {
             *bytes.entry((&k.dest, k.path.name(), "up")).or_default() += s.received.load(Relaxed);
             *bytes.entry((&k.dest, k.path.name(), "down")).or_default() += s.sent.load(Relaxed);
+        }
+        for k in kernel {
+            *bytes.entry((&k.dest, k.path, "up")).or_default() += k.bytes_up;
+            *bytes.entry((&k.dest, k.path, "down")).or_default() += k.bytes_down;
         }
         for ((d, path, dir), n) in bytes {
             let _ = writeln!(
@@ -504,7 +523,14 @@ mod tests {
             s.closed.fetch_add(2, Relaxed);
             s.received.fetch_add(100, Relaxed);
         }
-        let kernel = [KernelConnections { dest: dest(None), path: "zero_hop", connections: 5 }];
+        let kernel = [KernelConnections {
+            dest: dest(None),
+            path: "zero_hop",
+            connections: 5,
+            closed: 4,
+            bytes_up: 30,
+            bytes_down: 40,
+        }];
         let mut out = String::new();
         r.render(&mut out, &kernel);
         let v = |prefix: &str| {
@@ -514,8 +540,9 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(v("istio_tcp_connections_opened_total{"), ["9"]);
-        assert_eq!(v("istio_tcp_connections_closed_total{"), ["4"]);
-        assert_eq!(v("istio_tcp_received_bytes_total{"), ["200"]);
+        assert_eq!(v("istio_tcp_connections_closed_total{"), ["8"]);
+        assert_eq!(v("istio_tcp_received_bytes_total{"), ["230"]);
+        assert_eq!(v("istio_tcp_sent_bytes_total{"), ["40"]);
         assert_eq!(v("sluice_tcp_connections_total{"), ["2", "2", "5"]);
     }
 }
