@@ -134,11 +134,11 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
         println!("{:<24} {:>10} {:>10} {:>12}", "path", "p50 us", "p99 us", "bulk Gbit/s");
         for ((name, _), runs) in modes.iter().zip(&results) {
             let m = |f: fn(&Sample) -> f64| median(runs.iter().map(f).collect());
-            let stalled = runs.iter().filter(|s| s.gbit.is_nan()).count();
+            let failed = runs.iter().filter(|s| s.gbit.is_nan()).count();
             let ok: Vec<f64> = runs.iter().map(|s| s.gbit).filter(|g| !g.is_nan()).collect();
             let bulk = if ok.is_empty() { "failed".to_string() } else { format!("{:.2}", median(ok)) };
-            let note = if stalled > 0 {
-                format!("  ({stalled}/{} bulk runs failed)", runs.len())
+            let note = if failed > 0 {
+                format!("  ({failed}/{} bulk runs failed)", runs.len())
             } else {
                 String::new()
             };
