@@ -114,8 +114,9 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
                 pin(echo.0.id(), pinned)?;
                 let secs_s = secs.to_string();
                 let pp = testkit(&cg, pinned, &["pingpong", "--secs", &secs_s, &target, "64"])?;
-                // A bulk transfer that fails (sk_msg stalls after a half-close; splice resets a connection whose data the kernel stopped short) is a
-                // result too: shown as "failed", not an aborted benchmark.
+                // A bulk transfer that fails is a result too (sk_msg stalls after
+                // a half-close; splice resets a connection whose data the kernel
+                // stopped short): shown as "failed", not an aborted benchmark.
                 let gbit = match testkit(&cg, pinned, &["bulk", &target, "1073741824"]) {
                     Ok(bulk) => field(&bulk, "gbit_per_s")?,
                     Err(e) => {
