@@ -94,6 +94,7 @@ async fn run_async(args: NodeArgs) -> Result<(), Failure> {
     let sig = |k| signal(k).map_err(|e| Failure::new(exit::FAILED, e));
     let (mut sigint, mut sigterm, mut sigusr2) =
         (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?, sig(SignalKind::user_defined2())?);
+    let mut sighup = sig(SignalKind::hangup())?;
     let mut node = NodeHandle::start(&args).await?;
     println!(
         "sluice node ready: proxy {} and {}, cgroup {}, {} workers, admin {}",
@@ -109,6 +110,7 @@ async fn run_async(args: NodeArgs) -> Result<(), Failure> {
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break false; }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break false; }
             _ = sigusr2.recv() => { tracing::info!("SIGUSR2: replaced by a new node; draining"); break true; }
+            _ = sighup.recv() => { node.reopen_logs(); }
             _ = tick.tick() => { node.tick(); }
         }
     };
@@ -422,6 +424,20 @@ impl NodeHandle {
             tracing::warn!(
                 "telemetry settings other than tracing.sampling changed: restart the node (sluice node --takeover) to apply them"
             );
+        }
+    }
+
+    /// SIGHUP: the access log file is opened again (for logrotate).
+    pub fn reopen_logs(&self) {
+        let Some(log) = &self.telemetry.access_log else {
+            tracing::info!("SIGHUP: no access log file to reopen");
+            return;
+        };
+        match log.reopen(Duration::from_secs(5)) {
+            Ok(()) => tracing::info!(target = ?log.target(), "SIGHUP: access log reopened"),
+            Err(e) => {
+                tracing::error!(target = ?log.target(), error = %e, "SIGHUP: cannot reopen the access log; lines are lost until it can be written again")
+            }
         }
     }
 

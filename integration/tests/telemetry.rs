@@ -480,6 +480,19 @@ telemetry:
     );
     assert!(lines.iter().all(|l| l.starts_with('[') && !l.contains("trace_id=0")), "{text}");
     assert_eq!(m.node.metric("sluice_access_log_lines_total{outcome=\"dropped\"}"), Some(0.0));
+    // logrotate: move the file, SIGHUP, and new lines go to a new file at the path.
+    let moved = dir.path().join("access.log.1");
+    std::fs::rename(&log, &moved).unwrap();
+    m.node.signal(sluice_integration::node::Sig::SIGHUP);
+    wait_for("the reopen", Duration::from_secs(5), || {
+        m.node.log().contains("SIGHUP: access log reopened").then_some(())
+    });
+    assert_eq!(curl(cg, &["http://127.100.3.30/after-rotate"]).status, 200);
+    let fresh = wait_for("a line in the new file", Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).ok().filter(|t| !t.is_empty())
+    });
+    assert!(fresh.contains("\"GET /after-rotate HTTP/1.1\" 200"), "{fresh}");
+    assert_eq!(std::fs::read_to_string(&moved).unwrap().lines().count(), 8);
 }
 
 #[test]

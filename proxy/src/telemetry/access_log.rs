@@ -35,6 +35,8 @@ pub enum LogTarget {
 enum Msg {
     Line(String),
     Flush(SyncSender<()>),
+    /// Open the file again (after logrotate moved it); the answer says how it went.
+    Reopen(SyncSender<io::Result<()>>),
 }
 
 /// Lines a worker may queue before new ones are dropped.
@@ -99,12 +101,10 @@ impl AccessLog {
     /// Opens the target (a file is created or appended to) and starts the
     /// writer thread.
     pub fn open(target: LogTarget, format: LogFormat) -> io::Result<Self> {
-        let out: Box<dyn Write + Send> = match &target {
-            LogTarget::Stdout => Box::new(io::stdout()),
-            LogTarget::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
-        };
+        let out = open_target(&target)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        std::thread::Builder::new().name("sluice-access-log".into()).spawn(move || writer(out, rx))?;
+        let t = target.clone();
+        std::thread::Builder::new().name("sluice-access-log".into()).spawn(move || writer(out, &t, rx))?;
         Ok(Self {
             format,
             target,
@@ -188,6 +188,16 @@ impl AccessLog {
         }
     }
 
+    /// Writes what is queued, then opens the file again: after logrotate (or
+    /// anyone) moved it, new lines go to a new file at the configured path.
+    pub fn reopen(&self, within: Duration) -> io::Result<()> {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(tx) = tx else { return Ok(()) };
+        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+        tx.send(Msg::Reopen(ack_tx)).map_err(|_| io::Error::other("the access log writer has stopped"))?;
+        ack_rx.recv_timeout(within).map_err(|_| io::Error::other("the access log writer did not answer"))?
+    }
+
     /// Waits (at most `within`) until every line queued so far is written.
     pub fn flush(&self, within: Duration) {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -199,7 +209,14 @@ impl AccessLog {
     }
 }
 
-fn writer(out: Box<dyn Write + Send>, rx: Receiver<Msg>) {
+fn open_target(target: &LogTarget) -> io::Result<Box<dyn Write + Send>> {
+    Ok(match target {
+        LogTarget::Stdout => Box::new(io::stdout()),
+        LogTarget::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
+    })
+}
+
+fn writer(out: Box<dyn Write + Send>, target: &LogTarget, rx: Receiver<Msg>) {
     let mut out = io::BufWriter::with_capacity(64 * 1024, out);
     let mut failed = false;
     let mut handle = |out: &mut io::BufWriter<Box<dyn Write + Send>>, m: Msg| match m {
@@ -215,6 +232,14 @@ fn writer(out: Box<dyn Write + Send>, rx: Receiver<Msg>) {
         Msg::Flush(ack) => {
             let _ = out.flush();
             let _ = ack.send(());
+        }
+        Msg::Reopen(ack) => {
+            let _ = out.flush();
+            let r = open_target(target).map(|f| {
+                *out = io::BufWriter::with_capacity(64 * 1024, f);
+                failed = false;
+            });
+            let _ = ack.send(r);
         }
     };
     // One write per batch, not per line: after a batch the thread rests a
@@ -288,5 +313,18 @@ mod tests {
         );
         assert!(lines[1].ends_with("trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=-"));
         assert_eq!(json.written.load(Relaxed), 1);
+        // logrotate: the file is moved away, the log reopened, new lines go to a new file.
+        let moved = dir.path().join("access.log.1");
+        std::fs::rename(&path, &moved).unwrap();
+        json.request(&entry);
+        json.reopen(Duration::from_secs(5)).unwrap();
+        json.request(&entry);
+        json.flush(Duration::from_secs(5));
+        assert_eq!(
+            std::fs::read_to_string(&moved).unwrap().lines().count(),
+            3,
+            "old lines and the one queued before"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
     }
 }
