@@ -305,11 +305,6 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
     }
     let status = resp.status().as_u16();
     stats.count_status(status);
-    let (service, namespace) = match (attempt.service, dialed) {
-        (Some(s), _) => (Some(s), attempt.namespace.unwrap_or_else(telemetry::default_namespace)),
-        (None, Some((s, ns))) => (Some(s), ns),
-        (None, None) => (None, telemetry::default_namespace()),
-    };
     if let Some(d) = detail.as_mut() {
         d.route = route_name;
         d.endpoint = attempt.endpoint.or(failed_endpoint);
@@ -320,8 +315,7 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
         telemetry: Arc::clone(tel),
         start,
         peer: conn.peer,
-        service,
-        namespace,
+        service: attempt.service.or(dialed),
         version: attempt.version,
         grpc,
         status,

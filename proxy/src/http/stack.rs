@@ -31,7 +31,6 @@ use crate::{
     endpoint::EndpointState,
     telemetry::{Attempt, Outgoing, SpanSlot, record_attempt, trace},
 };
-use opentelemetry::{KeyValue, trace::Span as _};
 
 pub type HttpStack = BoxCloneSyncService<Request<Body>, Response<Body>, HttpError>;
 
@@ -180,7 +179,7 @@ impl Service<Request<Body>> for Balance {
                 UpstreamProto::Downstream => Proto::Http1,
             };
             headers::for_upstream(&mut req, proto, &this.fallback_authority);
-            let span = match req.extensions_mut().remove::<Outgoing>() {
+            let mut span = match req.extensions_mut().remove::<Outgoing>() {
                 None => None,
                 Some(o) => {
                     o.tracing.start_attempt(&o.parent, o.b3_single, &mut req, ep.addr, earlier.len() as u32)
@@ -196,20 +195,15 @@ impl Service<Request<Body>> for Balance {
                 }),
             };
             this.record(&ep, &res, started.map(|s| s.elapsed()));
-            let mut span = span;
             if let Some(s) = span.as_mut() {
                 match &res {
                     Ok(r) => trace::finish_http(s, r.status().as_u16(), None, false),
-                    Err(e) => s.set_attribute(KeyValue::new("error.type", e.reason())),
-                }
-                if let Err(e) = &res {
-                    s.set_status(opentelemetry::trace::Status::error(e.to_string()));
+                    Err(e) => trace::finish_failed(s, e.reason(), &e.to_string()),
                 }
             }
             if let Ok(r) = res.as_mut() {
                 record_attempt(Attempt {
-                    service: Some(Arc::clone(&c.service)),
-                    namespace: Some(Arc::clone(&c.namespace)),
+                    service: Some((Arc::clone(&c.service), Arc::clone(&c.namespace))),
                     endpoint: Some(ep.addr),
                     version: ep.label.clone(),
                 });

@@ -7,7 +7,6 @@ use std::{
     fmt::Write as _,
     fs::OpenOptions,
     io::{self, Write},
-    net::SocketAddr,
     path::PathBuf,
     sync::{
         Mutex,
@@ -112,10 +111,6 @@ impl AccessLog {
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         })
-    }
-
-    pub fn format(&self) -> LogFormat {
-        self.format
     }
 
     pub fn target(&self) -> &LogTarget {
@@ -258,10 +253,6 @@ fn writer(out: Box<dyn Write + Send>, target: &LogTarget, rx: Receiver<Msg>) {
 
 /// How long lines gather between writes.
 const BATCH_PAUSE: Duration = Duration::from_millis(5);
-
-pub fn format_socket(a: Option<SocketAddr>) -> Option<String> {
-    a.map(|a| a.to_string())
-}
 
 #[cfg(test)]
 mod tests {

@@ -54,10 +54,6 @@ impl<const N: usize> Histogram<N> {
         self.count.fetch_add(1, Relaxed);
         self.sum.fetch_add(v, Relaxed);
     }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
-    }
 }
 
 /// Who was called: the labels shared by request and TCP series.

@@ -57,8 +57,7 @@ pub struct Outgoing {
 pub struct Attempt {
     /// The service and namespace of the cluster it went to (a route may
     /// send requests to another service than the one dialed).
-    pub service: Option<Arc<str>>,
-    pub namespace: Option<Arc<str>>,
+    pub service: Option<(Arc<str>, Arc<str>)>,
     pub endpoint: Option<SocketAddr>,
     pub version: Option<Arc<str>>,
 }
@@ -103,12 +102,6 @@ impl Clone for SpanSlot {
     fn clone(&self) -> Self {
         Self(std::sync::Mutex::new(None))
     }
-}
-
-/// The namespace of services whose config names none.
-pub fn default_namespace() -> Arc<str> {
-    static NS: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    Arc::clone(NS.get_or_init(|| Arc::from("default")))
 }
 
 /// Request bytes: known from Content-Length, or counted as the body streams.
@@ -178,8 +171,8 @@ pub struct Exchange {
     pub telemetry: Arc<Telemetry>,
     pub start: Instant,
     pub peer: SocketAddr,
-    pub service: Option<Arc<str>>,
-    pub namespace: Arc<str>,
+    /// Service and namespace, when the request reached one.
+    pub service: Option<(Arc<str>, Arc<str>)>,
     pub version: Option<Arc<str>>,
     pub grpc: bool,
     pub status: u16,
@@ -199,10 +192,10 @@ impl Drop for Exchange {
         if !self.complete && self.flags == "-" {
             self.flags = "DC";
         }
-        if let Some(service) = &self.service {
+        if let Some((service, namespace)) = &self.service {
             let labels = RequestLabels {
                 service,
-                namespace: &self.namespace,
+                namespace,
                 version: self.version.as_ref(),
                 protocol: if self.grpc { "grpc" } else { "http" },
                 code: self.status,
@@ -220,7 +213,8 @@ impl Drop for Exchange {
         if let Some(mut span) = d.client_span.take() {
             span.end();
         }
-        let ids = d.server_span.as_ref().map(|s| {
+        // The ids the access log line shows (read before the span ends).
+        let ids = d.server_span.as_ref().filter(|_| d.info.is_some()).map(|s| {
             let c = s.span_context();
             (format!("{:032x}", c.trace_id()), format!("{:016x}", c.span_id()))
         });
@@ -229,7 +223,7 @@ impl Drop for Exchange {
             if let Some(r) = &d.route {
                 span.set_attribute(KeyValue::new("sluice.route", Arc::clone(r)));
             }
-            if let Some(s) = &self.service {
+            if let Some((s, _)) = &self.service {
                 span.set_attribute(KeyValue::new("sluice.service", Arc::clone(s)));
             }
             if let Some(g) = self.grpc_status {
@@ -263,7 +257,7 @@ impl Drop for Exchange {
                 bytes_received: self.request_bytes.get(),
                 bytes_sent: self.response_bytes,
                 duration_ms: took.as_secs_f64() * 1000.0,
-                service: self.service.as_deref().unwrap_or("-"),
+                service: self.service.as_ref().map_or("-", |(s, _)| s),
                 route: d.route.as_deref().unwrap_or("-"),
                 upstream_host: d.endpoint.map(|e| e.to_string()),
                 downstream_peer: self.peer.to_string(),

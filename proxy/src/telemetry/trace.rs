@@ -309,6 +309,13 @@ fn method_name(m: &http::Method) -> Cow<'static, str> {
     })
 }
 
+/// Finishes a CLIENT span that got no response: the reason as `error.type`,
+/// the whole message as the status.
+pub fn finish_failed(span: &mut Span, reason: &'static str, message: &str) {
+    span.set_attribute(KeyValue::new("error.type", reason));
+    span.set_status(Status::error(message.to_string()));
+}
+
 fn protocol_version(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "0.9",

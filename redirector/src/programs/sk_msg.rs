@@ -121,11 +121,6 @@ impl LocalPairs {
         inner.sockets.insert(key, fd, 0).map_err(|e| Error::map(maps::MSG, e))
     }
 
-    /// Takes a socket out (closing it does that too).
-    pub fn leave(&self, local: SocketAddr, peer: SocketAddr) {
-        let _ = self.lock().sockets.remove(&FlowKey::new(local, peer));
-    }
-
     /// The program's counters, summed over CPUs.
     pub fn stats(&self) -> Vec<(&'static str, u64)> {
         let inner = self.lock();
