@@ -527,6 +527,8 @@ endpoints:
             .unwrap_or_else(|| panic!("curl {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
         (code.parse::<u16>().unwrap(), body.to_string())
     };
+    assert_eq!(run(&[&format!("{admin}/live")]), (200, "live\n".to_string()));
+    assert_eq!(run(&[&format!("{admin}/ready")]), (200, "ready\n".to_string()));
     let (code, dump) = run(&[&format!("{admin}/config_dump")]);
     assert_eq!(code, 200);
     let v: Value = serde_json::from_str(&dump).unwrap();
