@@ -39,16 +39,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# rotel: a real OTLP receiver (gRPC and HTTP) for the trace tests, from PyPI,
-# into its own folder (--target keeps Debian's Python untouched).
-ROTEL_DIR=/opt/sluice-tools/rotel
-ROTEL_VERSION=0.0.1a15
-if [ ! -x "$ROTEL_DIR/rotel/rotel-agent" ]; then
-  echo "sluice: installing rotel $ROTEL_VERSION (PyPI) into $ROTEL_DIR"
-  if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
-  "${sudo[@]}" /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-    --target "$ROTEL_DIR" "rotel==$ROTEL_VERSION"
-fi
+# Python tools from PyPI, each into its own folder (--target keeps Debian's
+# Python untouched): rotel, a real OTLP receiver for the trace tests, and
+# sslyze, a real TLS scanner for the node-to-node port.
+pypi_tool() { # NAME VERSION MARKER
+  local dir=/opt/sluice-tools/$1
+  if [ ! -e "$dir/$3" ]; then
+    echo "sluice: installing $1 $2 (PyPI) into $dir"
+    if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+    "${sudo[@]}" /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+      --target "$dir" "$1==$2"
+  fi
+}
+pypi_tool rotel 0.0.1a15 rotel/rotel-agent
+pypi_tool sslyze 6.1.0 sslyze
 
 if ! command -v cargo >/dev/null; then
   echo "sluice: cargo not found: install Rust 1.95 or newer (https://rustup.rs), then run this again" >&2

@@ -37,6 +37,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: BpfCommand,
     },
+    /// Workload certificates: a development CA, and certificates for
+    /// workloads outside the mesh (or for testing a node's mesh port).
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// A guided walk-through on this machine: a connection redirected, its
     /// original destination recovered.
     Demo(DemoArgs),
@@ -63,6 +69,34 @@ pub(crate) enum ConfigCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum CertCommand {
+    /// Create a CA (ca.pem, ca-key.pem) in a folder, as `identity.ca_dir` would.
+    Ca {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+    /// Issue a certificate for a SPIFFE ID with the CA in a folder.
+    Issue {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// e.g. spiffe://cluster.local/ns/default/sa/frontend
+        #[arg(long)]
+        id: String,
+        /// Certificate chain (PEM) to write.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Private key (PEM) to write, mode 0600.
+        #[arg(long)]
+        key: PathBuf,
+        /// Lifetime, e.g. 1h or 30m.
+        #[arg(long, default_value = "24h")]
+        ttl: humantime::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum BpfCommand {
     /// Remove every pin and attachment Sluice owns (safe to run twice).
     Cleanup {
@@ -80,6 +114,10 @@ pub(crate) struct NodeArgs {
     /// The cgroup (v2) whose processes are in the mesh, absolute or relative to the cgroup2 mount.
     #[arg(long)]
     pub cgroup: PathBuf,
+    /// This node's name in the config's `nodes:` (default: the host name).
+    /// Endpoints of other nodes are reached over mutual TLS through theirs.
+    #[arg(long)]
+    pub node_name: Option<String>,
     /// Names this node's pins and lock; one live node per instance.
     #[arg(long, default_value = "node")]
     pub instance: String,
@@ -231,4 +269,58 @@ pub(crate) fn validate(file: &Path) -> Result<(), Failure> {
         println!("  access log: {} to {to}", format!("{:?}", a.format).to_lowercase());
     }
     Ok(())
+}
+
+/// `sluice cert ...`.
+pub(crate) fn cert(command: CertCommand) -> Result<(), Failure> {
+    use crate::exit;
+    match command {
+        CertCommand::Ca { dir, trust_domain } => {
+            let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+            if cert.exists() || key.exists() {
+                return Err(Failure::new(
+                    exit::BAD_INPUT,
+                    format!("{} already holds a CA; remove it first or use another folder", dir.display()),
+                ));
+            }
+            let (pem, key_pem) =
+                sluice_proxy::tls::new_ca(&trust_domain).map_err(|e| Failure::new(exit::FAILED, e))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", dir.display())))?;
+            write_private(&key, &key_pem)?;
+            std::fs::write(&cert, pem)
+                .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", cert.display())))?;
+            println!("CA for trust domain {trust_domain} in {}", dir.display());
+            Ok(())
+        }
+        CertCommand::Issue { ca_dir, id, cert, key, ttl } => {
+            if !id.starts_with("spiffe://") || id.split('/').count() != 7 {
+                return Err(Failure::new(
+                    exit::BAD_INPUT,
+                    format!(
+                        "'{id}' is not a workload SPIFFE ID; write spiffe://<trust domain>/ns/<namespace>/sa/<service account>"
+                    ),
+                ));
+            }
+            let (chain, key_pem) = sluice_proxy::tls::issue_with_ca_dir(&ca_dir, &id, *ttl)
+                .map_err(|e| Failure::new(exit::BAD_INPUT, e))?;
+            std::fs::write(&cert, chain)
+                .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", cert.display())))?;
+            write_private(&key, &key_pem)?;
+            println!("{id}: {} and {}", cert.display(), key.display());
+            Ok(())
+        }
+    }
+}
+
+fn write_private(path: &Path, data: &str) -> Result<(), Failure> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(data.as_bytes()))
+        .map_err(|e| Failure::new(crate::exit::FAILED, format!("{}: {e}", path.display())))
 }

@@ -77,6 +77,7 @@ async fn walk_through(s: &Scratch, args: &DemoArgs) -> Result<(), Failure> {
 
     step(4, "Start the node: attach the kernel programs to the cgroup, start the proxy");
     let node_args = NodeArgs {
+        node_name: None,
         config: s.config.clone(),
         cgroup: s.cgroup.clone(),
         instance: format!("demo-{}", std::process::id()),

@@ -241,6 +241,20 @@ pub(crate) async fn zero_hop(
 }
 
 /// The config the kernel gets: zero-hop ports lose the flag while the path is off.
+/// The config as this node's kernel sees it: zero-hop connects only to
+/// endpoints on this node (the others are reached through the proxy, which
+/// tunnels to their node).
+pub(crate) fn local_view(
+    config: &sluice_mesh_config::MeshConfig,
+    node: Option<&str>,
+) -> sluice_mesh_config::MeshConfig {
+    let mut c = config.clone();
+    for s in &mut c.services {
+        s.endpoints.retain(|e| e.node.is_none() || e.node.as_deref() == node);
+    }
+    c
+}
+
 pub(crate) fn effective(
     config: &sluice_mesh_config::MeshConfig,
     zero_hop: bool,

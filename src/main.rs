@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Node(args) => node::run(args),
         Command::Config { command: ConfigCommand::Validate { file } } => cli::validate(&file),
         Command::Check => check::run(),
+        Command::Cert { command } => cli::cert(command),
         Command::Status(args) => status::run(args),
         Command::Bpf { command: BpfCommand::Cleanup { instance } } => status::cleanup(instance.as_deref()),
         Command::Demo(args) => demo::run(args),

@@ -20,6 +20,87 @@ pub(crate) type DropEvents = Arc<Mutex<BTreeMap<(&'static str, &'static str), u6
 
 pub(crate) type ConfigInForce = Arc<Mutex<Option<sluice_mesh_config::MeshConfig>>>;
 
+/// Mutual TLS and authorization counters.
+#[derive(Clone)]
+pub(crate) struct MeshMetrics {
+    pub stats: Arc<sluice_proxy::mesh::MeshStats>,
+    pub certs: Option<Arc<sluice_proxy::tls::CertStore>>,
+}
+
+fn mesh_metrics(m: &mut Metrics, mm: &MeshMetrics, proxy: &ProxyStats, kernel_denied: u64) {
+    let s = &mm.stats;
+    let denied = [
+        ("http", "local", proxy.authz_denied_http.load(Relaxed)),
+        ("tcp", "local", proxy.authz_denied_tcp.load(Relaxed)),
+        ("http", "from_node", s.denied_http.load(Relaxed)),
+        ("tcp", "from_node", s.denied_tcp.load(Relaxed)),
+        ("tcp", "kernel", kernel_denied),
+    ];
+    for (protocol, origin, n) in denied {
+        m.sample(
+            "sluice_authz_denied_total",
+            "counter",
+            "Calls refused by authorization policies: HTTP requests (403) and TCP connections; origin local = a workload of this node, from_node = over mutual TLS, kernel = a zero-hop connect refused by connect4/6.",
+            &[("protocol", protocol), ("origin", origin)],
+            n as f64,
+        );
+    }
+    for (side, result, n) in [
+        ("server", "ok", s.handshakes_ok.load(Relaxed)),
+        ("server", "failed", s.handshakes_failed.load(Relaxed)),
+        ("client", "ok", s.client_handshakes_ok.load(Relaxed)),
+        ("client", "failed", s.client_handshakes_failed.load(Relaxed)),
+    ] {
+        m.sample(
+            "sluice_mtls_handshakes_total",
+            "counter",
+            "Mutual TLS handshakes with other nodes, as server (the mesh port) and as client.",
+            &[("side", side), ("result", result)],
+            n as f64,
+        );
+    }
+    for (kind, n) in [("http", s.streams_http.load(Relaxed)), ("tcp", s.streams_tcp.load(Relaxed))] {
+        m.sample(
+            "sluice_mesh_streams_total",
+            "counter",
+            "Requests (http) and CONNECT tunnels (tcp) delivered from other nodes to local endpoints.",
+            &[("kind", kind)],
+            n as f64,
+        );
+    }
+    m.sample(
+        "sluice_mesh_refused_targets_total",
+        "counter",
+        "Streams from other nodes refused because they named no local endpoint of the service.",
+        &[],
+        s.refused_target.load(Relaxed) as f64,
+    );
+    m.sample(
+        "sluice_tcp_tunnelled_total",
+        "counter",
+        "Opaque TCP connections sent to an endpoint on another node through a mutual-TLS tunnel.",
+        &[],
+        proxy.tunnelled.load(Relaxed) as f64,
+    );
+    if let Some(c) = &mm.certs {
+        for (event, n) in [
+            ("issued", c.stats.issued.load(Relaxed)),
+            ("renewed", c.stats.renewed.load(Relaxed)),
+            ("failed", c.stats.failed.load(Relaxed)),
+        ] {
+            m.sample(
+                "sluice_certificates_total",
+                "counter",
+                "Workload certificates obtained (issued), renewed at half their life, or not obtained (failed).",
+                &[("event", event)],
+                n as f64,
+            );
+        }
+    }
+}
+
+// Each argument is one source of samples the scrape closure keeps.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn renderer(
     pin_dir: PathBuf,
     proxy: Arc<ProxyStats>,
@@ -28,9 +109,10 @@ pub(crate) fn renderer(
     telemetry: Arc<Telemetry>,
     routes: Routes,
     config: ConfigInForce,
+    mesh: MeshMetrics,
 ) -> Render {
     Arc::new(move || {
-        let mut out = render(&pin_dir, &proxy, &drops, &fast_paths, &telemetry, &routes);
+        let mut out = render(&pin_dir, &proxy, &drops, &fast_paths, &telemetry, &routes, &mesh);
         let kernel = zero_hop_connections(&pin_dir, &config);
         telemetry.metrics.render(&mut out, &kernel);
         out
@@ -285,8 +367,12 @@ fn render(
     fast_paths: &crate::fastpath::States,
     telemetry: &Telemetry,
     routes: &Routes,
+    mesh: &MeshMetrics,
 ) -> String {
     let mut m = Metrics::default();
+    let kernel_denied =
+        Stats::from_pin(pin_dir).map(|s| s.get(sluice_bpf::abi::Stat::ZhDenied)).unwrap_or_default();
+    mesh_metrics(&mut m, mesh, proxy, kernel_denied);
     telemetry_metrics(&mut m, telemetry, routes);
     path_metrics(&mut m, proxy, fast_paths);
     m.sample("sluice_up", "gauge", "1 while the node runs.", &[], 1.0);

@@ -17,7 +17,7 @@ use sluice_mesh_config::{
     watch::{Change, Watcher},
 };
 use sluice_proxy::{
-    HttpLimits, OriginalDst, Proxy, ProxyConfig, ProxyStats, Routes, Telemetry, WorkerHooks,
+    Dialed, HttpLimits, OriginalDst, Proxy, ProxyConfig, ProxyStats, Routes, Telemetry, WorkerHooks,
     telemetry::access_log::{AccessLog, LogFormat, LogTarget},
 };
 use sluice_redirector::{
@@ -43,8 +43,8 @@ const HEARTBEAT: Duration = Duration::from_millis(100);
 struct KernelOrigDst(Arc<OrigDstTable>);
 
 impl OriginalDst for KernelOrigDst {
-    fn original_dst(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
-        self.0.take(peer, local).map(|o| o.addr)
+    fn original_dst(&self, peer: SocketAddr, local: SocketAddr) -> Option<Dialed> {
+        self.0.take(peer, local).map(|o| Dialed { dst: o.addr, cgroup_id: o.cgroup_id })
     }
 }
 
@@ -144,6 +144,8 @@ pub(crate) struct NodeHandle {
     admin: crate::admin::Admin,
     /// Whether zero-hop passed its self-test (else its ports go through the proxy).
     zero_hop_on: bool,
+    /// Identities, and mutual TLS with the other nodes.
+    mesh: Mesh,
     /// The sk_msg path when on (its endpoint set follows the config).
     msg_pairs: Option<Arc<sluice_redirector::LocalPairs>>,
     telemetry: Arc<Telemetry>,
@@ -173,6 +175,7 @@ impl NodeHandle {
                 "--splice and --sk-msg cannot both be on: a socket whose sends go through sk_msg is not seen by the sk_skb splice; pick one",
             ));
         }
+        let mut mesh = Mesh::start(args, &config, own_mark).await?;
         let (splice, splice_state) = crate::fastpath::splice(args.splice).await;
         let local_pairs = sluice_proxy::LocalPairs::default();
         let proxy = Proxy::bind(ProxyConfig {
@@ -193,6 +196,9 @@ impl NodeHandle {
             splice,
             telemetry: Arc::clone(&telemetry),
             local_pairs: local_pairs.clone(),
+            node_name: mesh.node.clone(),
+            workloads: Some(Arc::clone(&mesh.workloads)),
+            mesh: mesh.client.clone(),
             ..ProxyConfig::default()
         })
         .await
@@ -224,8 +230,10 @@ impl NodeHandle {
         };
         write_policy_state(&args.instance, policy.as_ref());
         // Zero-hop ports start on the proxy path; the self-test then turns them on.
-        let report = redirector.services().sync(&crate::fastpath::effective(&config, false))?;
-        let zero_hop_state = crate::fastpath::zero_hop(args.zero_hop, &mut redirector, &config).await;
+        let local = crate::fastpath::local_view(&config, mesh.node.as_deref());
+        redirector.services().set_zero_hop_authz(zero_hop_verdicts(&local, &mesh.workloads).as_ref())?;
+        let report = redirector.services().sync(&crate::fastpath::effective(&local, false))?;
+        let zero_hop_state = crate::fastpath::zero_hop(args.zero_hop, &mut redirector, &local).await;
         let zero_hop_on = zero_hop_state.enabled;
         let msg_state =
             crate::fastpath::sk_msg(args.sk_msg, redirector.pin_dir(), proxy4.port(), &local_pairs, &config)
@@ -243,6 +251,22 @@ impl NodeHandle {
         let orig: Arc<dyn OriginalDst> = Arc::new(KernelOrigDst(redirector.orig_dst()));
         let proxy_stats = proxy.stats();
         let serving = tokio::spawn(proxy.serve(routes.clone(), orig, hooks.clone(), shutdown.clone()));
+        if let Some(server) = mesh.server(&routes, own_mark) {
+            let listener = mesh.listener.take_listener()?;
+            let store = Arc::clone(&server.tls.store);
+            tokio::spawn(server.serve(listener, shutdown.clone()));
+            // Certificates renew at half their life even when no handshake asks.
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(store.renew_interval());
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = every.tick() => store.renew_due(),
+                    }
+                }
+            });
+        }
         // Every worker must be in the socket arrays before the old node stops taking connections.
         let deadline = Instant::now() + Duration::from_secs(10);
         while hooks.registered.load(Ordering::SeqCst) < workers {
@@ -264,6 +288,7 @@ impl NodeHandle {
             Arc::clone(&telemetry),
             routes.clone(),
             Arc::clone(&admin.config),
+            mesh.metrics(),
         ));
         admin.set_config(&config, export.as_ref());
         let admin_addr = admin.clone().serve(args.admin_port, shutdown.clone()).await.map_err(|e| {
@@ -276,6 +301,7 @@ impl NodeHandle {
             tracing::info!(predecessor = p.pid, "told the running node to drain and exit");
         }
         Ok(Self {
+            mesh,
             zero_hop_on,
             msg_pairs,
             admin,
@@ -371,6 +397,7 @@ impl NodeHandle {
                 }
                 // Routes next: an address the map starts redirecting must already be routable.
                 self.routes.apply(&new);
+                self.mesh.workloads.apply(&new, self.mesh.node.as_deref());
                 self.apply_telemetry(&new);
                 if let Some(lp) = &self.msg_pairs
                     && let Err(e) = lp.set_local_endpoints(&new)
@@ -378,7 +405,15 @@ impl NodeHandle {
                     tracing::warn!(error = %e, "sk_msg: the local endpoint set was not updated");
                 }
                 self.admin.set_config(&new, self.export.as_ref());
-                match self.redirector.services().sync(&crate::fastpath::effective(&new, self.zero_hop_on)) {
+                let local = crate::fastpath::local_view(&new, self.mesh.node.as_deref());
+                if let Err(e) = self
+                    .redirector
+                    .services()
+                    .set_zero_hop_authz(zero_hop_verdicts(&local, &self.mesh.workloads).as_ref())
+                {
+                    tracing::error!(error = %e, "zero-hop authorization verdicts not updated in the kernel");
+                }
+                match self.redirector.services().sync(&crate::fastpath::effective(&local, self.zero_hop_on)) {
                     Ok(r) => {
                         tracing::info!(
                             services = new.services.len(),
@@ -587,4 +622,117 @@ async fn heartbeat(live: Arc<Liveness>) {
             Err(_) => {}
         }
     }
+}
+
+/// This node's place in a multi-node mesh: its name, the identities of its
+/// workloads, and (when it is one of `nodes:`) mutual TLS with the others.
+pub(crate) struct Mesh {
+    pub node: Option<String>,
+    pub workloads: Arc<sluice_proxy::tls::Workloads>,
+    pub client: Option<Arc<sluice_proxy::mesh::MeshClient>>,
+    listener: MeshListener,
+    stats: Arc<sluice_proxy::mesh::MeshStats>,
+}
+
+/// The bound mutual-TLS port until the server takes it.
+struct MeshListener(Option<std::net::TcpListener>);
+
+impl MeshListener {
+    fn take_listener(&mut self) -> Result<tokio::net::TcpListener, Failure> {
+        let l = self.0.take().ok_or_else(|| Failure::new(exit::FAILED, "mesh listener taken twice"))?;
+        tokio::net::TcpListener::from_std(l).map_err(|e| Failure::new(exit::FAILED, e))
+    }
+}
+
+impl Mesh {
+    async fn start(args: &NodeArgs, config: &MeshConfig, own_mark: u32) -> Result<Self, Failure> {
+        let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok());
+        let node = args.node_name.clone().or(host);
+        let me = node.as_deref().and_then(|n| config.nodes.iter().find(|x| x.name == n));
+        if !config.nodes.is_empty() && me.is_none() {
+            let known: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+            return Err(Failure::new(
+                exit::BAD_INPUT,
+                format!(
+                    "this node is '{}', which is not in the config's nodes: ({}); pass --node-name with one of them",
+                    node.as_deref().unwrap_or("?"),
+                    known.join(", ")
+                ),
+            ));
+        }
+        let workloads = Arc::new(sluice_proxy::tls::Workloads::new(config, node.as_deref()));
+        let stats = Arc::new(sluice_proxy::mesh::MeshStats::default());
+        let Some(me) = me else {
+            return Ok(Self { node, workloads, client: None, listener: MeshListener(None), stats });
+        };
+        let tls = sluice_proxy::tls::MeshTls::new(config, Arc::clone(&workloads)).map_err(|e| {
+            Failure::new(exit::BAD_INPUT, format!("workload certificates (identity: in the config): {e}"))
+        })?;
+        let addr = me.socket_addr();
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| {
+                Failure::new(
+                    exit::FAILED,
+                    format!(
+                        "the mutual-TLS port {addr} of node {}: {e} (is the address on this host?)",
+                        me.name
+                    ),
+                )
+            })?;
+        tracing::info!(node = %me.name, %addr, trust_domain = %config.identity.trust_domain, "mutual TLS between nodes on");
+        let client = Arc::new(sluice_proxy::mesh::MeshClient::new(
+            tls,
+            own_mark,
+            Duration::from_secs(5),
+            Arc::clone(&stats),
+        ));
+        Ok(Self { node, workloads, client: Some(client), listener: MeshListener(Some(listener)), stats })
+    }
+
+    fn server(&self, routes: &Routes, own_mark: u32) -> Option<sluice_proxy::mesh::MeshServer> {
+        let client = self.client.as_ref()?;
+        Some(sluice_proxy::mesh::MeshServer {
+            tls: Arc::clone(&client.tls),
+            routes: routes.clone(),
+            pools: Arc::new(sluice_proxy::http::upstream::Pools::new(own_mark, Duration::from_secs(5), None)),
+            own_mark,
+            connect_timeout: Duration::from_secs(5),
+            stats: Arc::clone(&self.stats),
+        })
+    }
+
+    fn metrics(&self) -> crate::metrics::MeshMetrics {
+        crate::metrics::MeshMetrics {
+            stats: Arc::clone(&self.stats),
+            certs: self.client.as_ref().map(|c| Arc::clone(&c.tls.store)),
+        }
+    }
+}
+
+/// The kernel's zero-hop authorization table: for each zero-hop service
+/// address, the verdict for every workload cgroup and (cgroup 0) for the
+/// rest. `None` when no policy can refuse anything.
+fn zero_hop_verdicts(
+    config: &MeshConfig,
+    workloads: &sluice_proxy::tls::Workloads,
+) -> Option<std::collections::HashMap<(u64, SocketAddr), bool>> {
+    let authz = sluice_proxy::authz::Authz::new(&config.authorization, config.services.len());
+    if authz.is_open() {
+        return None;
+    }
+    let ids = workloads.identities.load();
+    let cgroups = ids.scan_cgroups();
+    let mut out = std::collections::HashMap::new();
+    for (addr, sa) in config.service_addrs() {
+        if !config.services[sa.service].ports[sa.port].zero_hop {
+            continue;
+        }
+        let deny = |id: &str| !authz.check_tcp(id, sa.service, addr.port()).is_allow();
+        out.insert((0, addr), deny(ids.default_id()));
+        for (cg, id) in &cgroups {
+            out.insert((*cg, addr), deny(id));
+        }
+    }
+    Some(out)
 }

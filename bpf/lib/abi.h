@@ -31,6 +31,20 @@ struct sl_svc_val {
 
 /* sl_svc_val.flags: connect straight to an endpoint, never through the proxy. */
 #define SL_SVC_ZERO_HOP 1
+/* sl_svc_val.flags: zero-hop connects are checked against sl_zh_authz. */
+#define SL_SVC_AUTHZ 2
+
+/*
+ * Key of sl_zh_authz: the connecting process's cgroup and the service address.
+ * cgroup_id 0 holds the verdict for cgroups without an entry of their own.
+ * Value: a __u32 enum sl_action (computed from the authorization policies by
+ * the node, per workload identity).
+ */
+struct sl_authz_key {
+	__u64 cgroup_id;
+	struct sl_svc_key svc;
+	__u32 _pad;
+};
 /* sl_zh_eps holds two generations of this many endpoints each. */
 #define SL_ZH_EPS_PER_GEN 2048
 
@@ -41,12 +55,13 @@ struct sl_sockaddr {
 	__u16 _pad;
 };
 
-/* The destination an application dialed, before the rewrite. */
+/* The destination an application dialed, before the rewrite, and who dialed. */
 struct sl_orig_dst {
 	__u32 addr_be[4];
 	__u16 port_be;
 	__u16 _pad;
 	__u32 svc_id;
+	__u64 cgroup_id; /* the connecting process's cgroup (its workload identity) */
 };
 
 /*
@@ -204,7 +219,8 @@ enum sl_stat {
 	SL_STAT_RP_MIGRATED = 10, /* a closing worker's queued connection moved to another */
 	SL_STAT_ZERO_HOP = 11,    /* connect went straight to a local endpoint (no proxy) */
 	SL_STAT_PEER_REWRITTEN = 12, /* getpeername showed the service address */
-	SL_STAT_MAX = 13,
+	SL_STAT_ZH_DENIED = 13,   /* a zero-hop connect refused by authorization */
+	SL_STAT_MAX = 14,
 };
 
 /*
@@ -254,7 +270,9 @@ _Static_assert(sizeof(struct sl_svc_val) == 16, "sl_svc_val size");
 _Static_assert(__builtin_offsetof(struct sl_svc_val, ep_base) == 8, "sl_svc_val.ep_base");
 _Static_assert(sizeof(struct sl_sockaddr) == 20, "sl_sockaddr size");
 _Static_assert(sizeof(struct sl_zh_bytes) == 24, "sl_zh_bytes size");
-_Static_assert(sizeof(struct sl_orig_dst) == 24, "sl_orig_dst size");
+_Static_assert(sizeof(struct sl_orig_dst) == 32, "sl_orig_dst size");
+_Static_assert(sizeof(struct sl_authz_key) == 32, "sl_authz_key size");
+_Static_assert(__builtin_offsetof(struct sl_orig_dst, cgroup_id) == 24, "sl_orig_dst.cgroup_id");
 _Static_assert(__builtin_offsetof(struct sl_orig_dst, port_be) == 16, "sl_orig_dst.port_be");
 _Static_assert(__builtin_offsetof(struct sl_orig_dst, svc_id) == 20, "sl_orig_dst.svc_id");
 _Static_assert(sizeof(struct sl_flow_key) == 36, "sl_flow_key size");

@@ -48,6 +48,14 @@ struct {
 	__type(value, struct sl_sockaddr);
 } sl_zh_eps SEC(".maps");
 
+/* Zero-hop authorization verdicts by cgroup and service address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct sl_authz_key);
+	__type(value, __u32);
+} sl_zh_authz SEC(".maps");
+
 /* What a zero-hop socket dialed, by socket cookie, for getpeername. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -51,6 +51,7 @@ static __always_inline int sl_remember(struct bpf_sock_addr *ctx, const struct s
 	__builtin_memcpy(orig.addr_be, key->addr_be, sizeof(orig.addr_be));
 	orig.port_be = key->port_be;
 	orig.svc_id = svc->svc_id;
+	orig.cgroup_id = bpf_get_current_cgroup_id();
 	if (bpf_map_update_elem(&sl_pend, &cookie, &orig, BPF_ANY) != 0) {
 		sl_count(SL_STAT_PEND_FULL);
 		return 0;
@@ -108,6 +109,29 @@ static __always_inline const struct sl_sockaddr *sl_zero_hop(struct bpf_sock_add
 	return ep;
 }
 
+/*
+ * Zero-hop traffic never reaches the proxy, so its L4 authorization is
+ * decided here: the verdict for the connecting process's cgroup, or the one
+ * for cgroups without an entry.
+ */
+static __always_inline int sl_zh_denied(const struct sl_svc_key *key, const struct sl_svc_val *svc)
+{
+	struct sl_authz_key k = {};
+	const __u32 *v;
+
+	if (!(svc->flags & SL_SVC_AUTHZ))
+		return 0;
+	k.cgroup_id = bpf_get_current_cgroup_id();
+	k.svc = *key;
+	v = bpf_map_lookup_elem(&sl_zh_authz, &k);
+	if (!v) {
+		k.cgroup_id = 0;
+		v = bpf_map_lookup_elem(&sl_zh_authz, &k);
+	}
+	/* No verdict at all (a table being written): refuse, the safe side. */
+	return !v || *v == SL_ACT_DENY;
+}
+
 static __always_inline enum sl_decision sl_decide(struct bpf_sock_addr *ctx, const struct sl_svc_key *key,
 						  const struct sl_sockaddr **ep)
 {
@@ -116,6 +140,11 @@ static __always_inline enum sl_decision sl_decide(struct bpf_sock_addr *ctx, con
 
 	if (!svc)
 		return SL_DIRECT;
+	if ((svc->flags & SL_SVC_ZERO_HOP) && svc->ep_count > 0 && sl_zh_denied(key, svc)) {
+		sl_count(SL_STAT_ZH_DENIED);
+		bpf_set_retval(-ECONNREFUSED);
+		return SL_REFUSE;
+	}
 	/* Zero-hop needs no proxy, so the proxy's liveness does not matter to it. */
 	*ep = sl_zero_hop(ctx, key, svc);
 	if (*ep)

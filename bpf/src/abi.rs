@@ -65,6 +65,17 @@ pub struct SvcVal {
 
 /// `SL_SVC_ZERO_HOP`.
 pub const SVC_ZERO_HOP: u32 = 1;
+/// `SL_SVC_AUTHZ`: zero-hop connects are checked against `sl_zh_authz`.
+pub const SVC_AUTHZ: u32 = 2;
+
+/// `struct sl_authz_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AuthzKey {
+    pub cgroup_id: u64,
+    pub svc: SvcKey,
+    pub _pad: u32,
+}
 /// `SL_ZH_EPS_PER_GEN`: zero-hop endpoints per generation of `sl_zh_eps`.
 pub const ZH_EPS_PER_GEN: u32 = 2048;
 
@@ -91,6 +102,8 @@ pub struct OrigDst {
     pub port_be: u16,
     pub _pad: u16,
     pub svc_id: u32,
+    /// The connecting process's cgroup: its workload identity.
+    pub cgroup_id: u64,
 }
 
 impl OrigDst {
@@ -437,10 +450,11 @@ pub enum Stat {
     RpMigrated = 10,
     ZeroHop = 11,
     PeerRewritten = 12,
+    ZhDenied = 13,
 }
 
 impl Stat {
-    pub const ALL: [Stat; 13] = [
+    pub const ALL: [Stat; 14] = [
         Stat::Redirect4,
         Stat::Redirect6,
         Stat::OwnSkipped,
@@ -454,9 +468,10 @@ impl Stat {
         Stat::RpMigrated,
         Stat::ZeroHop,
         Stat::PeerRewritten,
+        Stat::ZhDenied,
     ];
     /// `SL_STAT_MAX`: the number of counters.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// The name used in `sluice status` and metrics.
     pub fn name(self) -> &'static str {
@@ -474,6 +489,7 @@ impl Stat {
             Stat::RpMigrated => "worker_migrated",
             Stat::ZeroHop => "zero_hop_connect",
             Stat::PeerRewritten => "zero_hop_getpeername",
+            Stat::ZhDenied => "zero_hop_denied",
         }
     }
 }
@@ -491,6 +507,7 @@ mod pod {
     unsafe impl aya::Pod for ZhBytes {}
     // SAFETY: as above.
     unsafe impl aya::Pod for OrigDst {}
+    unsafe impl aya::Pod for AuthzKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
@@ -518,7 +535,9 @@ const _: () = {
     assert!(size_of::<SvcVal>() == 16);
     assert!(offset_of!(SvcVal, ep_base) == 8);
     assert!(size_of::<Sockaddr>() == 20);
-    assert!(size_of::<OrigDst>() == 24);
+    assert!(size_of::<OrigDst>() == 32);
+    assert!(size_of::<AuthzKey>() == 32);
+    assert!(offset_of!(OrigDst, cgroup_id) == 24);
     assert!(offset_of!(OrigDst, port_be) == 16);
     assert!(offset_of!(OrigDst, svc_id) == 20);
     assert!(size_of::<FlowKey>() == 36);

@@ -76,6 +76,8 @@ pub mod maps {
     pub const STATS: &str = "sl_stats";
     /// Zero-hop endpoints: [`crate::abi::Sockaddr`], two generations.
     pub const ZH_ENDPOINTS: &str = "sl_zh_eps";
+    /// Zero-hop authorization: [`crate::abi::AuthzKey`] → `u32` action.
+    pub const ZH_AUTHZ: &str = "sl_zh_authz";
     /// What zero-hop sockets dialed, by cookie (for getpeername).
     pub const ZH_PEER: &str = "sl_zh_peer";
     /// Zero-hop connections per service address: [`crate::abi::SvcKey`] → per-CPU `u64`.
@@ -148,6 +150,7 @@ pub mod maps {
         REUSEPORT_CFG,
         ZH_ENDPOINTS,
         ZH_PEER,
+        ZH_AUTHZ,
         ZH_CONNS,
         ZH_BYTES,
         MSG,

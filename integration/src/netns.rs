@@ -58,3 +58,48 @@ fn run(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("running ip (iproute2)");
     assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
+
+/// Two nodes for multi-node tests: namespaces `a` (10.77.9.1) and `b`
+/// (10.77.9.2), each with a veth into a bridge in a third, `hub`. No route
+/// leaves them.
+#[derive(Debug)]
+pub struct TwoNodes {
+    pub a: NetnsGuard,
+    pub b: NetnsGuard,
+    /// Declared last: dropped after the nodes' namespaces.
+    pub hub: NetnsGuard,
+}
+
+impl TwoNodes {
+    pub const A: &'static str = "10.77.9.1";
+    pub const B: &'static str = "10.77.9.2";
+
+    pub fn new(test: &str) -> Self {
+        let hub = NetnsGuard::with_suffix(test, "hub");
+        let a = NetnsGuard::with_suffix(test, "a");
+        let b = NetnsGuard::with_suffix(test, "b");
+        run(&["-n", hub.name(), "link", "add", "br0", "type", "bridge"]);
+        run(&["-n", hub.name(), "link", "set", "br0", "up"]);
+        for (ns, port, addr) in [(&a, "pa", Self::A), (&b, "pb", Self::B)] {
+            run(&[
+                "-n",
+                ns.name(),
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                hub.name(),
+            ]);
+            run(&["-n", ns.name(), "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+            run(&["-n", ns.name(), "link", "set", "eth0", "up"]);
+            run(&["-n", hub.name(), "link", "set", port, "master", "br0"]);
+            run(&["-n", hub.name(), "link", "set", port, "up"]);
+        }
+        Self { a, b, hub }
+    }
+}

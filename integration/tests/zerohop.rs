@@ -10,7 +10,7 @@ use sluice_integration::{
     CgroupGuard, EchoServer, Node, client,
     node::{NodeOpts, Sig},
     privileged,
-    process::client_count,
+    process::{client_count, client_timeout},
     wait_for,
 };
 
@@ -155,4 +155,66 @@ fn zero_hop_that_fails_its_self_test_goes_through_the_proxy() {
     wait_for("the reload", Duration::from_secs(5), || node.log().contains("config reloaded").then_some(()));
     client_count(cg.path(), vip, 3).unwrap();
     assert_eq!(node.kernel_stats()["zero_hop_connect"], 0);
+}
+
+/// Zero-hop connections never reach the proxy, so authorization for them is
+/// decided in connect4/6: a workload the policy allows connects, another
+/// workload of the same mesh gets ECONNREFUSED from connect() itself.
+#[test]
+fn zero_hop_authorization_is_decided_in_the_kernel() {
+    if !privileged("zero_hop_authorization_is_decided_in_the_kernel") {
+        return;
+    }
+    let cg = CgroupGuard::new("zhauthz");
+    let (fe, other) = (cg.path().join("frontend"), cg.path().join("other"));
+    std::fs::create_dir(&fe).unwrap();
+    std::fs::create_dir(&other).unwrap();
+    struct Rm(Vec<std::path::PathBuf>);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let root = sluice_integration::cgroup::cgroup2_root();
+            for d in &self.0 {
+                for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
+                    let _ = std::fs::write(root.join("cgroup.procs"), pid);
+                }
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+    let _rm = Rm(vec![fe.clone(), other.clone()]);
+    let echo = EchoServer::start("127.0.0.1:0");
+    let vip: SocketAddr = "127.100.0.81:5432".parse().unwrap();
+    let config = format!(
+        "{}  - {{service: frontend, address: 127.0.0.1, port: 1, cgroup: {}}}
+  - name: frontend
+authorization:
+  policies:
+    - {{name: fe-db, action: allow, services: [db], from: [\"spiffe://cluster.local/ns/default/sa/frontend\"]}}
+",
+        config(vip, &[&echo]),
+        fe.display()
+    )
+    .replace(
+        "  - name: frontend\n",
+        "",
+    )
+    .replace("endpoints:\n", "  - {name: frontend, vips: [127.100.0.82], ports: [{port: 80}]}\nendpoints:\n");
+    let node = start("zhauthz", &cg, &config, &[]);
+    assert!(node.log().contains("self-test passed"), "{}", node.log());
+
+    let r = client(Some(&fe), None, vip, 100_000, 16 * 1024).unwrap();
+    assert!(r.intact(), "{r:?}");
+    let err = client_timeout(Some(&other), None, vip, 1000, 1000, 3000).unwrap_err();
+    assert!(err.contains("Connection refused"), "refused by connect4: {err}");
+    assert_eq!(echo.connections(), 1, "the refused connect never reached the endpoint");
+    let stats = node.kernel_stats();
+    assert_eq!(stats["zero_hop_denied"], 1, "{stats:?}");
+    assert_eq!(node.metric("sluice_authz_denied_total{protocol=\"tcp\",origin=\"kernel\"}"), Some(1.0));
+    // A reload that allows everyone lifts the refusal at once.
+    node.write_config(
+        &config.replace("from: [\"spiffe://cluster.local/ns/default/sa/frontend\"]", "from: [\"*\"]"),
+    );
+    wait_for("the reload", Duration::from_secs(10), || {
+        client_timeout(Some(&other), None, vip, 1000, 1000, 3000).ok().filter(|r| r.intact())
+    });
 }

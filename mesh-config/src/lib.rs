@@ -15,16 +15,18 @@ mod model;
 mod policy;
 mod raw;
 mod routes;
+mod security;
 mod telemetry;
 mod validate;
 pub mod watch;
 
 pub use error::{ConfigError, Location};
 pub use model::{
-    AccessLog, AccessLogFormat, Cidr, CircuitBreaker, Destination, Direction, Endpoint, HeaderMatch,
-    HeaderOps, HostMatch, L4Protocol, LoadBalancer, MeshConfig, OtlpProtocol, OutlierDetection, PathMatch,
-    Policy, PolicyAction, PolicyRule, Protocol, RateLimit, RetryOn, RetryPolicy, Route, RouteMatch, Service,
-    ServiceAddr, ServicePort, Telemetry, Tracing, ValueMatch, XdpMode,
+    AccessLog, AccessLogFormat, Authorization, AuthzPolicy, CertSource, Cidr, CircuitBreaker, Destination,
+    Direction, Endpoint, HeaderMatch, HeaderOps, HostMatch, Identity, IdentityMatch, L4Protocol,
+    LoadBalancer, MeshConfig, Node, OtlpProtocol, OutlierDetection, PathMatch, Policy, PolicyAction,
+    PolicyRule, Protocol, RateLimit, RetryOn, RetryPolicy, Route, RouteMatch, Service, ServiceAddr,
+    ServicePort, Telemetry, Tracing, ValueMatch, XdpMode,
 };
 
 /// Kernel rules per direction (`SL_MAX_RULES` in bpf/lib/abi.h).

@@ -17,6 +17,117 @@ pub struct MeshConfig {
     pub policy: Option<Policy>,
     /// Traces and access logs; metrics are always on.
     pub telemetry: Telemetry,
+    /// The mesh's nodes: where each one's proxy takes mutual-TLS traffic from
+    /// the others. Empty: a single node.
+    pub nodes: Vec<Node>,
+    /// Workload identities and where their certificates come from.
+    pub identity: Identity,
+    /// Who may call what.
+    pub authorization: Authorization,
+}
+
+/// A node of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Node {
+    pub name: String,
+    /// Where the other nodes reach this node's mutual-TLS port.
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+impl Node {
+    pub const DEFAULT_PORT: u16 = 15008;
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+}
+
+/// Workload identities are SPIFFE IDs, `spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Identity {
+    pub trust_domain: String,
+    /// Lifetime of the certificates Sluice issues; each is renewed at half its life.
+    pub cert_ttl: Duration,
+    pub source: CertSource,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            cert_ttl: Duration::from_secs(24 * 3600),
+            source: CertSource::BuiltinCa { dir: PathBuf::from("/var/lib/sluice/ca") },
+        }
+    }
+}
+
+impl Identity {
+    pub fn spiffe_id(&self, namespace: &str, service_account: &str) -> String {
+        format!("spiffe://{}/ns/{namespace}/sa/{service_account}", self.trust_domain)
+    }
+}
+
+/// Where workload certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertSource {
+    /// A CA of Sluice's own (`ca.pem`, `ca-key.pem`), created if missing: for
+    /// development and demos. Nodes that share it trust each other.
+    BuiltinCa { dir: PathBuf },
+    /// An existing CA that Sluice issues workload certificates with.
+    ExternalCa { cert: PathBuf, key: PathBuf },
+    /// Certificates issued elsewhere: `<dir>/<namespace>/<service_account>/{cert,key}.pem`,
+    /// read again when they change, and the CA certificates to trust.
+    Files { trust_bundle: PathBuf, dir: PathBuf },
+}
+
+/// Authorization: a deny that applies refuses; else an allow that applies
+/// permits; else a service some allow policy names refuses; else `default`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Authorization {
+    pub default: PolicyAction,
+    pub policies: Vec<AuthzPolicy>,
+}
+
+impl Default for Authorization {
+    fn default() -> Self {
+        Self { default: PolicyAction::Allow, policies: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuthzPolicy {
+    pub name: String,
+    pub action: PolicyAction,
+    /// Indexes into [`MeshConfig::services`]; empty: every service.
+    pub services: Vec<usize>,
+    /// Service ports; empty: every port.
+    pub ports: Vec<u16>,
+    /// Source identities; empty: anyone, with or without an identity.
+    pub from: Vec<IdentityMatch>,
+    /// HTTP conditions. On opaque TCP a deny with conditions applies anyway
+    /// (fail closed) and an allow with conditions does not.
+    pub request: Option<RouteMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityMatch {
+    /// `*`: any authenticated identity.
+    Any,
+    Exact(String),
+    /// `spiffe://cluster.local/ns/prod/*`.
+    Prefix(String),
+}
+
+impl IdentityMatch {
+    pub fn matches(&self, id: &str) -> bool {
+        match self {
+            IdentityMatch::Any => true,
+            IdentityMatch::Exact(e) => e == id,
+            IdentityMatch::Prefix(p) => id.starts_with(p.as_str()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
@@ -217,6 +328,8 @@ pub struct Service {
     pub name: String,
     /// For metrics labels (Istio's `destination_service_namespace`); default `default`.
     pub namespace: String,
+    /// Its workloads' identity (with `namespace`); default: the service's name.
+    pub service_account: String,
     pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<Endpoint>,

@@ -22,6 +22,57 @@ pub(crate) struct RawConfig {
     pub policy: Option<Spanned<RawPolicy>>,
     #[serde(default)]
     pub telemetry: Option<Spanned<RawTelemetry>>,
+    #[serde(default)]
+    pub nodes: Option<Vec<Spanned<RawNode>>>,
+    #[serde(default)]
+    pub identity: Option<Spanned<RawIdentity>>,
+    #[serde(default)]
+    pub authorization: Option<Spanned<RawAuthorization>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNode {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+    pub port: Option<Spanned<u16>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIdentity {
+    pub trust_domain: Option<Spanned<String>>,
+    pub cert_ttl: Option<Spanned<String>>,
+    pub ca_dir: Option<Spanned<String>>,
+    pub ca_cert: Option<Spanned<String>>,
+    pub ca_key: Option<Spanned<String>>,
+    pub certificates: Option<Spanned<RawCertFiles>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertFiles {
+    pub trust_bundle: Spanned<String>,
+    pub dir: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuthorization {
+    pub default: Option<Spanned<String>>,
+    pub policies: Option<Vec<Spanned<RawAuthzPolicy>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuthzPolicy {
+    pub name: Option<Spanned<String>>,
+    pub action: Spanned<String>,
+    pub services: Option<Vec<Spanned<String>>>,
+    pub ports: Option<Vec<Spanned<u16>>>,
+    pub from: Option<Vec<Spanned<String>>>,
+    #[serde(rename = "match")]
+    pub matches: Option<Spanned<RawMatch>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +244,7 @@ impl<'de> Deserialize<'de> for PortSpec {
 pub(crate) struct RawService {
     pub name: Spanned<String>,
     pub namespace: Option<Spanned<String>>,
+    pub service_account: Option<Spanned<String>>,
     pub vips: Spanned<Vec<Spanned<String>>>,
     pub ports: Spanned<Vec<Spanned<RawPort>>>,
     pub load_balancer: Option<Spanned<String>>,

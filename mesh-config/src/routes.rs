@@ -41,6 +41,16 @@ pub(crate) fn validate(
     Ok(routes)
 }
 
+/// A `match:` block outside routes (authorization policies); `field` names it.
+pub(crate) fn request_match(
+    file: &Path,
+    field: String,
+    services: &[Service],
+    m: &RawMatch,
+) -> Result<RouteMatch, ConfigError> {
+    RouteValidator { file, field, services }.matches(m)
+}
+
 struct RouteValidator<'a> {
     file: &'a Path,
     field: String,

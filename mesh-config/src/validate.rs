@@ -38,6 +38,7 @@ pub(crate) fn validate(file: &Path, raw: RawConfig) -> Result<MeshConfig, Config
         names.insert(svc.name.clone(), (i, loc(&s.value.name)));
         services.push(svc);
     }
+    let nodes = crate::security::nodes(file, raw.nodes.as_deref().unwrap_or_default())?;
     for (i, e) in raw_endpoints.iter().enumerate() {
         let field = format!("endpoints[{i}]");
         let Some(&(si, _)) = names.get(&e.value.service.value) else {
@@ -52,13 +53,33 @@ pub(crate) fn validate(file: &Path, raw: RawConfig) -> Result<MeshConfig, Config
                 .hint(format!("name a service declared under `services:` (known: {})", known.join(", "))));
         };
         let ep = v.endpoint(&field, &e.value, &services[si])?;
+        if let (Some(n), Some(raw_node)) = (&ep.node, &e.value.node)
+            && !nodes.iter().any(|x| &x.name == n)
+        {
+            let known: Vec<&str> = nodes.iter().map(|x| x.name.as_str()).collect();
+            return Err(v
+                .err(loc(raw_node), format!("{field}.node"), format!("unknown node '{n}'"))
+                .hint(if known.is_empty() {
+                    "declare the mesh's nodes under `nodes:` (name, address), or drop `node` for an endpoint on every node".to_string()
+                } else {
+                    format!("name a node declared under `nodes:` (known: {})", known.join(", "))
+                }));
+        }
         services[si].endpoints.push(ep);
     }
     let routes = crate::routes::validate(file, raw.routes.as_deref().unwrap_or_default(), &services)?;
     let policy = raw.policy.as_ref().map(|p| crate::policy::validate(file, p)).transpose()?;
     let telemetry =
         raw.telemetry.as_ref().map(|t| crate::telemetry::validate(file, t)).transpose()?.unwrap_or_default();
-    Ok(MeshConfig { services, routes, policy, telemetry })
+    let identity =
+        raw.identity.as_ref().map(|i| crate::security::identity(file, i)).transpose()?.unwrap_or_default();
+    let authorization = raw
+        .authorization
+        .as_ref()
+        .map(|a| crate::security::authorization(file, a, &services, &identity))
+        .transpose()?
+        .unwrap_or_default();
+    Ok(MeshConfig { services, routes, policy, telemetry, nodes, identity, authorization })
 }
 
 struct Validator<'a> {
@@ -169,9 +190,26 @@ impl Validator<'_> {
                 n.to_string()
             }
         };
+        let service_account = match &s.service_account {
+            None => name.clone(),
+            Some(sa) => {
+                let n = sa.value.trim();
+                if !is_valid_name(n) || n.contains('.') {
+                    return Err(self
+                        .err(
+                            loc(sa),
+                            format!("{field}.service_account"),
+                            format!("'{n}' is not a valid service account"),
+                        )
+                        .hint("use 1-63 of a-z, 0-9 and '-', starting with a letter or digit"));
+                }
+                n.to_string()
+            }
+        };
         Ok(Service {
             name,
             namespace,
+            service_account,
             vips,
             ports,
             endpoints: Vec::new(),
@@ -384,12 +422,13 @@ pub(crate) fn duration(
         "ms" => 1e-3,
         "s" => 1.0,
         "m" => 60.0,
+        "h" => 3600.0,
         _ => f64::NAN,
     };
     let secs = num.parse::<f64>().map(|n| n * scale).unwrap_or(f64::NAN);
     if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
         return Err(ConfigError::at(file, loc(v), field, format!("'{}' is not a duration", v.value))
-            .hint("write a positive number with a unit, up to a day: 250ms, 2s, 1.5s or 1m"));
+            .hint("write a positive number with a unit, up to a day: 250ms, 2s, 1.5s, 1m or 1h"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
 }

@@ -20,7 +20,7 @@ pub struct Watcher {
 #[derive(Debug)]
 pub enum Change {
     /// The file changed and is valid.
-    Valid(MeshConfig),
+    Valid(Box<MeshConfig>),
     /// The file changed and is refused: keep the last good config.
     Invalid(ConfigError),
 }
@@ -53,7 +53,7 @@ impl Watcher {
         let text = String::from_utf8_lossy(&bytes).into_owned();
         self.last = Some(bytes);
         Some(match crate::parse(&self.path, &text) {
-            Ok(c) => Change::Valid(c),
+            Ok(c) => Change::Valid(Box::new(c)),
             Err(e) => Change::Invalid(e),
         })
     }

@@ -31,6 +31,8 @@ pub struct EndpointState {
     ejections: AtomicU32,
     /// Wakes requests waiting for a connection.
     pub(crate) freed: tokio::sync::Notify,
+    /// `Some`: it runs on another node, reached over mutual TLS.
+    pub remote: Option<Arc<crate::mesh::Remote>>,
 }
 
 /// The process's time origin for ejection deadlines.
@@ -57,7 +59,13 @@ impl EndpointState {
             ejected_until_ns: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             freed: tokio::sync::Notify::new(),
+            remote: None,
         }
+    }
+
+    pub fn with_remote(mut self, remote: Option<Arc<crate::mesh::Remote>>) -> Self {
+        self.remote = remote;
+        self
     }
 
     /// Whether it was ever ejected (a cheap test before reading the clock).

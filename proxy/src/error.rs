@@ -14,6 +14,8 @@ pub enum ProxyError {
     NoEndpoints { service: String, orig: SocketAddr },
     #[error("every endpoint of service {service} failed to connect: {detail}")]
     UpstreamUnavailable { service: String, detail: String },
+    #[error("the node of the endpoint refused the connection by authorization: {detail}")]
+    Denied { detail: String },
     #[error("cannot bind the proxy listener on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
 }

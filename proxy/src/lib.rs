@@ -14,17 +14,20 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod balance;
 pub mod detect;
 pub mod endpoint;
 mod error;
 pub mod http;
 pub mod listener;
+pub mod mesh;
 pub mod route;
 pub mod splice;
 pub mod stats;
 pub mod tcp;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::ProxyError;
 pub use http::HttpLimits;
@@ -36,8 +39,16 @@ pub use telemetry::Telemetry;
 
 use std::net::SocketAddr;
 
+/// Where an accepted connection was originally going, and who dialed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dialed {
+    pub dst: SocketAddr,
+    /// The cgroup (v2 id) of the process that connected; 0: unknown.
+    pub cgroup_id: u64,
+}
+
 /// Where an accepted connection was originally going.
 pub trait OriginalDst: Send + Sync + 'static {
     /// `peer` and `local` are the accepted socket's addresses.
-    fn original_dst(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr>;
+    fn original_dst(&self, peer: SocketAddr, local: SocketAddr) -> Option<Dialed>;
 }

@@ -49,6 +49,12 @@ pub struct ProxyConfig {
     pub telemetry: Arc<crate::Telemetry>,
     /// sk_msg acceleration: set (once, after its self-test) when on.
     pub local_pairs: LocalPairs,
+    /// This node's name in the config's `nodes:`.
+    pub node_name: Option<String>,
+    /// Which workload (identity) a connection comes from.
+    pub workloads: Option<Arc<crate::tls::Workloads>>,
+    /// Endpoints on other nodes, over mutual TLS.
+    pub mesh: Option<Arc<crate::mesh::MeshClient>>,
 }
 
 /// The kernel's map of local pairs: the proxy adds its end of each accepted
@@ -81,6 +87,9 @@ impl Default for ProxyConfig {
             splice: None,
             telemetry: Arc::default(),
             local_pairs: LocalPairs::default(),
+            node_name: None,
+            workloads: None,
+            mesh: None,
         }
     }
 }
@@ -190,8 +199,8 @@ impl Proxy {
     /// The routing table for `config`, sharing this proxy's counters and
     /// upstream connection pools.
     pub fn routes(&self, config: &MeshConfig) -> Routes {
-        let pools = Arc::new(Pools::new(self.cfg.own_mark, self.cfg.connect_timeout));
-        Routes::new(config, pools, Arc::clone(&self.stats))
+        let pools = Arc::new(Pools::new(self.cfg.own_mark, self.cfg.connect_timeout, self.cfg.mesh.clone()));
+        Routes::new(config, pools, Arc::clone(&self.stats), self.cfg.node_name.clone())
     }
 
     /// Runs the workers until `shutdown`; then each stops accepting (accepting
@@ -382,7 +391,7 @@ async fn accept_any(listeners: &[TcpListener]) -> io::Result<(TcpStream, SocketA
 
 async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &Ctx) {
     let Ok(local) = stream.local_addr() else { return };
-    let Some(orig) = ctx.orig.original_dst(peer, local) else {
+    let Some(dialed) = ctx.orig.original_dst(peer, local) else {
         ctx.stats.no_orig_dst.fetch_add(1, Relaxed);
         tracing::warn!(error = %ProxyError::NoOriginalDst { peer, local }, "connection refused");
         return;
@@ -396,6 +405,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &Ctx) {
             tracing::debug!(%peer, error = %e, "local pair stays on TCP");
         }
     }
+    let orig = dialed.dst;
+    let source = ctx.cfg.workloads.as_ref().map(|w| w.workload(dialed.cgroup_id));
     let table = ctx.routes.load();
     let Some(backend) = table.get(orig).cloned() else {
         ctx.stats.unknown_service.fetch_add(1, Relaxed);
@@ -429,9 +440,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &Ctx) {
                 limits: ctx.cfg.http.clone(),
                 telemetry: Arc::clone(&ctx.cfg.telemetry),
             };
-            http::serve(stream, h2, peer, orig, hctx, ctx.graceful.clone()).await;
+            http::serve(stream, h2, peer, orig, source, hctx, ctx.graceful.clone()).await;
         }
-        _ => tcp::forward(stream, peer, orig, &backend, &ctx.stats, &ctx.cfg).await,
+        _ => tcp::forward(stream, peer, orig, source, &backend, &ctx.stats, &ctx.cfg).await,
     }
     ctx.stats.active.fetch_sub(1, Relaxed);
 }

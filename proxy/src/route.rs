@@ -16,6 +16,7 @@ use sluice_mesh_config::{MeshConfig, Protocol, Route};
 
 use crate::{
     ProxyStats,
+    authz::Authz,
     balance::{Balancer, RoundRobin},
     endpoint::EndpointState,
     http::{
@@ -23,16 +24,30 @@ use crate::{
         stack::{self, Cluster, UpstreamProto},
         upstream::{Pools, Proto},
     },
+    mesh::Remote,
     telemetry::metrics::Destination,
 };
+
+/// An endpoint of a backend: here, or on another node.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub remote: Option<Arc<Remote>>,
+}
 
 /// Where one service port's connections go (opaque TCP).
 #[derive(Debug)]
 pub struct Backend {
     pub service: String,
+    /// Index of the service in the config.
+    pub index: usize,
     pub port: u16,
     pub protocol: Protocol,
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: Vec<Upstream>,
+    /// Every endpoint's state, for deliveries from other nodes.
+    pub states: Vec<Arc<EndpointState>>,
+    pub limits: sluice_mesh_config::CircuitBreaker,
+    pub authz: Arc<Authz>,
     pub balancer: RoundRobin,
     /// `None` for tcp ports.
     pub http: Option<Arc<HttpService>>,
@@ -40,23 +55,61 @@ pub struct Backend {
     pub dest: Destination,
 }
 
+impl Backend {
+    /// The state of `addr` if it is an endpoint of this backend on this node.
+    pub fn local_endpoint(&self, addr: SocketAddr) -> Option<Arc<EndpointState>> {
+        self.states.iter().find(|s| s.addr == addr && s.remote.is_none()).cloned()
+    }
+}
+
 /// One immutable version of the table.
 #[derive(Debug, Default)]
 pub struct Table {
     by_addr: HashMap<SocketAddr, Arc<Backend>>,
+    by_service: HashMap<(String, u16), Arc<Backend>>,
+    pub authz: Arc<Authz>,
 }
 
-/// Endpoint state kept across reloads, keyed by service, address and version.
-type Registry = Mutex<HashMap<(String, SocketAddr, Option<String>), Arc<EndpointState>>>;
+/// Endpoint state kept across reloads, keyed by service, address, version and node.
+type RegKey = (String, SocketAddr, Option<String>, Option<String>);
+type Registry = Mutex<HashMap<RegKey, Arc<EndpointState>>>;
 
 struct Builder<'a> {
     config: &'a MeshConfig,
     ctx: &'a Shared,
     clusters: HashMap<(usize, usize, Option<String>), Arc<Cluster>>,
-    endpoints: HashMap<(String, SocketAddr, Option<String>), Arc<EndpointState>>,
+    endpoints: HashMap<RegKey, Arc<EndpointState>>,
 }
 
 impl Builder<'_> {
+    /// Endpoint state, kept from the last table when the endpoint was there.
+    fn state(
+        &mut self,
+        svc: &sluice_mesh_config::Service,
+        e: &sluice_mesh_config::Endpoint,
+        port: &sluice_mesh_config::ServicePort,
+    ) -> Arc<EndpointState> {
+        let k = (svc.name.clone(), e.socket_addr(port), e.version.clone(), e.node.clone());
+        if let Some(s) = self.endpoints.get(&k) {
+            return Arc::clone(s);
+        }
+        let remote = remote(self.config, self.ctx.local_node.as_deref(), svc, e);
+        let state = self
+            .ctx
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&k)
+            .filter(|s| {
+                s.remote.as_ref().map(|r| (&r.addr, &r.identity))
+                    == remote.as_ref().map(|r| (&r.addr, &r.identity))
+            })
+            .cloned()
+            .unwrap_or_else(|| Arc::new(EndpointState::new(k.1, k.2.clone()).with_remote(remote)));
+        self.endpoints.insert(k, Arc::clone(&state));
+        state
+    }
+
     fn cluster(&mut self, service: usize, port: usize, version: Option<&String>) -> Arc<Cluster> {
         let key = (service, port, version.cloned());
         if let Some(c) = self.clusters.get(&key) {
@@ -64,22 +117,12 @@ impl Builder<'_> {
         }
         let svc = &self.config.services[service];
         let sp = &svc.ports[port];
-        let registry = self.ctx.registry.lock().unwrap_or_else(|p| p.into_inner());
         let endpoints = svc
             .endpoints
             .iter()
             .filter(|e| version.is_none() || e.version.as_ref() == version)
-            .map(|e| {
-                let k = (svc.name.clone(), e.socket_addr(sp), e.version.clone());
-                let state = registry
-                    .get(&k)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(EndpointState::new(k.1, k.2.clone())));
-                self.endpoints.insert(k, Arc::clone(&state));
-                state
-            })
+            .map(|e| self.state(svc, e, sp))
             .collect();
-        drop(registry);
         let upstream = match sp.protocol {
             Protocol::Http2 | Protocol::Grpc => UpstreamProto::Fixed(Proto::Http2),
             Protocol::Http1 => UpstreamProto::Fixed(Proto::Http1),
@@ -87,6 +130,7 @@ impl Builder<'_> {
         };
         let c = Arc::new(Cluster {
             service: svc.name.as_str().into(),
+            port: sp.port,
             namespace: svc.namespace.as_str().into(),
             version: version.cloned(),
             endpoints,
@@ -149,6 +193,8 @@ impl Builder<'_> {
 impl Table {
     fn build(config: &MeshConfig, ctx: &Shared) -> Self {
         let mut b = Builder { config, ctx, clusters: HashMap::new(), endpoints: HashMap::new() };
+        let authz = Arc::new(Authz::new(&config.authorization, config.services.len()));
+        let mut by_service = HashMap::new();
         // One backend per service port, shared by all of the service's VIPs, so
         // round robin is fair across VIPs.
         let mut backends: HashMap<(usize, usize), Arc<Backend>> = HashMap::new();
@@ -163,11 +209,19 @@ impl Table {
                         let authority = format!("{}:{}", svc.name, port.port);
                         Arc::new(b.http_service(sa.service, sa.port, authority))
                     });
+                    let states: Vec<_> = svc.endpoints.iter().map(|e| b.state(svc, e, port)).collect();
                     let b_ = Arc::new(Backend {
                         service: svc.name.clone(),
+                        index: sa.service,
                         port: port.port,
                         protocol: port.protocol,
-                        endpoints: svc.endpoints.iter().map(|e| e.socket_addr(port)).collect(),
+                        endpoints: states
+                            .iter()
+                            .map(|s| Upstream { addr: s.addr, remote: s.remote.clone() })
+                            .collect(),
+                        states,
+                        limits: svc.circuit_breaker,
+                        authz: Arc::clone(&authz),
                         balancer: RoundRobin::default(),
                         http,
                         dest: Destination {
@@ -177,6 +231,7 @@ impl Table {
                         },
                     });
                     backends.insert((sa.service, sa.port), Arc::clone(&b_));
+                    by_service.insert((svc.name.clone(), port.port), Arc::clone(&b_));
                     b_
                 }
             };
@@ -184,11 +239,16 @@ impl Table {
         }
         // Endpoints gone from the config are forgotten.
         *ctx.registry.lock().unwrap_or_else(|p| p.into_inner()) = b.endpoints;
-        Self { by_addr }
+        Self { by_addr, by_service, authz }
     }
 
     pub fn get(&self, orig: SocketAddr) -> Option<&Arc<Backend>> {
         self.by_addr.get(&orig)
+    }
+
+    /// A service port by name and port number (deliveries from other nodes).
+    pub fn by_service(&self, service: &str, port: u16) -> Option<&Arc<Backend>> {
+        self.by_service.get(&(service.to_string(), port))
     }
 
     pub fn len(&self) -> usize {
@@ -205,6 +265,30 @@ struct Shared {
     pools: Arc<Pools>,
     stats: Arc<ProxyStats>,
     registry: Registry,
+    /// This node's name in `nodes:`; endpoints of other nodes are remote.
+    local_node: Option<String>,
+}
+
+/// How to reach `e` when it runs on another node; `None`: it is local.
+fn remote(
+    config: &MeshConfig,
+    local_node: Option<&str>,
+    svc: &sluice_mesh_config::Service,
+    e: &sluice_mesh_config::Endpoint,
+) -> Option<Arc<Remote>> {
+    let name = e.node.as_deref()?;
+    if Some(name) == local_node {
+        return None;
+    }
+    let node = config.nodes.iter().find(|n| n.name == name)?;
+    let id = &config.identity;
+    let sni = crate::tls::sni_name(&svc.namespace, &svc.service_account, &id.trust_domain);
+    Some(Arc::new(Remote {
+        node: name.into(),
+        addr: node.socket_addr(),
+        identity: id.spiffe_id(&svc.namespace, &svc.service_account).into(),
+        sni: rustls::pki_types::ServerName::try_from(sni).ok()?,
+    }))
 }
 
 /// The live table, shared by the listener and the config watcher.
@@ -215,8 +299,13 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn new(config: &MeshConfig, pools: Arc<Pools>, stats: Arc<ProxyStats>) -> Self {
-        let shared = Arc::new(Shared { pools, stats, registry: Mutex::default() });
+    pub fn new(
+        config: &MeshConfig,
+        pools: Arc<Pools>,
+        stats: Arc<ProxyStats>,
+        local_node: Option<String>,
+    ) -> Self {
+        let shared = Arc::new(Shared { pools, stats, registry: Mutex::default(), local_node });
         let table = Table::build(config, &shared);
         Self { current: Arc::new(ArcSwap::from_pointee(table)), shared }
     }
@@ -233,8 +322,9 @@ impl Routes {
     /// Every endpoint's state (HTTP services), by service, sorted.
     pub fn endpoint_states(&self) -> Vec<(String, Arc<EndpointState>)> {
         let reg = self.shared.registry.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<_> = reg.iter().map(|((svc, _, _), e)| (svc.clone(), Arc::clone(e))).collect();
+        let mut v: Vec<_> = reg.iter().map(|((svc, _, _, _), e)| (svc.clone(), Arc::clone(e))).collect();
         v.sort_by(|a, b| (&a.0, a.1.addr, &a.1.version).cmp(&(&b.0, b.1.addr, &b.1.version)));
+        v.dedup_by(|a, b| a.0 == b.0 && Arc::ptr_eq(&a.1, &b.1));
         v
     }
 }

@@ -7,6 +7,11 @@ use crate::detect::Detected;
 #[derive(Debug, Default)]
 pub struct ProxyStats {
     pub accepted: AtomicU64,
+    /// Refused by authorization on this node: HTTP requests (403) and TCP connections.
+    pub authz_denied_http: AtomicU64,
+    pub authz_denied_tcp: AtomicU64,
+    /// Opaque TCP connections tunnelled to another node.
+    pub tunnelled: AtomicU64,
     pub active: AtomicU64,
     pub forwarded: AtomicU64,
     pub no_orig_dst: AtomicU64,

@@ -31,10 +31,22 @@ pub(crate) async fn forward(
     mut client: TcpStream,
     peer: SocketAddr,
     orig: SocketAddr,
+    source: Option<Arc<str>>,
     backend: &Backend,
     stats: &ProxyStats,
     cfg: &ProxyConfig,
 ) {
+    if !backend.authz.is_open() {
+        let id = source.as_deref().unwrap_or_default();
+        if let crate::authz::Verdict::Deny(policy) = backend.authz.check_tcp(id, backend.index, backend.port)
+        {
+            stats.authz_denied_tcp.fetch_add(1, Relaxed);
+            tracing::info!(%peer, %orig, source = id, service = %backend.service, %policy, "connection refused by authorization");
+            // A reset, not a clean close: the application sees a refusal.
+            let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+            return;
+        }
+    }
     let started = Instant::now();
     let tel = &cfg.telemetry;
     let mut conn = TcpConn {
@@ -51,9 +63,12 @@ pub(crate) async fn forward(
         up: 0,
         down: 0,
     };
-    let (mut upstream, endpoint) = match connect_any(backend, orig, stats, cfg).await {
+    let (upstream, endpoint) = match connect_any(backend, orig, source.as_ref(), stats, cfg).await {
         Ok(u) => u,
         Err(e) => {
+            if matches!(e, ProxyError::Denied { .. }) {
+                let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+            }
             conn.flags = if backend.endpoints.is_empty() { "UH" } else { "UF" };
             conn.open(TcpPath::Proxy);
             if let Some(s) = conn.span.as_mut() {
@@ -65,6 +80,29 @@ pub(crate) async fn forward(
     };
     conn.endpoint = Some(endpoint);
     stats.forwarded.fetch_add(1, Relaxed);
+    let mut upstream = match upstream {
+        Connected::Tcp(s) => s,
+        Connected::Tunnel(t) => {
+            // Another node: the bytes go through the mutual-TLS tunnel.
+            stats.tunnelled.fetch_add(1, Relaxed);
+            let _ = client.set_nodelay(true);
+            conn.open(TcpPath::Proxy);
+            let mut t = hyper_util::rt::TokioIo::new(t);
+            let r = tokio::io::copy_bidirectional(&mut client, &mut t).await;
+            match r {
+                Ok((up, down)) => {
+                    stats.bytes_up.fetch_add(up, Relaxed);
+                    stats.bytes_down.fetch_add(down, Relaxed);
+                    (conn.up, conn.down) = (up, down);
+                }
+                Err(e) => {
+                    conn.flags = "UC";
+                    tracing::debug!(%peer, %orig, %endpoint, error = %e, "tunnelled connection failed");
+                }
+            }
+            return;
+        }
+    };
     tracing::debug!(%peer, %orig, service = %backend.service, %endpoint, "forwarding");
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
@@ -192,22 +230,50 @@ impl Drop for TcpConn<'_> {
     }
 }
 
+/// A connection to a local endpoint, or a tunnel to one on another node.
+enum Connected {
+    Tcp(TcpStream),
+    Tunnel(hyper::upgrade::Upgraded),
+}
+
 /// Tries the endpoints in round-robin order until one accepts.
 async fn connect_any(
     backend: &Backend,
     orig: SocketAddr,
+    source: Option<&Arc<str>>,
     stats: &ProxyStats,
     cfg: &ProxyConfig,
-) -> Result<(TcpStream, SocketAddr), ProxyError> {
+) -> Result<(Connected, SocketAddr), ProxyError> {
     if backend.endpoints.is_empty() {
         stats.no_endpoint.fetch_add(1, Relaxed);
         return Err(ProxyError::NoEndpoints { service: backend.service.clone(), orig });
     }
     let mut failures = Vec::new();
     for i in backend.balancer.order(backend.endpoints.len()) {
-        let ep = backend.endpoints[i];
+        let up = &backend.endpoints[i];
+        let ep = up.addr;
+        if let Some(remote) = &up.remote {
+            let r = match (&cfg.mesh, source) {
+                (Some(mesh), Some(src)) => {
+                    mesh.tunnel(src, remote, &backend.service, backend.port, ep).await.map(Connected::Tunnel)
+                }
+                _ => Err(io::Error::other(format!(
+                    "it runs on node {}, and this node is not in the config's nodes: (or has no --node-name)",
+                    remote.node
+                ))),
+            };
+            match r {
+                Ok(c) => return Ok((c, ep)),
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    return Err(ProxyError::Denied { detail: e.to_string() });
+                }
+                Err(e) => failures.push(format!("{ep} on node {}: {e}", remote.node)),
+            }
+            stats.upstream_connect_failed.fetch_add(1, Relaxed);
+            continue;
+        }
         match tokio::time::timeout(cfg.connect_timeout, connect(ep, cfg.own_mark)).await {
-            Ok(Ok(s)) => return Ok((s, ep)),
+            Ok(Ok(s)) => return Ok((Connected::Tcp(s), ep)),
             Ok(Err(e)) => failures.push(format!("{ep}: {e}")),
             Err(_) => failures.push(format!("{ep}: no answer within {:?}", cfg.connect_timeout)),
         }

@@ -23,8 +23,8 @@ const VIP: &str = "127.100.0.10:8080";
 struct Fixed(Mutex<Option<SocketAddr>>);
 
 impl OriginalDst for Fixed {
-    fn original_dst(&self, _peer: SocketAddr, _local: SocketAddr) -> Option<SocketAddr> {
-        *self.0.lock().unwrap()
+    fn original_dst(&self, _peer: SocketAddr, _local: SocketAddr) -> Option<sluice_proxy::Dialed> {
+        self.0.lock().unwrap().map(|dst| sluice_proxy::Dialed { dst, cgroup_id: 0 })
     }
 }
 

@@ -10,7 +10,10 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use sluice_bpf::{
-    abi::{FlowKey, OrigDst, SVC_ZERO_HOP, Sockaddr, Stat, SvcKey, SvcVal, ZH_EPS_PER_GEN, ZhBytes},
+    abi::{
+        AuthzKey, FlowKey, OrigDst, SVC_AUTHZ, SVC_ZERO_HOP, Sockaddr, Stat, SvcKey, SvcVal, ZH_EPS_PER_GEN,
+        ZhBytes,
+    },
     maps,
 };
 use sluice_mesh_config::MeshConfig;
@@ -22,6 +25,9 @@ use crate::Error;
 pub struct ServiceMap {
     map: HashMap<MapData, SvcKey, SvcVal>,
     endpoints: Array<MapData, Sockaddr>,
+    authz: HashMap<MapData, AuthzKey, u32>,
+    /// Zero-hop service addresses checked against `sl_zh_authz`.
+    authz_on: HashSet<SvcKey>,
 }
 
 impl std::fmt::Debug for ServiceMap {
@@ -39,11 +45,42 @@ pub struct SyncReport {
 }
 
 impl ServiceMap {
-    pub(crate) fn new(map: Map, endpoints: Map) -> Result<Self, Error> {
+    pub(crate) fn new(map: Map, endpoints: Map, authz: Map) -> Result<Self, Error> {
         Ok(Self {
             map: HashMap::try_from(map).map_err(|e| Error::map(maps::SERVICES, e))?,
             endpoints: Array::try_from(endpoints).map_err(|e| Error::map(maps::ZH_ENDPOINTS, e))?,
+            authz: HashMap::try_from(authz).map_err(|e| Error::map(maps::ZH_AUTHZ, e))?,
+            authz_on: HashSet::new(),
         })
+    }
+
+    /// Zero-hop authorization verdicts: (cgroup id, service address) → deny.
+    /// Cgroup id 0 is the verdict for cgroups without an entry. `None`: every
+    /// zero-hop connect is allowed (no policy). Written before the flag that
+    /// makes connect4/6 read them is set (by the next [`ServiceMap::sync`]).
+    pub fn set_zero_hop_authz(
+        &mut self,
+        verdicts: Option<&HashMap2<(u64, SocketAddr), bool>>,
+    ) -> Result<(), Error> {
+        let desired: HashMap2<AuthzKey, u32> = verdicts
+            .into_iter()
+            .flatten()
+            .map(|((cg, addr), deny)| {
+                (AuthzKey { cgroup_id: *cg, svc: SvcKey::new(*addr), _pad: 0 }, u32::from(*deny))
+            })
+            .collect();
+        for (k, v) in &desired {
+            if self.authz.get(k, 0).ok() != Some(*v) {
+                self.authz.insert(k, v, 0).map_err(|e| Error::map(maps::ZH_AUTHZ, e))?;
+            }
+        }
+        let stale: Vec<AuthzKey> =
+            self.authz.keys().filter_map(Result::ok).filter(|k| !desired.contains_key(k)).collect();
+        for k in stale {
+            let _ = self.authz.remove(&k);
+        }
+        self.authz_on = desired.keys().filter(|k| k.cgroup_id == 0).map(|k| k.svc).collect();
+        Ok(())
     }
 
     /// Makes the maps hold exactly the config's service addresses. Adds before it
@@ -83,7 +120,12 @@ impl ServiceMap {
             .into_iter()
             .map(|(addr, sa)| {
                 let (ep_base, ep_count) = ranges.get(&(sa.service, sa.port)).copied().unwrap_or((0, 0));
-                let flags = if ep_count > 0 { SVC_ZERO_HOP } else { 0 };
+                let checked = self.authz_on.contains(&SvcKey::new(addr));
+                let flags = match (ep_count > 0, checked) {
+                    (false, _) => 0,
+                    (true, false) => SVC_ZERO_HOP,
+                    (true, true) => SVC_ZERO_HOP | SVC_AUTHZ,
+                };
                 (SvcKey::new(addr), SvcVal { svc_id: sa.service as u32, flags, ep_base, ep_count })
             })
             .collect();
@@ -116,6 +158,8 @@ pub struct Original {
     pub addr: SocketAddr,
     /// Index of the service in the config that was in force at connect time.
     pub svc_id: u32,
+    /// The cgroup of the process that connected (cgroup v2 id: its directory's inode).
+    pub cgroup_id: u64,
 }
 
 /// `sl_orig`: the proxy's way to learn where an accepted connection was going.
@@ -136,7 +180,7 @@ impl OrigDstTable {
         let v = map.get(&key, 0).ok()?;
         // Consumed: a later connection that reuses the 4-tuple gets its own entry.
         let _ = map.remove(&key);
-        Some(Original { addr: v.socket_addr(), svc_id: v.svc_id })
+        Some(Original { addr: v.socket_addr(), svc_id: v.svc_id, cgroup_id: v.cgroup_id })
     }
 }
 

@@ -211,7 +211,8 @@ impl Redirector {
         attachments: Vec<PinnedAttachment>,
     ) -> Result<Self, Error> {
         let mut take = |name: &'static str| take_map(&mut reuseport, "reuseport", name);
-        let services = ServiceMap::new(take(maps::SERVICES)?, take(maps::ZH_ENDPOINTS)?)?;
+        let services =
+            ServiceMap::new(take(maps::SERVICES)?, take(maps::ZH_ENDPOINTS)?, take(maps::ZH_AUTHZ)?)?;
         let stats = Stats::new(take(maps::STATS)?)?;
         let orig = Arc::new(OrigDstTable::new(take(maps::ORIG_DST)?)?);
         let live = Arc::new(Liveness::new(take(maps::LIVE)?, cfg.fail_mode, cfg.liveness_timeout)?);

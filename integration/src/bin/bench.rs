@@ -22,6 +22,10 @@
 //! tracing off, tracing at 100% (OTLP/gRPC to rotel) and JSON access logs
 //! (see `bench/telemetry.rs`).
 //!
+//! `sluice-bench mesh [--secs N] [--rounds N]`: node a to an endpoint on
+//! node b (namespaces on a bridge), direct plaintext vs through both
+//! proxies over mutual TLS (see `bench/mesh.rs`).
+//!
 //! Needs root; build with `--release`.
 
 #![allow(clippy::unwrap_used)]
@@ -30,6 +34,8 @@ use std::net::SocketAddr;
 
 #[path = "bench/l7.rs"]
 mod bench_l7;
+#[path = "bench/mesh.rs"]
+mod bench_mesh;
 #[path = "bench/paths.rs"]
 mod bench_paths;
 #[path = "bench/telemetry.rs"]
@@ -79,8 +85,9 @@ fn main() -> anyhow::Result<()> {
         Some("paths") => bench_paths::run(secs, rounds, stopped),
         Some("l7") => bench_l7::run(secs, rounds, stopped),
         Some("telemetry") => bench_telemetry::run(secs, rounds, stopped),
+        Some("mesh") => bench_mesh::run(secs, rounds, stopped),
         _ => bail!(
-            "usage: sluice-bench workers|l7|paths|telemetry [--secs N] [--rounds N] | policy [--packets N] [--rounds N]"
+            "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] | policy [--packets N] [--rounds N]"
         ),
     }
 }

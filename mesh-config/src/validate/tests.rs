@@ -400,3 +400,53 @@ fn route_refusals_point_at_the_value() {
     assert!(e.to_string().contains("zero_hop"), "{e}");
     assert_eq!(e.location.unwrap().line, 2);
 }
+
+#[test]
+fn nodes_identity_and_authorization() {
+    let text = format!(
+        "{GOOD}nodes:\n  - {{name: a, address: 10.0.0.1}}\n  - {{name: b, address: 10.0.0.2, port: 16000}}\nidentity: {{trust_domain: mesh.test, cert_ttl: 1h, ca_dir: /tmp/ca}}\nauthorization:\n  default: deny\n  policies:\n    - {{name: p, action: allow, services: [echo], ports: [8080], from: [\"spiffe://mesh.test/ns/default/sa/web\", \"spiffe://mesh.test/ns/prod/*\", \"*\"], match: {{methods: [GET]}}}}\n"
+    );
+    let c = parse(Path::new("mesh.yaml"), &text).expect("valid");
+    assert_eq!(c.nodes.len(), 2);
+    assert_eq!(c.nodes[1].socket_addr().to_string(), "10.0.0.2:16000");
+    assert_eq!(c.nodes[0].port, 15008);
+    assert_eq!(c.identity.spiffe_id("default", "web"), "spiffe://mesh.test/ns/default/sa/web");
+    assert_eq!(c.identity.cert_ttl, std::time::Duration::from_secs(3600));
+    assert_eq!(c.services[0].service_account, "echo");
+    let p = &c.authorization.policies[0];
+    assert_eq!(p.from.len(), 3);
+    assert!(p.from[1].matches("spiffe://mesh.test/ns/prod/sa/x"));
+    assert!(!p.from[0].matches("spiffe://mesh.test/ns/default/sa/webx"));
+    assert_eq!(p.request.as_ref().map(|r| r.methods.clone()), Some(vec!["GET".to_string()]));
+}
+
+#[test]
+fn security_refusals_say_where_and_how_to_fix() {
+    let e = err(&format!(
+        "{GOOD}authorization:\n  policies:\n    - {{action: allow, from: [\"spiffe://other.td/ns/a/sa/b\"]}}\n"
+    ));
+    assert_eq!(e.field, "authorization.policies[0].from[0]");
+    assert!(e.message.contains("trust domain 'other.td'"), "{e}");
+    assert_eq!(e.location.map(|l| l.line), Some(18));
+    let e = err(&format!("{GOOD}authorization:\n  policies:\n    - {{action: allow, services: [nope]}}\n"));
+    assert!(e.message.contains("unknown service 'nope'") && e.to_string().contains("known: echo, db"), "{e}");
+    let e = err(&format!("{GOOD}authorization:\n  policies:\n    - {{action: maybe}}\n"));
+    assert!(e.message.contains("unknown action") && e.to_string().contains("allow or deny"), "{e}");
+    let e = err(&format!("{GOOD}identity: {{ca_dir: /a, ca_cert: /b, ca_key: /c}}\n"));
+    assert!(e.message.contains("both ca_dir and ca_cert"), "{e}");
+    let e = err(&format!("{GOOD}identity: {{ca_cert: /b}}\n"));
+    assert!(e.message.contains("ca_cert without ca_key"), "{e}");
+    let e = err(&format!("{GOOD}identity: {{cert_ttl: 1s}}\n"));
+    assert!(e.message.contains("too short"), "{e}");
+    let e = err(&format!("{GOOD}identity: {{trust_domain: \"spiffe://x\"}}\n"));
+    assert!(e.to_string().contains("no spiffe://"), "{e}");
+    let e = err(&GOOD.replace("    address: 127.0.0.1\n", "    address: 127.0.0.1\n    node: c\n"));
+    assert_eq!(e.field, "endpoints[0].node");
+    assert!(e.to_string().contains("nodes:"), "{e}");
+    let e = err(&format!(
+        "{GOOD}nodes:\n  - {{name: a, address: 10.0.0.1}}\n  - {{name: a, address: 10.0.0.2}}\n"
+    ));
+    assert!(e.message.contains("listed twice"), "{e}");
+    let e = err(&format!("{GOOD}nodes:\n  - {{name: a, address: nope}}\n"));
+    assert_eq!(e.field, "nodes[0].address");
+}

@@ -38,6 +38,8 @@ pub enum HttpError {
     TryTimeout { service: String, endpoint: SocketAddr, after: Duration },
     #[error("upgrade to {protocol} failed: {reason}")]
     Upgrade { protocol: String, reason: String },
+    #[error("{source_id} may not call service {service} ({policy})")]
+    Forbidden { service: String, source_id: String, policy: String },
 }
 
 /// Where a failure came from (the metric label).
@@ -63,6 +65,7 @@ impl HttpError {
     pub fn status(&self) -> StatusCode {
         match self {
             HttpError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            HttpError::Forbidden { .. } => StatusCode::FORBIDDEN,
             HttpError::BadRequestBody { .. } => StatusCode::BAD_REQUEST,
             HttpError::UpstreamReset { .. } | HttpError::Upgrade { .. } => StatusCode::BAD_GATEWAY,
             HttpError::RouteTimeout { .. } | HttpError::TryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -111,6 +114,7 @@ impl HttpError {
             HttpError::RouteTimeout { .. } => "route_timeout",
             HttpError::TryTimeout { .. } => "per_try_timeout",
             HttpError::Upgrade { .. } => "upgrade_failed",
+            HttpError::Forbidden { .. } => "forbidden",
         }
     }
 
@@ -125,6 +129,7 @@ impl HttpError {
             HttpError::BadRequestBody { .. } => "DPE",
             HttpError::RouteTimeout { .. } | HttpError::TryTimeout { .. } => "UT",
             HttpError::Upgrade { .. } => "UPE",
+            HttpError::Forbidden { .. } => "-",
         }
     }
 
@@ -159,6 +164,7 @@ impl HttpError {
         let mut resp = if grpc {
             let code = match self.status() {
                 StatusCode::NOT_FOUND => 12,      // UNIMPLEMENTED
+                StatusCode::FORBIDDEN => 7,       // PERMISSION_DENIED
                 StatusCode::GATEWAY_TIMEOUT => 4, // DEADLINE_EXCEEDED
                 StatusCode::BAD_REQUEST => 13,    // INTERNAL
                 _ => 14,                          // UNAVAILABLE

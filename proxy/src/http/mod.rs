@@ -43,7 +43,7 @@ pub type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
 /// The client's request body failed (malformed chunking, reset...).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct DownstreamBodyError(hyper::Error);
+pub struct DownstreamBodyError(pub(crate) hyper::Error);
 
 /// Protocol limits for clients; the defaults are safe, the node's flags change them.
 #[derive(Debug, Clone)]
@@ -88,6 +88,8 @@ pub(crate) struct ConnCtx {
 struct Conn {
     peer: SocketAddr,
     orig: SocketAddr,
+    /// The calling workload's identity.
+    source: Option<Arc<str>>,
     ctx: ConnCtx,
     draining: CancellationToken,
 }
@@ -107,13 +109,14 @@ pub(crate) async fn serve(
     http2_: bool,
     peer: SocketAddr,
     orig: SocketAddr,
+    source: Option<Arc<str>>,
     ctx: ConnCtx,
     graceful: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     let limits = ctx.limits.clone();
     let stats = Arc::clone(&ctx.stats);
-    let conn = Arc::new(Conn { peer, orig, ctx, draining: graceful.clone() });
+    let conn = Arc::new(Conn { peer, orig, source, ctx, draining: graceful.clone() });
     let svc = service_fn(move |req| handle(req, Arc::clone(&conn)));
     if http2_ {
         let c = http2::Builder::new(TokioExecutor::new())
@@ -225,9 +228,32 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
     };
     let table = conn.ctx.routes.load();
     let mut dialed = None;
-    let route = match table.get(conn.orig).and_then(|b| b.http.clone()) {
-        None => Err(HttpError::ServiceGone { orig: conn.orig }),
-        Some(svc) => {
+    let backend = table.get(conn.orig);
+    let denied = match backend {
+        Some(b) if !b.authz.is_open() => {
+            let source = conn.source.as_deref().unwrap_or_default();
+            match b.authz.check(source, b.index, b.port, Some(&req)) {
+                crate::authz::Verdict::Allow => None,
+                crate::authz::Verdict::Deny(policy) => {
+                    stats.authz_denied_http.fetch_add(1, Relaxed);
+                    tracing::info!(peer = %conn.peer, orig = %conn.orig, source, %policy, method = %method, path = uri.path(), "request denied by authorization");
+                    Some(HttpError::Forbidden {
+                        service: b.service.clone(),
+                        source_id: source.to_string(),
+                        policy: policy.to_string(),
+                    })
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some(s) = &conn.source {
+        req.extensions_mut().insert(upstream::SourceIdentity(Arc::clone(s)));
+    }
+    let route = match (denied, backend.and_then(|b| b.http.clone())) {
+        (Some(e), _) => Err(e),
+        (None, None) => Err(HttpError::ServiceGone { orig: conn.orig }),
+        (None, Some(svc)) => {
             dialed = Some((Arc::clone(&svc.label), Arc::clone(&svc.namespace)));
             match svc.select(&req) {
                 None => Err(HttpError::NoRoute {

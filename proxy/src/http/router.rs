@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, Method, Request};
 use regex::Regex;
-use sluice_mesh_config::{HeaderOps, HostMatch, PathMatch, Route, ValueMatch};
+use sluice_mesh_config::{HeaderOps, HostMatch, PathMatch, Route, RouteMatch, ValueMatch};
 
 use super::{headers, stack::HttpStack};
 
@@ -30,14 +30,21 @@ impl HttpService {
 #[derive(Debug)]
 pub struct CompiledRoute {
     pub name: Arc<str>,
-    host: Option<HostMatch>,
-    path: Option<PathRule>,
-    methods: Vec<Method>,
-    headers: Vec<(HeaderName, ValueRule)>,
+    m: RequestMatch,
     dests: Vec<(u32, HttpStack)>,
     total_weight: u64,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+}
+
+/// A compiled `match:` (of a route or an authorization policy): every
+/// condition given must hold.
+#[derive(Debug)]
+pub struct RequestMatch {
+    host: Option<HostMatch>,
+    path: Option<PathRule>,
+    methods: Vec<Method>,
+    headers: Vec<(HeaderName, ValueRule)>,
 }
 
 #[derive(Debug)]
@@ -62,13 +69,45 @@ fn anchored(r: &str) -> Option<Regex> {
 
 impl CompiledRoute {
     pub fn new(r: &Route, dests: Vec<(u32, HttpStack)>) -> Self {
-        let path = r.matches.path.as_ref().map(|p| match p {
+        let total_weight = dests.iter().map(|(w, _)| u64::from(*w)).sum();
+        Self {
+            name: r.name.as_str().into(),
+            m: RequestMatch::new(&r.matches),
+            dests,
+            total_weight,
+            request_headers: r.request_headers.clone(),
+            response_headers: r.response_headers.clone(),
+        }
+    }
+
+    pub fn matches<B>(&self, req: &Request<B>) -> bool {
+        self.m.matches(req)
+    }
+
+    /// A destination by weight.
+    pub fn pick(&self) -> Option<&HttpStack> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        let mut n = fastrand::u64(..self.total_weight);
+        for (w, s) in &self.dests {
+            if n < u64::from(*w) {
+                return Some(s);
+            }
+            n -= u64::from(*w);
+        }
+        None
+    }
+}
+
+impl RequestMatch {
+    pub fn new(m: &RouteMatch) -> Self {
+        let path = m.path.as_ref().map(|p| match p {
             PathMatch::Exact(s) => PathRule::Exact(s.clone()),
             PathMatch::Prefix(s) => PathRule::Prefix(s.clone()),
             PathMatch::Regex(s) => PathRule::Regex(anchored(s)),
         });
-        let headers = r
-            .matches
+        let headers = m
             .headers
             .iter()
             .filter_map(|h| {
@@ -82,20 +121,8 @@ impl CompiledRoute {
                 Some((name, rule))
             })
             .collect();
-        let methods =
-            r.matches.methods.iter().filter_map(|m| Method::from_bytes(m.as_bytes()).ok()).collect();
-        let total_weight = dests.iter().map(|(w, _)| u64::from(*w)).sum();
-        Self {
-            name: r.name.as_str().into(),
-            host: r.matches.host.clone(),
-            path,
-            methods,
-            headers,
-            dests,
-            total_weight,
-            request_headers: r.request_headers.clone(),
-            response_headers: r.response_headers.clone(),
-        }
+        let methods = m.methods.iter().filter_map(|m| Method::from_bytes(m.as_bytes()).ok()).collect();
+        Self { host: m.host.clone(), path, methods, headers }
     }
 
     pub fn matches<B>(&self, req: &Request<B>) -> bool {
@@ -135,21 +162,6 @@ impl CompiledRoute {
                 }
             }
         })
-    }
-
-    /// A destination by weight.
-    pub fn pick(&self) -> Option<&HttpStack> {
-        if self.total_weight == 0 {
-            return None;
-        }
-        let mut n = fastrand::u64(..self.total_weight);
-        for (w, s) in &self.dests {
-            if n < u64::from(*w) {
-                return Some(s);
-            }
-            n -= u64::from(*w);
-        }
-        None
     }
 }
 

@@ -47,6 +47,8 @@ pub enum UpstreamProto {
 #[derive(Debug)]
 pub struct Cluster {
     pub service: Arc<str>,
+    /// The service port (what applications dial).
+    pub port: u16,
     pub namespace: Arc<str>,
     pub version: Option<String>,
     pub endpoints: Vec<Arc<EndpointState>>,
@@ -185,7 +187,7 @@ impl Service<Request<Body>> for Balance {
                     o.tracing.start_attempt(&o.parent, o.b3_single, &mut req, ep.addr, earlier.len() as u32)
                 }
             };
-            let target = Target { service: &c.service, ep: &ep, limits: c.limits };
+            let target = Target { service: &c.service, port: c.port, ep: &ep, limits: c.limits };
             let started = c.balancer.uses_latency().then(Instant::now);
             let sent = this.pools.send(target, proto, req);
             let mut res = match this.per_try {

@@ -24,7 +24,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sluice_mesh_config::CircuitBreaker;
 
 use super::{Body, BoxError, DownstreamBodyError, HttpError};
-use crate::endpoint::{Counter, EndpointState, Held};
+use crate::{
+    endpoint::{Counter, EndpointState, Held},
+    mesh::MeshClient,
+};
 
 /// Idle HTTP/1 connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -58,6 +61,8 @@ type PoolKey = (Arc<str>, SocketAddr, std::thread::ThreadId);
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
     pub service: &'a Arc<str>,
+    /// The service port (what applications dial).
+    pub port: u16,
     pub ep: &'a Arc<EndpointState>,
     pub limits: CircuitBreaker,
 }
@@ -70,11 +75,17 @@ pub struct Pools {
     h2: Mutex<HashMap<PoolKey, Arc<H2Slot>>>,
     own_mark: u32,
     connect_timeout: Duration,
+    /// Endpoints on other nodes: `None` when this node is in no multi-node mesh.
+    pub mesh: Option<Arc<MeshClient>>,
 }
 
+/// The workload a request comes from (a request extension).
+#[derive(Debug, Clone)]
+pub struct SourceIdentity(pub Arc<str>);
+
 impl Pools {
-    pub fn new(own_mark: u32, connect_timeout: Duration) -> Self {
-        Self { h1: Mutex::default(), h2: Mutex::default(), own_mark, connect_timeout }
+    pub fn new(own_mark: u32, connect_timeout: Duration, mesh: Option<Arc<MeshClient>>) -> Self {
+        Self { h1: Mutex::default(), h2: Mutex::default(), own_mark, connect_timeout, mesh }
     }
 
     /// Sends a request (its URI and headers already in the form `proto` needs).
@@ -87,6 +98,9 @@ impl Pools {
         let in_flight = Held::try_take(t.ep, Counter::InFlight, t.limits.max_requests)
             .ok_or_else(|| overflow(t, "requests in flight", t.limits.max_requests))?;
         let upgrade = req.headers().contains_key(http::header::UPGRADE);
+        if let Some(remote) = &t.ep.remote {
+            return self.send_remote(t, remote, proto, upgrade, req, in_flight).await;
+        }
         match proto {
             Proto::Http1 => {
                 // A pooled connection can go away between checkout and send
@@ -125,6 +139,41 @@ impl Pools {
                 Ok(wrap(resp, None, in_flight))
             }
         }
+    }
+
+    /// To an endpoint on another node: an HTTP/2 request over mutual TLS.
+    async fn send_remote(
+        &self,
+        t: Target<'_>,
+        remote: &crate::mesh::Remote,
+        proto: Proto,
+        upgrade: bool,
+        mut req: Request<Body>,
+        in_flight: Held,
+    ) -> Result<Response<Body>, HttpError> {
+        let Some(mesh) = &self.mesh else {
+            return Err(HttpError::Connect {
+                service: t.service.to_string(),
+                endpoint: t.ep.addr,
+                source: std::io::Error::other(format!(
+                    "the endpoint runs on node {}, and this node is not in the config's nodes: (or has no --node-name)",
+                    remote.node
+                )),
+            });
+        };
+        if upgrade {
+            return Err(HttpError::Upgrade {
+                protocol: "an HTTP/1.1 upgrade".into(),
+                reason: format!("the endpoint runs on node {}; upgrades do not cross nodes", remote.node),
+            });
+        }
+        let source = match req.extensions().get::<SourceIdentity>() {
+            Some(s) => Arc::clone(&s.0),
+            None => Arc::clone(mesh.tls.workloads.identities.load().default_id()),
+        };
+        super::headers::for_upstream(&mut req, Proto::Http2, "");
+        let resp = mesh.send(&source, remote, t, t.port, proto, req).await?;
+        Ok(wrap(resp, None, in_flight))
     }
 
     async fn checkout_h1(&self, t: Target<'_>) -> Result<http1::SendRequest<Body>, HttpError> {

@@ -123,7 +123,26 @@ fn sluice(cg: &CgroupGuard, backend: SocketAddr, protocol: &str, vip: &str, extr
 /// h2load from inside `cgroup`: requests/s and latency percentiles from its
 /// per-request log.
 pub(crate) fn h2load(cgroup: &Path, url: &str, secs: u32, log: &Path) -> anyhow::Result<WrkResult> {
-    let out = Command::new("sh")
+    h2load_in(None, cgroup, url, secs, log)
+}
+
+/// [`h2load`] inside network namespace `netns` too.
+pub(crate) fn h2load_in(
+    netns: Option<&str>,
+    cgroup: &Path,
+    url: &str,
+    secs: u32,
+    log: &Path,
+) -> anyhow::Result<WrkResult> {
+    let mut cmd = match netns {
+        None => Command::new("sh"),
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).args(["--", "sh"]);
+            c
+        }
+    };
+    let out = cmd
         .arg("-c")
         .arg("echo $$ > \"$0\" && exec \"$@\"")
         .arg(cgroup.join("cgroup.procs"))
