@@ -275,52 +275,22 @@ pub(crate) fn validate(file: &Path) -> Result<(), Failure> {
 pub(crate) fn cert(command: CertCommand) -> Result<(), Failure> {
     use crate::exit;
     match command {
-        CertCommand::Ca { dir, trust_domain } => {
-            let (cert, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
-            if cert.exists() || key.exists() {
-                return Err(Failure::new(
-                    exit::BAD_INPUT,
-                    format!("{} already holds a CA; remove it first or use another folder", dir.display()),
-                ));
+        CertCommand::Ca { dir, trust_domain } => match sluice_proxy::tls::create_ca(&dir, &trust_domain) {
+            Ok(true) => {
+                println!("CA for trust domain {trust_domain} in {}", dir.display());
+                Ok(())
             }
-            let (pem, key_pem) =
-                sluice_proxy::tls::new_ca(&trust_domain).map_err(|e| Failure::new(exit::FAILED, e))?;
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", dir.display())))?;
-            write_private(&key, &key_pem)?;
-            std::fs::write(&cert, pem)
-                .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", cert.display())))?;
-            println!("CA for trust domain {trust_domain} in {}", dir.display());
-            Ok(())
-        }
+            Ok(false) => Err(Failure::new(
+                exit::BAD_INPUT,
+                format!("{} already holds a CA; remove it first or use another folder", dir.display()),
+            )),
+            Err(e) => Err(Failure::new(exit::FAILED, e)),
+        },
         CertCommand::Issue { ca_dir, id, cert, key, ttl } => {
-            if !id.starts_with("spiffe://") || id.split('/').count() != 7 {
-                return Err(Failure::new(
-                    exit::BAD_INPUT,
-                    format!(
-                        "'{id}' is not a workload SPIFFE ID; write spiffe://<trust domain>/ns/<namespace>/sa/<service account>"
-                    ),
-                ));
-            }
-            let (chain, key_pem) = sluice_proxy::tls::issue_with_ca_dir(&ca_dir, &id, *ttl)
+            sluice_proxy::tls::issue_with_ca_dir(&ca_dir, &id, *ttl, &cert, &key)
                 .map_err(|e| Failure::new(exit::BAD_INPUT, e))?;
-            std::fs::write(&cert, chain)
-                .map_err(|e| Failure::new(exit::FAILED, format!("{}: {e}", cert.display())))?;
-            write_private(&key, &key_pem)?;
             println!("{id}: {} and {}", cert.display(), key.display());
             Ok(())
         }
     }
-}
-
-fn write_private(path: &Path, data: &str) -> Result<(), Failure> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(data.as_bytes()))
-        .map_err(|e| Failure::new(crate::exit::FAILED, format!("{}: {e}", path.display())))
 }

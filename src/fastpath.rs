@@ -110,15 +110,8 @@ pub(crate) async fn sk_msg(
             }
         }
     }
-    if st.enabled {
-        tracing::info!(path = "sk_msg", "fast path on: sk_msg for local app <-> proxy pairs; {}", st.reason);
-    } else {
-        tracing::warn!(
-            path = "sk_msg",
-            "fast path off: sk_msg for local app <-> proxy pairs; {}; they use loopback TCP",
-            st.reason
-        );
-    }
+    let what = "sk_msg for local app <-> proxy pairs";
+    announce("sk_msg", what, what, "they use loopback TCP", &st);
     st
 }
 
@@ -164,15 +157,8 @@ pub(crate) async fn splice(mode: FastPath) -> (Option<Splicing>, PathState) {
             }
         },
     };
-    if state.enabled {
-        tracing::info!(path = "splice", "fast path on: sk_skb splicing of opaque TCP; {}", state.reason);
-    } else {
-        tracing::warn!(
-            path = "splice",
-            "fast path off: sk_skb splicing of opaque TCP; {}; connections are copied by the proxy",
-            state.reason
-        );
-    }
+    let what = "sk_skb splicing of opaque TCP";
+    announce("splice", what, what, "connections are copied by the proxy", &state);
     (splicing, state)
 }
 
@@ -224,19 +210,13 @@ pub(crate) async fn zero_hop(
         (Ok(()), Err(e)) => st.reason = format!("restoring the service map failed: {e}"),
     }
     let zero_hop_ports = config.services.iter().flat_map(|s| &s.ports).filter(|p| p.zero_hop).count();
-    if st.enabled {
-        tracing::info!(
-            path = "zero_hop",
-            "fast path on: zero-hop L4 ({zero_hop_ports} service ports ask for it); {}",
-            st.reason
-        );
-    } else {
-        tracing::warn!(
-            path = "zero_hop",
-            "fast path off: zero-hop L4; {}; its {zero_hop_ports} service ports go through the proxy",
-            st.reason
-        );
-    }
+    announce(
+        "zero_hop",
+        &format!("zero-hop L4 ({zero_hop_ports} service ports ask for it)"),
+        "zero-hop L4",
+        &format!("its {zero_hop_ports} service ports go through the proxy"),
+        &st,
+    );
     st
 }
 
@@ -381,4 +361,14 @@ pub(crate) fn probe_zero_hop(args: crate::cli::ProbeArgs) -> Result<(), crate::F
         return Err(fail(format!("{} bytes sent, {} came back, not the same", data.len(), back.len())));
     }
     Ok(())
+}
+
+/// One log line per fast path at start-up: on (and why), or off (why, and
+/// what happens instead).
+fn announce(path: &'static str, on: &str, off: &str, instead: &str, st: &PathState) {
+    if st.enabled {
+        tracing::info!(path, "fast path on: {on}; {}", st.reason);
+    } else {
+        tracing::warn!(path, "fast path off: {off}; {}; {instead}", st.reason);
+    }
 }

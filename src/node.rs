@@ -251,8 +251,9 @@ impl NodeHandle {
         let orig: Arc<dyn OriginalDst> = Arc::new(KernelOrigDst(redirector.orig_dst()));
         let proxy_stats = proxy.stats();
         let serving = tokio::spawn(proxy.serve(routes.clone(), orig, hooks.clone(), shutdown.clone()));
-        if let Some(server) = mesh.server(&routes, own_mark) {
-            let listener = mesh.listener.take_listener()?;
+        if let (Some(server), Some(listener)) = (mesh.server(&routes, own_mark), mesh.listener.take()) {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|e| Failure::new(exit::FAILED, e))?;
             let store = Arc::clone(&server.tls.store);
             tokio::spawn(server.serve(listener, shutdown.clone()));
             // Certificates renew at half their life even when no handshake asks.
@@ -630,18 +631,9 @@ pub(crate) struct Mesh {
     pub node: Option<String>,
     pub workloads: Arc<sluice_proxy::tls::Workloads>,
     pub client: Option<Arc<sluice_proxy::mesh::MeshClient>>,
-    listener: MeshListener,
+    /// The bound mutual-TLS port, until its server takes it.
+    listener: Option<std::net::TcpListener>,
     stats: Arc<sluice_proxy::mesh::MeshStats>,
-}
-
-/// The bound mutual-TLS port until the server takes it.
-struct MeshListener(Option<std::net::TcpListener>);
-
-impl MeshListener {
-    fn take_listener(&mut self) -> Result<tokio::net::TcpListener, Failure> {
-        let l = self.0.take().ok_or_else(|| Failure::new(exit::FAILED, "mesh listener taken twice"))?;
-        tokio::net::TcpListener::from_std(l).map_err(|e| Failure::new(exit::FAILED, e))
-    }
 }
 
 impl Mesh {
@@ -663,7 +655,7 @@ impl Mesh {
         let workloads = Arc::new(sluice_proxy::tls::Workloads::new(config, node.as_deref()));
         let stats = Arc::new(sluice_proxy::mesh::MeshStats::default());
         let Some(me) = me else {
-            return Ok(Self { node, workloads, client: None, listener: MeshListener(None), stats });
+            return Ok(Self { node, workloads, client: None, listener: None, stats });
         };
         let tls = sluice_proxy::tls::MeshTls::new(config, Arc::clone(&workloads)).map_err(|e| {
             Failure::new(exit::BAD_INPUT, format!("workload certificates (identity: in the config): {e}"))
@@ -687,7 +679,7 @@ impl Mesh {
             Duration::from_secs(5),
             Arc::clone(&stats),
         ));
-        Ok(Self { node, workloads, client: Some(client), listener: MeshListener(Some(listener)), stats })
+        Ok(Self { node, workloads, client: Some(client), listener: Some(listener), stats })
     }
 
     fn server(&self, routes: &Routes, own_mark: u32) -> Option<sluice_proxy::mesh::MeshServer> {
@@ -722,7 +714,7 @@ fn zero_hop_verdicts(
         return None;
     }
     let ids = workloads.identities.load();
-    let cgroups = ids.scan_cgroups();
+    let cgroups = workloads.cgroups();
     let mut out = std::collections::HashMap::new();
     for (addr, sa) in config.service_addrs() {
         if !config.services[sa.service].ports[sa.port].zero_hop {

@@ -20,7 +20,20 @@ pub fn wrk(
     secs: u32,
     close: bool,
 ) -> Result<WrkResult, String> {
-    let mut cmd = Command::new("sh");
+    wrk_in(None, cgroup, url, threads, conns, secs, close)
+}
+
+/// [`wrk`] inside network namespace `netns` too.
+pub fn wrk_in(
+    netns: Option<&str>,
+    cgroup: &Path,
+    url: &str,
+    threads: u32,
+    conns: u32,
+    secs: u32,
+    close: bool,
+) -> Result<WrkResult, String> {
+    let mut cmd = in_netns(netns, "sh");
     cmd.arg("-c").arg("echo $$ > \"$0\" && exec \"$@\"").arg(cgroup.join("cgroup.procs")).args([
         "wrk",
         &format!("-t{threads}"),
@@ -85,6 +98,19 @@ pub fn row(name: &str, width: usize, runs: &[WrkResult]) -> String {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+/// `program`, started inside network namespace `netns` when given (nsenter
+/// keeps the mount namespace, so cgroup2 stays visible).
+pub fn in_netns(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).args(["--", program]);
+            c
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,14 @@ impl CgroupGuard {
         Self { path, root }
     }
 
+    /// A child cgroup (a workload inside this one), removed on drop; drop it
+    /// before its parent.
+    pub fn child(&self, name: &str) -> Self {
+        let path = self.path.join(name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path, root: self.root.clone() }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

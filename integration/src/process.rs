@@ -194,7 +194,12 @@ pub fn http_process(listen: &str) -> (ChildGuard, SocketAddr) {
 
 /// Starts `sluice-testkit hello` (the benchmark backend); returns it and its address.
 pub fn hello_process(listen: &str) -> (ChildGuard, SocketAddr) {
-    testkit_server("hello", None, listen, false)
+    hello_in(None, listen)
+}
+
+/// [`hello_process`] in network namespace `netns`.
+pub fn hello_in(netns: Option<&str>, listen: &str) -> (ChildGuard, SocketAddr) {
+    testkit_server("hello", netns, listen, false)
 }
 
 /// Starts `sluice-testkit echo` (in `netns` if given); returns it and its address.
@@ -228,17 +233,32 @@ fn testkit_server(
 
 /// Spawns a testkit server (with `listen` as its last argument); waits for its address.
 fn spawn_server(cmd: &mut Command, listen: &str) -> (ChildGuard, SocketAddr) {
-    let mut child = cmd.arg(listen).stdout(Stdio::piped()).spawn().expect("spawn testkit");
+    spawn_listening(cmd.arg(listen))
+}
+
+/// The Python gRPC peer (grpcio, C-core: another implementation than ours).
+pub fn grpc_peer() -> String {
+    format!("{}/grpc/peer.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python gRPC server on 127.0.0.1 (in `netns` when given): it and its port.
+pub fn grpc_server(netns: Option<&str>, name: &str) -> (ChildGuard, u16) {
+    spawn_listening(crate::bench::in_netns(netns, "/usr/bin/python3").args([
+        grpc_peer().as_str(),
+        "server",
+        name,
+    ]))
+}
+
+/// Spawns a server that first prints `listening X` (an address, a port); returns it and X.
+pub fn spawn_listening<T: std::str::FromStr>(cmd: &mut Command) -> (ChildGuard, T) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn a server");
     let stdout = child.stdout.take().expect("stdout");
     let guard = ChildGuard(child);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read echo address");
-    let addr = line
-        .trim()
-        .strip_prefix("listening ")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("echo said {line:?}"));
-    (guard, addr)
+    BufReader::new(stdout).read_line(&mut line).expect("read the server's address");
+    let v = line.trim().strip_prefix("listening ").and_then(|a| a.parse().ok());
+    (guard, v.unwrap_or_else(|| panic!("the server said {line:?}")))
 }
 
 /// `cmd args` run by `sluice-testkit exec`, which first joins `cgroup`.

@@ -12,7 +12,7 @@ use sluice_integration::{
     HttpEndpoint,
     l7::{curl, endpoints_yaml, mesh},
     privileged,
-    process::{raw, run_in},
+    process::{grpc_peer, grpc_server, raw, run_in},
 };
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -193,32 +193,12 @@ fn websocket_upgrade_passes_through() {
     assert_eq!(m.node.metric("sluice_http_upgrades_total"), Some(1.0));
 }
 
-/// The Python gRPC peer (grpcio, C-core: another implementation than ours).
-fn grpc_peer() -> String {
-    format!("{}/grpc/peer.py", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn grpc_server(name: &str) -> (sluice_integration::process::ChildGuard, u16) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new("/usr/bin/python3")
-        .args([grpc_peer().as_str(), "server", name])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with grpcio (apt install python3-grpcio)");
-    let stdout = child.stdout.take().unwrap();
-    let guard = sluice_integration::process::ChildGuard(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
-    let port = line.trim().strip_prefix("listening ").and_then(|p| p.parse().ok()).expect("grpc server port");
-    (guard, port)
-}
-
 #[test]
 fn grpc_python_client_and_server_through_the_mesh() {
     if !privileged("grpc_python_client_and_server_through_the_mesh") {
         return;
     }
-    let (_server, port) = grpc_server("py1");
+    let (_server, port) = grpc_server(None, "py1");
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = format!(
         "services:

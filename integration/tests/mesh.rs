@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
 };
@@ -19,42 +18,13 @@ use sluice_integration::{
     netns::TwoNodes,
     node::NodeOpts,
     privileged,
-    process::{ChildGuard, echo_process},
+    process::{ChildGuard, echo_process, grpc_peer, grpc_server, hello_in},
     target_bin,
 };
 
 const A_ADDR: &str = TwoNodes::A;
 const B_ADDR: &str = TwoNodes::B;
 const TD: &str = "mesh.test";
-
-type Net = TwoNodes;
-
-fn net(test: &str) -> Net {
-    TwoNodes::new(test)
-}
-
-/// A child cgroup of a test's cgroup (a workload), removed on drop.
-struct ChildCgroup(PathBuf);
-
-impl ChildCgroup {
-    fn new(parent: &Path, name: &str) -> Self {
-        let p = parent.join(name);
-        std::fs::create_dir(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for ChildCgroup {
-    fn drop(&mut self) {
-        let root = sluice_integration::cgroup::cgroup2_root();
-        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
-            for pid in procs.lines() {
-                let _ = std::fs::write(root.join("cgroup.procs"), pid);
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 /// Runs `cmd` in `cgroup` (a mesh workload) inside `netns`.
 fn run(cgroup: Option<&Path>, netns: &NetnsGuard, cmd: &str, args: &[&str]) -> Output {
@@ -82,63 +52,32 @@ fn curl(cg: &Path, netns: &NetnsGuard, args: &[&str]) -> (u16, String) {
     (code, format!("{body}|{status}"))
 }
 
-fn grpc_peer() -> String {
-    format!("{}/grpc/peer.py", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Spawns a server that prints `listening X` first; returns it and X.
-fn listening<T: std::str::FromStr>(cmd: &mut Command) -> (ChildGuard, T) {
-    use std::io::BufRead;
-    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let guard = ChildGuard(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
-    let v = line.trim().strip_prefix("listening ").and_then(|a| a.parse().ok());
-    (guard, v.unwrap_or_else(|| panic!("the server said {line:?}")))
-}
-
-/// The Python gRPC server in `netns`: its port.
-fn grpc_server(netns: &NetnsGuard, name: &str) -> (ChildGuard, u16) {
-    listening(Command::new("nsenter").arg(format!("--net=/run/netns/{}", netns.name())).args([
-        "--",
-        "/usr/bin/python3",
-        grpc_peer().as_str(),
-        "server",
-        name,
-    ]))
-}
-
-/// The HTTP/1.1 + h2c backend in `netns`.
-fn hello(netns: &NetnsGuard, listen: &str) -> (ChildGuard, SocketAddr) {
-    listening(Command::new(target_bin("sluice-testkit")).args(["hello", "--netns", netns.name(), listen]))
-}
-
 fn id(sa: &str) -> String {
     format!("spiffe://{TD}/ns/default/sa/{sa}")
 }
 
 struct Mesh {
-    net: Net,
+    net: TwoNodes,
     ca: tempfile::TempDir,
     a: Node,
     b: Node,
-    frontend: ChildCgroup,
-    other: ChildCgroup,
+    frontend: CgroupGuard,
+    other: CgroupGuard,
     _servers: Vec<ChildGuard>,
     _cgs: (CgroupGuard, CgroupGuard),
-    ports: (u16, u16, u16),
+    /// The HTTP backend's port on node b.
+    web_port: u16,
 }
 
 fn mesh(test: &str, ttl: &str) -> Mesh {
-    let net = net(test);
+    let net = TwoNodes::new(test);
     let ca = tempfile::tempdir().unwrap();
     let cg_a = CgroupGuard::new(&format!("{test}a"));
     let cg_b = CgroupGuard::new(&format!("{test}b"));
-    let frontend = ChildCgroup::new(cg_a.path(), "frontend");
-    let other = ChildCgroup::new(cg_a.path(), "other");
-    let (h, web) = hello(&net.b, "127.0.2.1:0");
-    let (g, grpc) = grpc_server(&net.b, "pyb");
+    let frontend = cg_a.child("frontend");
+    let other = cg_a.child("other");
+    let (h, web) = hello_in(Some(net.b.name()), "127.0.2.1:0");
+    let (g, grpc) = grpc_server(Some(net.b.name()), "pyb");
     let (e, echo) = echo_process(Some(net.b.name()), "127.0.2.1:0", false);
     let (web, echo) = (web.port(), echo.port());
     let config = format!(
@@ -164,7 +103,7 @@ authorization:
     - {{name: no-admin, action: deny, services: [web], match: {{path: {{prefix: /admin}}}}}}
 ",
         ca = ca.path().display(),
-        fe = frontend.0.display(),
+        fe = frontend.path().display(),
         fid = id("frontend"),
     );
     let b = Node::start(NodeOpts {
@@ -184,17 +123,7 @@ authorization:
         args: &["--node-name", "a"],
     });
     assert!(a.log().contains("mutual TLS between nodes on"), "{}", a.log());
-    Mesh {
-        net,
-        ca,
-        a,
-        b,
-        frontend,
-        other,
-        _servers: vec![h, g, e],
-        _cgs: (cg_a, cg_b),
-        ports: (web, grpc, echo),
-    }
+    Mesh { net, ca, a, b, frontend, other, _servers: vec![h, g, e], _cgs: (cg_a, cg_b), web_port: web }
 }
 
 #[test]
@@ -203,7 +132,7 @@ fn http_grpc_and_tcp_cross_nodes_over_mutual_tls_with_authorization() {
         return;
     }
     let m = mesh("meshx", "1h");
-    let fe = &m.frontend.0;
+    let fe = m.frontend.path();
     // HTTP/1.1 from a workload on a to endpoints on b.
     for _ in 0..3 {
         let (code, body) = curl(fe, &m.net.a, &["http://127.100.9.10/hello"]);
@@ -242,7 +171,7 @@ fn http_grpc_and_tcp_cross_nodes_over_mutual_tls_with_authorization() {
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("no-admin"), "{body}");
     // Another workload of node a (the default identity) may call nothing.
-    let (code, body) = curl(&m.other.0, &m.net.a, &["http://127.100.9.10/hello"]);
+    let (code, body) = curl(m.other.path(), &m.net.a, &["http://127.100.9.10/hello"]);
     assert_eq!(code, 403, "{body}");
     let out = run(
         None,
@@ -251,7 +180,7 @@ fn http_grpc_and_tcp_cross_nodes_over_mutual_tls_with_authorization() {
         &[
             "client",
             "--cgroup",
-            m.other.0.to_str().unwrap(),
+            m.other.path().to_str().unwrap(),
             "--timeout-ms",
             "3000",
             "127.100.9.13:7000",
@@ -271,7 +200,6 @@ fn http_grpc_and_tcp_cross_nodes_over_mutual_tls_with_authorization() {
     assert!(m.a.metric("sluice_mtls_handshakes_total{side=\"client\",result=\"ok\"}").unwrap() >= 1.0);
     assert_eq!(m.a.metric("sluice_tcp_tunnelled_total"), Some(1.0));
     assert!(m.a.metric("sluice_certificates_total{event=\"issued\"}").unwrap() >= 1.0);
-    let _ = m.ports;
 }
 
 /// curl straight at node b's mutual-TLS port, as the node of a would speak.
@@ -331,7 +259,7 @@ fn node_port_refuses_wrong_or_missing_identities_and_rotates_without_dropping() 
     }
     let m = mesh("meshid", "4s");
     let dir = tempfile::tempdir().unwrap();
-    let web = format!("127.0.2.1:{}", m.ports.0);
+    let web = format!("127.0.2.1:{}", m.web_port);
     // The identity the policy allows, from the mesh CA: delivered.
     let (c, k) = issue(m.ca.path(), &id("frontend"), dir.path(), "fe");
     let (code, body) = curl_b(&m, Some((&c, &k)), &web, "/hello");
@@ -369,7 +297,15 @@ fn node_port_refuses_wrong_or_missing_identities_and_rotates_without_dropping() 
         None,
         &m.net.a,
         target_bin("sluice-testkit").to_str().unwrap(),
-        &["pingpong", "--cgroup", m.frontend.0.to_str().unwrap(), "--secs", "7", "127.100.9.13:7000", "64"],
+        &[
+            "pingpong",
+            "--cgroup",
+            m.frontend.path().to_str().unwrap(),
+            "--secs",
+            "7",
+            "127.100.9.13:7000",
+            "64",
+        ],
     );
     let t = text(&out);
     assert!(out.status.success(), "{t}\n{}\n{}", m.a.log(), m.b.log());
@@ -379,7 +315,7 @@ fn node_port_refuses_wrong_or_missing_identities_and_rotates_without_dropping() 
     let renewed_a = m.a.metric("sluice_certificates_total{event=\"renewed\"}").unwrap();
     let renewed_b = m.b.metric("sluice_certificates_total{event=\"renewed\"}").unwrap();
     assert!(renewed_a >= 2.0 && renewed_b >= 2.0, "renewed: a {renewed_a}, b {renewed_b}");
-    let (code, body) = curl(&m.frontend.0, &m.net.a, &["http://127.100.9.10/hello"]);
+    let (code, body) = curl(m.frontend.path(), &m.net.a, &["http://127.100.9.10/hello"]);
     assert_eq!(code, 200, "{body}");
     // A new handshake after the renewals gets the new certificate, still trusted.
     let (code, body) = curl_b(&m, Some((&c, &k)), &web, "/hello");

@@ -166,22 +166,8 @@ fn zero_hop_authorization_is_decided_in_the_kernel() {
         return;
     }
     let cg = CgroupGuard::new("zhauthz");
-    let (fe, other) = (cg.path().join("frontend"), cg.path().join("other"));
-    std::fs::create_dir(&fe).unwrap();
-    std::fs::create_dir(&other).unwrap();
-    struct Rm(Vec<std::path::PathBuf>);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let root = sluice_integration::cgroup::cgroup2_root();
-            for d in &self.0 {
-                for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
-                    let _ = std::fs::write(root.join("cgroup.procs"), pid);
-                }
-                let _ = std::fs::remove_dir(d);
-            }
-        }
-    }
-    let _rm = Rm(vec![fe.clone(), other.clone()]);
+    let (fe_cg, other_cg) = (cg.child("frontend"), cg.child("other"));
+    let (fe, other) = (fe_cg.path().to_path_buf(), other_cg.path().to_path_buf());
     let echo = EchoServer::start("127.0.0.1:0");
     let vip: SocketAddr = "127.100.0.81:5432".parse().unwrap();
     let config = format!(

@@ -406,7 +406,6 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &Ctx) {
         }
     }
     let orig = dialed.dst;
-    let source = ctx.cfg.workloads.as_ref().map(|w| w.workload(dialed.cgroup_id));
     let table = ctx.routes.load();
     let Some(backend) = table.get(orig).cloned() else {
         ctx.stats.unknown_service.fetch_add(1, Relaxed);
@@ -414,6 +413,13 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &Ctx) {
         return;
     };
     drop(table);
+    // Who is calling matters to authorization and to other nodes only.
+    let source = ctx
+        .cfg
+        .workloads
+        .as_ref()
+        .filter(|_| !backend.authz.is_open() || ctx.cfg.mesh.is_some())
+        .map(|w| w.workload(dialed.cgroup_id));
     ctx.stats.active.fetch_add(1, Relaxed);
     let http2 = match backend.protocol {
         PortProtocol::Tcp => None,
@@ -439,6 +445,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, ctx: &Ctx) {
                 stats: Arc::clone(&ctx.stats),
                 limits: ctx.cfg.http.clone(),
                 telemetry: Arc::clone(&ctx.cfg.telemetry),
+                mesh: ctx.cfg.mesh.is_some(),
             };
             http::serve(stream, h2, peer, orig, source, hctx, ctx.graceful.clone()).await;
         }

@@ -126,7 +126,8 @@ impl MeshClient {
     ) -> std::io::Result<client_h2::SendRequest<Body>> {
         let tcp = crate::tcp::connect(remote.addr, self.own_mark).await?;
         let _ = tcp.set_nodelay(true);
-        let connector = tokio_rustls::TlsConnector::from(self.tls.client_config(source));
+        let config = self.tls.client_config(source).map_err(std::io::Error::other)?;
+        let connector = tokio_rustls::TlsConnector::from(config);
         let tls = match connector.connect(remote.sni.clone(), tcp).await {
             Ok(t) => t,
             Err(e) => {
@@ -138,12 +139,7 @@ impl MeshClient {
             }
         };
         self.stats.client_handshakes_ok.fetch_add(1, Relaxed);
-        let (tx, driver) = client_h2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
+        let (tx, driver) = crate::http::upstream::h2_client()
             .handshake(TokioIo::new(tls))
             .await
             .map_err(std::io::Error::other)?;
@@ -162,13 +158,12 @@ impl MeshClient {
         source: &Arc<str>,
         remote: &Remote,
         t: Target<'_>,
-        port: u16,
         proto: Proto,
         mut req: Request<Body>,
     ) -> Result<Response<Incoming>, HttpError> {
         let h = req.headers_mut();
         set(h, H_SERVICE, t.service);
-        set(h, H_PORT, &port.to_string());
+        set(h, H_PORT, &t.port.to_string());
         set(h, H_ENDPOINT, &t.ep.addr.to_string());
         set(h, H_PROTO, if proto == Proto::Http2 { "h2" } else { "h1" });
         let mut tx = self.sender(source, remote).await.map_err(|source| HttpError::Connect {
@@ -370,7 +365,7 @@ impl MeshServer {
             tracing::info!(%peer, %identity, %service, port, %policy, "mesh stream denied by authorization");
             let e =
                 HttpError::Forbidden { service, source_id: identity.to_string(), policy: policy.to_string() };
-            let grpc = !connect && is_grpc(&req);
+            let grpc = !connect && crate::http::is_grpc(&req);
             return e.to_response(grpc);
         }
         if connect {
@@ -402,7 +397,7 @@ impl MeshServer {
             return Response::new(empty());
         }
         self.stats.streams_http.fetch_add(1, Relaxed);
-        let grpc = is_grpc(&req);
+        let grpc = crate::http::is_grpc(&req);
         let proto = match (backend.protocol, header(H_PROTO).as_deref()) {
             (sluice_mesh_config::Protocol::Http2 | sluice_mesh_config::Protocol::Grpc, _)
             | (_, Some("h2")) => Proto::Http2,
@@ -424,13 +419,6 @@ impl MeshServer {
             }
         }
     }
-}
-
-fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 fn plain(status: StatusCode, reason: &'static str, message: &str) -> Response<Body> {

@@ -28,13 +28,6 @@ use crate::{
     telemetry::metrics::Destination,
 };
 
-/// An endpoint of a backend: here, or on another node.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub remote: Option<Arc<Remote>>,
-}
-
 /// Where one service port's connections go (opaque TCP).
 #[derive(Debug)]
 pub struct Backend {
@@ -43,9 +36,8 @@ pub struct Backend {
     pub index: usize,
     pub port: u16,
     pub protocol: Protocol,
-    pub endpoints: Vec<Upstream>,
-    /// Every endpoint's state, for deliveries from other nodes.
-    pub states: Vec<Arc<EndpointState>>,
+    /// Here or on another node (`remote`).
+    pub endpoints: Vec<Arc<EndpointState>>,
     pub limits: sluice_mesh_config::CircuitBreaker,
     pub authz: Arc<Authz>,
     pub balancer: RoundRobin,
@@ -58,7 +50,7 @@ pub struct Backend {
 impl Backend {
     /// The state of `addr` if it is an endpoint of this backend on this node.
     pub fn local_endpoint(&self, addr: SocketAddr) -> Option<Arc<EndpointState>> {
-        self.states.iter().find(|s| s.addr == addr && s.remote.is_none()).cloned()
+        self.endpoints.iter().find(|s| s.addr == addr && s.remote.is_none()).cloned()
     }
 }
 
@@ -67,7 +59,6 @@ impl Backend {
 pub struct Table {
     by_addr: HashMap<SocketAddr, Arc<Backend>>,
     by_service: HashMap<(String, u16), Arc<Backend>>,
-    pub authz: Arc<Authz>,
 }
 
 /// Endpoint state kept across reloads, keyed by service, address, version and node.
@@ -209,17 +200,12 @@ impl Table {
                         let authority = format!("{}:{}", svc.name, port.port);
                         Arc::new(b.http_service(sa.service, sa.port, authority))
                     });
-                    let states: Vec<_> = svc.endpoints.iter().map(|e| b.state(svc, e, port)).collect();
                     let b_ = Arc::new(Backend {
                         service: svc.name.clone(),
                         index: sa.service,
                         port: port.port,
                         protocol: port.protocol,
-                        endpoints: states
-                            .iter()
-                            .map(|s| Upstream { addr: s.addr, remote: s.remote.clone() })
-                            .collect(),
-                        states,
+                        endpoints: svc.endpoints.iter().map(|e| b.state(svc, e, port)).collect(),
                         limits: svc.circuit_breaker,
                         authz: Arc::clone(&authz),
                         balancer: RoundRobin::default(),
@@ -239,7 +225,7 @@ impl Table {
         }
         // Endpoints gone from the config are forgotten.
         *ctx.registry.lock().unwrap_or_else(|p| p.into_inner()) = b.endpoints;
-        Self { by_addr, by_service, authz }
+        Self { by_addr, by_service }
     }
 
     pub fn get(&self, orig: SocketAddr) -> Option<&Arc<Backend>> {

@@ -42,8 +42,7 @@ pub(crate) async fn forward(
         {
             stats.authz_denied_tcp.fetch_add(1, Relaxed);
             tracing::info!(%peer, %orig, source = id, service = %backend.service, %policy, "connection refused by authorization");
-            // A reset, not a clean close: the application sees a refusal.
-            let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+            reset(&client);
             return;
         }
     }
@@ -67,7 +66,7 @@ pub(crate) async fn forward(
         Ok(u) => u,
         Err(e) => {
             if matches!(e, ProxyError::Denied { .. }) {
-                let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+                reset(&client);
             }
             conn.flags = if backend.endpoints.is_empty() { "UH" } else { "UF" };
             conn.open(TcpPath::Proxy);
@@ -80,69 +79,56 @@ pub(crate) async fn forward(
     };
     conn.endpoint = Some(endpoint);
     stats.forwarded.fetch_add(1, Relaxed);
-    let mut upstream = match upstream {
-        Connected::Tcp(s) => s,
-        Connected::Tunnel(t) => {
-            // Another node: the bytes go through the mutual-TLS tunnel.
-            stats.tunnelled.fetch_add(1, Relaxed);
-            let _ = client.set_nodelay(true);
-            conn.open(TcpPath::Proxy);
-            let mut t = hyper_util::rt::TokioIo::new(t);
-            let r = tokio::io::copy_bidirectional(&mut client, &mut t).await;
-            match r {
-                Ok((up, down)) => {
-                    stats.bytes_up.fetch_add(up, Relaxed);
-                    stats.bytes_down.fetch_add(down, Relaxed);
-                    (conn.up, conn.down) = (up, down);
-                }
-                Err(e) => {
-                    conn.flags = "UC";
-                    tracing::debug!(%peer, %orig, %endpoint, error = %e, "tunnelled connection failed");
-                }
-            }
-            return;
-        }
-    };
     tracing::debug!(%peer, %orig, service = %backend.service, %endpoint, "forwarding");
     let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
-    if let Some(s) = &cfg.splice {
-        let mut on_start = || conn.open(TcpPath::Splice);
-        let r = crate::splice::run(&client, &upstream, s.0.as_ref(), &mut on_start).await;
-        match r {
-            Ok(x) => {
-                stats.spliced.fetch_add(1, Relaxed);
-                stats.spliced_bytes_up.fetch_add(x.kernel_up, Relaxed);
-                stats.spliced_bytes_down.fetch_add(x.kernel_down, Relaxed);
-                stats.spliced_user_bytes.fetch_add(x.user_up + x.user_down, Relaxed);
-                (conn.up, conn.down) = (x.kernel_up + x.user_up, x.kernel_down + x.user_down);
-                tracing::debug!(
-                    %peer, %orig, service = %backend.service, %endpoint,
-                    kernel_up = x.kernel_up, kernel_down = x.kernel_down,
-                    user_bytes = x.user_up + x.user_down,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    "spliced connection closed"
-                );
-                return;
-            }
-            Err(crate::splice::SpliceError::Io(e)) => {
-                stats.spliced.fetch_add(1, Relaxed);
-                if e.kind() == std::io::ErrorKind::InvalidData {
-                    stats.splice_lost.fetch_add(1, Relaxed);
+    let result = match upstream {
+        Connected::Tcp(mut upstream) => {
+            let _ = upstream.set_nodelay(true);
+            if let Some(s) = &cfg.splice {
+                let mut on_start = || conn.open(TcpPath::Splice);
+                let r = crate::splice::run(&client, &upstream, s.0.as_ref(), &mut on_start).await;
+                match r {
+                    Ok(x) => {
+                        stats.spliced.fetch_add(1, Relaxed);
+                        stats.spliced_bytes_up.fetch_add(x.kernel_up, Relaxed);
+                        stats.spliced_bytes_down.fetch_add(x.kernel_down, Relaxed);
+                        stats.spliced_user_bytes.fetch_add(x.user_up + x.user_down, Relaxed);
+                        (conn.up, conn.down) = (x.kernel_up + x.user_up, x.kernel_down + x.user_down);
+                        tracing::debug!(
+                            %peer, %orig, service = %backend.service, %endpoint,
+                            kernel_up = x.kernel_up, kernel_down = x.kernel_down,
+                            user_bytes = x.user_up + x.user_down,
+                            duration_ms = started.elapsed().as_millis() as u64,
+                            "spliced connection closed"
+                        );
+                        return;
+                    }
+                    Err(crate::splice::SpliceError::Io(e)) => {
+                        stats.spliced.fetch_add(1, Relaxed);
+                        if e.kind() == std::io::ErrorKind::InvalidData {
+                            stats.splice_lost.fetch_add(1, Relaxed);
+                        }
+                        conn.flags = "UC";
+                        tracing::info!(%peer, %orig, service = %backend.service, %endpoint, error = %e, "spliced connection reset");
+                        return;
+                    }
+                    Err(e @ crate::splice::SpliceError::Setup(_)) => {
+                        stats.splice_fallbacks.fetch_add(1, Relaxed);
+                        tracing::warn!(%peer, %orig, error = %e, "forwarding in userspace instead");
+                    }
                 }
-                conn.flags = "UC";
-                tracing::info!(%peer, %orig, service = %backend.service, %endpoint, error = %e, "spliced connection reset");
-                return;
             }
-            Err(e @ crate::splice::SpliceError::Setup(_)) => {
-                stats.splice_fallbacks.fetch_add(1, Relaxed);
-                tracing::warn!(%peer, %orig, error = %e, "forwarding in userspace instead");
-            }
+            conn.open(TcpPath::Proxy);
+            stats.copied.fetch_add(1, Relaxed);
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
         }
-    }
-    conn.open(TcpPath::Proxy);
-    stats.copied.fetch_add(1, Relaxed);
-    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        Connected::Tunnel(t) => {
+            // Another node: the bytes go through the mutual-TLS tunnel.
+            conn.open(TcpPath::Proxy);
+            stats.tunnelled.fetch_add(1, Relaxed);
+            tokio::io::copy_bidirectional(&mut client, &mut hyper_util::rt::TokioIo::new(t)).await
+        }
+    };
     let (up, down, error) = match result {
         Ok((up, down)) => (up, down, None),
         Err(e) => (0, 0, Some(e)),
@@ -160,6 +146,11 @@ pub(crate) async fn forward(
         error = error.as_ref().map(|e| e.to_string()),
         "connection closed"
     );
+}
+
+/// Closes with a reset rather than a FIN: the application sees a refusal.
+fn reset(client: &TcpStream) {
+    let _ = socket2::SockRef::from(client).set_linger(Some(std::time::Duration::ZERO));
 }
 
 /// One opaque TCP connection's accounting: opened when its path is known,

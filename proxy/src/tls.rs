@@ -105,20 +105,10 @@ impl Ca {
     /// Sluice's own CA in `dir`: loaded, or created (once, under a lock, so
     /// nodes starting together agree on one).
     fn builtin(dir: &Path, trust_domain: &str) -> Result<(Self, CertificateDer<'static>), TlsError> {
-        fs::create_dir_all(dir).map_err(io("creating the CA folder", dir))?;
-        let lock_path = dir.join(".lock");
-        let lock = fs::File::create(&lock_path).map_err(io("locking the CA folder", &lock_path))?;
-        lock.lock().map_err(io("locking the CA folder", &lock_path))?;
-        let (cert, key) = (dir.join(CA_CERT), dir.join(CA_KEY));
-        if !cert.exists() && !key.exists() {
-            let (pem, key_pem) = new_ca(trust_domain)?;
-            write_private(&key, key_pem.as_bytes())?;
-            write_private(&cert, pem.as_bytes())?;
+        if create_ca(dir, trust_domain)? {
             tracing::info!(dir = %dir.display(), "created the mesh CA (development use: keep ca-key.pem private)");
         }
-        let r = Self::external(&cert, &key);
-        drop(lock);
-        r
+        Self::external(&dir.join(CA_CERT), &dir.join(CA_KEY))
     }
 
     /// A CA given as certificate and key files.
@@ -165,8 +155,26 @@ impl Ca {
     }
 }
 
+/// Creates Sluice's own CA (`ca.pem`, `ca-key.pem`) in `dir` unless it
+/// holds one: once, under a lock, so nodes starting together agree on one.
+/// Returns whether it created it.
+pub fn create_ca(dir: &Path, trust_domain: &str) -> Result<bool, TlsError> {
+    fs::create_dir_all(dir).map_err(io("creating the CA folder", dir))?;
+    let lock_path = dir.join(".lock");
+    let lock = fs::File::create(&lock_path).map_err(io("locking the CA folder", &lock_path))?;
+    lock.lock().map_err(io("locking the CA folder", &lock_path))?;
+    let (cert, key) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    if cert.exists() || key.exists() {
+        return Ok(false);
+    }
+    let (pem, key_pem) = new_ca(trust_domain)?;
+    write_private(&key, key_pem.as_bytes())?;
+    write_private(&cert, pem.as_bytes())?;
+    Ok(true)
+}
+
 /// A new self-signed CA for `trust_domain`: (certificate PEM, key PEM).
-pub fn new_ca(trust_domain: &str) -> Result<(String, String), TlsError> {
+fn new_ca(trust_domain: &str) -> Result<(String, String), TlsError> {
     let key = KeyPair::generate().map_err(|e| TlsError::Other(format!("generating the CA key: {e}")))?;
     let mut p = CertificateParams::default();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -199,14 +207,27 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
     fs::rename(&tmp, path).map_err(io("writing", path))
 }
 
-/// Issues a certificate for `id` with the CA in `ca_dir` (the built-in one):
-/// (certificate chain PEM, key PEM). For `sluice cert issue`.
-pub fn issue_with_ca_dir(ca_dir: &Path, id: &str, ttl: Duration) -> Result<(String, String), TlsError> {
+/// Issues a certificate for `id` with the CA in `ca_dir` (as `identity.ca_dir`
+/// has it) and writes the chain (leaf, CA) and the key (mode 0600). For
+/// `sluice cert issue`.
+pub fn issue_with_ca_dir(
+    ca_dir: &Path,
+    id: &str,
+    ttl: Duration,
+    cert_out: &Path,
+    key_out: &Path,
+) -> Result<(), TlsError> {
+    if files_paths(Path::new("/"), id).is_none() {
+        return Err(TlsError::Other(format!(
+            "'{id}' is not a workload SPIFFE ID; write spiffe://<trust domain>/ns/<namespace>/sa/<service account>"
+        )));
+    }
     let ca_path = ca_dir.join(CA_CERT);
     let (ca, _) = Ca::external(&ca_path, &ca_dir.join(CA_KEY))?;
     let (cert, key) = ca.issue(id, ttl)?;
     let ca_pem = fs::read_to_string(&ca_path).map_err(io("reading the CA certificate", &ca_path))?;
-    Ok((format!("{}{ca_pem}", cert.pem()), key.serialize_pem()))
+    fs::write(cert_out, format!("{}{ca_pem}", cert.pem())).map_err(io("writing", cert_out))?;
+    write_private(key_out, key.serialize_pem().as_bytes())
 }
 
 // ---------------------------------------------------------------- the store
@@ -435,16 +456,6 @@ impl CertStore {
     pub fn renew_interval(&self) -> Duration {
         (self.ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(60))
     }
-
-    /// The not-after time of the certificate `id` holds now, if any.
-    pub fn expiry(&self, id: &str) -> Option<SystemTime> {
-        let leaves = self.leaves.lock().unwrap_or_else(|p| p.into_inner());
-        let l = leaves.get(id)?;
-        let der = l.key.cert.first()?;
-        let (_, x) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-        let secs = x.validity().not_after.timestamp();
-        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
-    }
 }
 
 /// `<dir>/<namespace>/<service account>/{cert,key}.pem` for a SPIFFE ID.
@@ -538,8 +549,6 @@ pub fn sni_name(namespace: &str, service_account: &str, trust_domain: &str) -> S
     format!("{service_account}.{namespace}.{trust_domain}")
 }
 
-// ---------------------------------------------------------------- rustls glue
-
 /// Which workload a local connection comes from, by the cgroup of the
 /// process that connected.
 #[derive(Debug)]
@@ -565,6 +574,11 @@ impl Workloads {
         self.identities.store(ids);
     }
 
+    /// Workload cgroup id → identity, as last scanned.
+    pub fn cgroups(&self) -> HashMap<u64, Arc<str>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
     /// The identity of the workload in cgroup `cgroup_id` (the default
     /// identity when it is in no workload's cgroup).
     pub fn workload(&self, cgroup_id: u64) -> Arc<str> {
@@ -584,6 +598,8 @@ impl Workloads {
     }
 }
 
+// ---------------------------------------------------------------- rustls glue
+
 /// Everything a node needs for mutual TLS.
 pub struct MeshTls {
     pub store: Arc<CertStore>,
@@ -598,6 +614,10 @@ impl std::fmt::Debug for MeshTls {
     }
 }
 
+fn rustls_error(what: &str) -> impl FnOnce(rustls::Error) -> TlsError + '_ {
+    move |e| TlsError::Other(format!("{what}: {e}"))
+}
+
 impl MeshTls {
     pub fn new(config: &MeshConfig, workloads: Arc<Workloads>) -> Result<Arc<Self>, TlsError> {
         let store = Arc::new(CertStore::open(&config.identity)?);
@@ -607,22 +627,15 @@ impl MeshTls {
         )
         .build()
         .map_err(|e| TlsError::Other(format!("client verifier: {e}")))?;
-        let this = Arc::new_cyclic(|weak: &std::sync::Weak<MeshTls>| {
-            let resolver = Arc::new(ServerResolver(weak.clone()));
-            let mut server = ServerConfig::builder_with_provider(Arc::clone(&store.provider))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .map(|b| b.with_client_cert_verifier(verifier).with_cert_resolver(resolver));
-            if let Ok(s) = server.as_mut() {
-                s.alpn_protocols = vec![ALPN.to_vec()];
-            }
-            Self {
-                workloads,
-                store: Arc::clone(&store),
-                server: Arc::new(server.unwrap_or_else(|_| unreachable_config())),
-                clients: Mutex::default(),
-            }
-        });
-        Ok(this)
+        let resolver =
+            Arc::new(ServerResolver { store: Arc::clone(&store), workloads: Arc::clone(&workloads) });
+        let mut server = ServerConfig::builder_with_provider(Arc::clone(&store.provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(rustls_error("server config"))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(resolver);
+        server.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(Arc::new(Self { workloads, store, server: Arc::new(server), clients: Mutex::default() }))
     }
 
     pub fn server_config(&self) -> Arc<ServerConfig> {
@@ -630,23 +643,26 @@ impl MeshTls {
     }
 
     /// The client config that presents `source`'s certificate.
-    pub fn client_config(self: &Arc<Self>, source: &Arc<str>) -> Arc<ClientConfig> {
+    pub fn client_config(&self, source: &Arc<str>) -> Result<Arc<ClientConfig>, TlsError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(source) {
-            return Arc::clone(c);
+            return Ok(Arc::clone(c));
         }
-        let verifier = Arc::new(SpiffeServerVerifier { tls: Arc::downgrade(self) });
+        let verifier = Arc::new(SpiffeServerVerifier {
+            store: Arc::clone(&self.store),
+            workloads: Arc::clone(&self.workloads),
+        });
         let resolver = Arc::new(ClientResolver { store: Arc::clone(&self.store), id: Arc::clone(source) });
         let mut c = ClientConfig::builder_with_provider(Arc::clone(&self.store.provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map(|b| {
-                b.dangerous().with_custom_certificate_verifier(verifier).with_client_cert_resolver(resolver)
-            })
-            .unwrap_or_else(|_| unreachable_client());
+            .map_err(rustls_error("client config"))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(resolver);
         c.alpn_protocols = vec![ALPN.to_vec()];
         let c = Arc::new(c);
         clients.insert(Arc::clone(source), Arc::clone(&c));
-        c
+        Ok(c)
     }
 
     /// The SPIFFE ID a verified peer certificate carries, if it is one of this mesh's.
@@ -656,33 +672,17 @@ impl MeshTls {
     }
 }
 
-// The provider is ring with TLS 1.3 suites: building these configs cannot fail.
-fn unreachable_config() -> ServerConfig {
-    ServerConfig::builder().with_no_client_auth().with_cert_resolver(Arc::new(NoCert))
-}
-
-fn unreachable_client() -> ClientConfig {
-    ClientConfig::builder().with_root_certificates(RootCertStore::empty()).with_no_client_auth()
-}
-
-#[derive(Debug)]
-struct NoCert;
-impl ResolvesServerCert for NoCert {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        None
-    }
-}
-
 /// Presents the destination workload's certificate, named by SNI.
 #[derive(Debug)]
-struct ServerResolver(std::sync::Weak<MeshTls>);
+struct ServerResolver {
+    store: Arc<CertStore>,
+    workloads: Arc<Workloads>,
+}
 
 impl ResolvesServerCert for ServerResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let tls = self.0.upgrade()?;
-        let sni = hello.server_name()?;
-        let id = Arc::clone(tls.workloads.identities.load().by_sni(sni)?);
-        tls.store.certified(&id)
+        let id = Arc::clone(self.workloads.identities.load().by_sni(hello.server_name()?)?);
+        self.store.certified(&id)
     }
 }
 
@@ -711,7 +711,8 @@ impl ResolvesClientCert for ClientResolver {
 /// ID against the one the SNI name stands for (no DNS names in SVIDs).
 #[derive(Debug)]
 struct SpiffeServerVerifier {
-    tls: std::sync::Weak<MeshTls>,
+    store: Arc<CertStore>,
+    workloads: Arc<Workloads>,
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -723,19 +724,13 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let tls = self.tls.upgrade().ok_or(rustls::Error::General("node shutting down".into()))?;
+        let algs = &self.store.provider.signature_verification_algorithms;
         let parsed = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &tls.store.roots,
-            intermediates,
-            now,
-            tls.store.provider.signature_verification_algorithms.all,
-        )?;
+        verify_server_cert_signed_by_trust_anchor(&parsed, &self.store.roots, intermediates, now, algs.all)?;
         let ServerName::DnsName(name) = server_name else {
             return Err(rustls::Error::General("the mesh names servers by identity".into()));
         };
-        let expected = tls.workloads.identities.load().by_sni(name.as_ref()).cloned();
+        let expected = self.workloads.identities.load().by_sni(name.as_ref()).cloned();
         let got = spiffe_id(end_entity);
         match (expected, got) {
             (Some(e), Some(g)) if *e == *g => Ok(ServerCertVerified::assertion()),
@@ -751,6 +746,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The config offers TLS 1.3 only: a TLS 1.2 handshake never gets here.
         Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
     }
 
@@ -760,17 +756,16 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let tls = self.tls.upgrade().ok_or(rustls::Error::General("node shutting down".into()))?;
         rustls::crypto::verify_tls13_signature(
             message,
             cert,
             dss,
-            &tls.store.provider.signature_verification_algorithms,
+            &self.store.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        self.store.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -82,6 +82,8 @@ pub(crate) struct ConnCtx {
     pub stats: Arc<ProxyStats>,
     pub limits: HttpLimits,
     pub telemetry: Arc<crate::Telemetry>,
+    /// Endpoints may be on other nodes: requests carry their source identity.
+    pub mesh: bool,
 }
 
 #[derive(Debug)]
@@ -183,7 +185,7 @@ pub(crate) async fn serve(
     }
 }
 
-fn is_grpc<B>(req: &Request<B>) -> bool {
+pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -247,7 +249,9 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
         }
         _ => None,
     };
-    if let Some(s) = &conn.source {
+    if conn.ctx.mesh
+        && let Some(s) = &conn.source
+    {
         req.extensions_mut().insert(upstream::SourceIdentity(Arc::clone(s)));
     }
     let route = match (denied, backend.and_then(|b| b.http.clone())) {

@@ -172,7 +172,7 @@ impl Pools {
             None => Arc::clone(mesh.tls.workloads.identities.load().default_id()),
         };
         super::headers::for_upstream(&mut req, Proto::Http2, "");
-        let resp = mesh.send(&source, remote, t, t.port, proto, req).await?;
+        let resp = mesh.send(&source, remote, t, proto, req).await?;
         Ok(wrap(resp, None, in_flight))
     }
 
@@ -278,15 +278,8 @@ impl Pools {
         let conn = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections)
             .ok_or_else(|| overflow(t, "connections", t.limits.max_connections))?;
         let stream = self.connect(t).await?;
-        let (tx, driver) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| send_error(t, &e))?;
+        let (tx, driver) =
+            h2_client().handshake(TokioIo::new(stream)).await.map_err(|e| send_error(t, &e))?;
         tokio::spawn(async move {
             let _conn = conn;
             if let Err(e) = driver.await {
@@ -314,6 +307,18 @@ impl Pools {
             }),
         }
     }
+}
+
+/// The HTTP/2 client settings of every upstream connection (to endpoints
+/// and to other nodes): keep-alive pings, 1 MiB stream and 4 MiB connection windows.
+pub(crate) fn h2_client() -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20);
+    b
 }
 
 fn key(t: Target<'_>) -> PoolKey {

@@ -134,15 +134,7 @@ pub(crate) fn h2load_in(
     secs: u32,
     log: &Path,
 ) -> anyhow::Result<WrkResult> {
-    let mut cmd = match netns {
-        None => Command::new("sh"),
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/run/netns/{ns}")).args(["--", "sh"]);
-            c
-        }
-    };
-    let out = cmd
+    let out = sluice_integration::bench::in_netns(netns, "sh")
         .arg("-c")
         .arg("echo $$ > \"$0\" && exec \"$@\"")
         .arg(cgroup.join("cgroup.procs"))

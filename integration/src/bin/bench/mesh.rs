@@ -5,31 +5,17 @@
 //! and a TCP echo (64 B ping-pong latency, 256 MiB bulk) through the CONNECT
 //! tunnel. Rounds alternate; medians.
 
-use std::{net::SocketAddr, path::Path, process::Command};
+use std::{path::Path, process::Command};
 
 use anyhow::bail;
 use sluice_integration::{
     CgroupGuard, Node,
-    bench::{WrkResult, median},
+    bench::{WrkResult, median, wrk_in},
     netns::TwoNodes,
     node::NodeOpts,
-    process::{ChildGuard, echo_process},
+    process::{echo_process, hello_in},
     target_bin,
 };
-
-fn hello(netns: &str, listen: &str) -> anyhow::Result<(ChildGuard, SocketAddr)> {
-    use std::io::BufRead;
-    let mut child = Command::new(target_bin("sluice-testkit"))
-        .args(["hello", "--netns", netns, listen])
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let guard = ChildGuard(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line.trim().strip_prefix("listening ").and_then(|a| a.parse().ok());
-    Ok((guard, addr.ok_or_else(|| anyhow::anyhow!("hello said {line:?}"))?))
-}
 
 /// A testkit client subcommand (pingpong, bulk) in `netns` (and `cgroup`): its key=value output.
 fn testkit(netns: &str, cgroup: Option<&Path>, args: &[&str]) -> anyhow::Result<String> {
@@ -49,19 +35,6 @@ fn field(text: &str, k: &str) -> f64 {
     text.split_whitespace().find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
 }
 
-/// wrk from `netns`, inside `cgroup`.
-fn wrk_in(netns: &str, cgroup: &Path, url: &str, secs: u32) -> anyhow::Result<WrkResult> {
-    // nsenter puts wrk in the namespace, then sh moves it into the cgroup.
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{netns}"))
-        .args(["--", "sh", "-c", "echo $$ > \"$0\" && exec \"$@\""])
-        .arg(cgroup.join("cgroup.procs"))
-        .args(["wrk", "-t1", "-c32", &format!("-d{secs}s"), "--latency", url])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    sluice_integration::bench::parse_wrk(&text).ok_or_else(|| anyhow::anyhow!("wrk: {text}"))
-}
-
 pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark attaches eBPF programs and creates namespaces: run it as root");
@@ -72,7 +45,7 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
     let cg_b = CgroupGuard::new("benchmeshb");
     // A plain client cgroup for the direct runs: not a mesh cgroup.
     let plain = CgroupGuard::new("benchmeshp");
-    let (_h, web) = hello(net.b.name(), "0.0.0.0:0")?;
+    let (_h, web) = hello_in(Some(net.b.name()), "0.0.0.0:0");
     let (_e, echo) = echo_process(Some(net.b.name()), "0.0.0.0:0", false);
     let config = format!(
         "nodes:\n  - {{name: a, address: {a}}}\n  - {{name: b, address: {b}}}\nidentity: {{trust_domain: bench.local, ca_dir: {ca}}}\nservices:\n  - {{name: web, vips: [127.100.9.10], ports: [{{port: 80, target_port: {w}, protocol: http}}]}}\n  - {{name: echo, vips: [127.100.9.13], ports: [{{port: 7000, target_port: {e}, protocol: tcp}}]}}\nendpoints:\n  - {{service: web, address: 127.0.0.1, node: b}}\n  - {{service: echo, address: 127.0.0.1, node: b}}\n",
@@ -122,7 +95,7 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
             } else {
                 (cg_a.path(), "http://127.100.9.10/".to_string(), "127.100.9.13:7000".to_string())
             };
-            let r1 = wrk_in(net.a.name(), cg, &url, secs)?;
+            let r1 = wrk_in(Some(net.a.name()), cg, &url, 1, 32, secs, false).map_err(anyhow::Error::msg)?;
             let log = dir.join(format!("h2load-{round}-{i}.log"));
             let r2 = crate::bench_l7::h2load_in(Some(net.a.name()), cg, &url, secs, &log)?;
             let p = testkit(
