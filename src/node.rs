@@ -254,19 +254,21 @@ impl NodeHandle {
         if let (Some(server), Some(listener)) = (mesh.server(&routes, own_mark), mesh.listener.take()) {
             let listener =
                 tokio::net::TcpListener::from_std(listener).map_err(|e| Failure::new(exit::FAILED, e))?;
-            let store = Arc::clone(&server.tls.store);
+            let store = server.tls.as_ref().map(|t| Arc::clone(&t.store));
             tokio::spawn(server.serve(listener, shutdown.clone()));
             // Certificates renew at half their life even when no handshake asks.
             let stop = shutdown.clone();
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(store.renew_interval());
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = every.tick() => store.renew_due(),
+            if let Some(store) = store {
+                tokio::spawn(async move {
+                    let mut every = tokio::time::interval(store.renew_interval());
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = every.tick() => store.renew_due(),
+                        }
                     }
-                }
-            });
+                });
+            }
         }
         // Every worker must be in the socket arrays before the old node stops taking connections.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -657,9 +659,17 @@ impl Mesh {
         let Some(me) = me else {
             return Ok(Self { node, workloads, client: None, listener: None, stats });
         };
-        let tls = sluice_proxy::tls::MeshTls::new(config, Arc::clone(&workloads)).map_err(|e| {
-            Failure::new(exit::BAD_INPUT, format!("workload certificates (identity: in the config): {e}"))
-        })?;
+        let tls = match config.identity.mtls {
+            sluice_mesh_config::MtlsMode::Strict => {
+                Some(sluice_proxy::tls::MeshTls::new(config, Arc::clone(&workloads)).map_err(|e| {
+                    Failure::new(
+                        exit::BAD_INPUT,
+                        format!("workload certificates (identity: in the config): {e}"),
+                    )
+                })?)
+            }
+            sluice_mesh_config::MtlsMode::Disable => None,
+        };
         let addr = me.socket_addr();
         let listener = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -672,9 +682,14 @@ impl Mesh {
                     ),
                 )
             })?;
-        tracing::info!(node = %me.name, %addr, trust_domain = %config.identity.trust_domain, "mutual TLS between nodes on");
+        if tls.is_some() {
+            tracing::info!(node = %me.name, %addr, trust_domain = %config.identity.trust_domain, "mutual TLS between nodes on");
+        } else {
+            tracing::warn!(node = %me.name, %addr, "identity.mtls: disable: traffic between nodes is plaintext HTTP/2 and unauthenticated; policies that name source identities never match it");
+        }
         let client = Arc::new(sluice_proxy::mesh::MeshClient::new(
             tls,
+            Arc::clone(&workloads),
             own_mark,
             Duration::from_secs(5),
             Arc::clone(&stats),
@@ -685,7 +700,7 @@ impl Mesh {
     fn server(&self, routes: &Routes, own_mark: u32) -> Option<sluice_proxy::mesh::MeshServer> {
         let client = self.client.as_ref()?;
         Some(sluice_proxy::mesh::MeshServer {
-            tls: Arc::clone(&client.tls),
+            tls: client.tls.clone(),
             routes: routes.clone(),
             pools: Arc::new(sluice_proxy::http::upstream::Pools::new(own_mark, Duration::from_secs(5), None)),
             own_mark,
@@ -697,7 +712,7 @@ impl Mesh {
     fn metrics(&self) -> crate::metrics::MeshMetrics {
         crate::metrics::MeshMetrics {
             stats: Arc::clone(&self.stats),
-            certs: self.client.as_ref().map(|c| Arc::clone(&c.tls.store)),
+            certs: self.client.as_ref().and_then(|c| c.tls.as_ref()).map(|t| Arc::clone(&t.store)),
         }
     }
 }

@@ -59,28 +59,40 @@ fn run(args: &[&str]) {
     assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
-/// Two nodes for multi-node tests: namespaces `a` (10.77.9.1) and `b`
-/// (10.77.9.2), each with a veth into a bridge in a third, `hub`. No route
-/// leaves them.
+/// Nodes for multi-node tests: namespaces `a` (10.77.9.1), `b` (10.77.9.2)
+/// and optionally `c` (10.77.9.3), each with a veth into a bridge in a
+/// fourth, `hub`. No route leaves them.
 #[derive(Debug)]
-pub struct TwoNodes {
+pub struct NodeNets {
     pub a: NetnsGuard,
     pub b: NetnsGuard,
+    pub c: Option<NetnsGuard>,
     /// Declared last: dropped after the nodes' namespaces.
     pub hub: NetnsGuard,
 }
 
-impl TwoNodes {
+impl NodeNets {
     pub const A: &'static str = "10.77.9.1";
     pub const B: &'static str = "10.77.9.2";
+    pub const C: &'static str = "10.77.9.3";
 
+    /// `a` and `b`.
     pub fn new(test: &str) -> Self {
+        Self::build(test, false)
+    }
+
+    /// `a`, `b` and `c`.
+    pub fn three(test: &str) -> Self {
+        Self::build(test, true)
+    }
+
+    fn build(test: &str, third: bool) -> Self {
         let hub = NetnsGuard::with_suffix(test, "hub");
-        let a = NetnsGuard::with_suffix(test, "a");
-        let b = NetnsGuard::with_suffix(test, "b");
         run(&["-n", hub.name(), "link", "add", "br0", "type", "bridge"]);
         run(&["-n", hub.name(), "link", "set", "br0", "up"]);
-        for (ns, port, addr) in [(&a, "pa", Self::A), (&b, "pb", Self::B)] {
+        let node = |name: &str, addr: &str| {
+            let ns = NetnsGuard::with_suffix(test, name);
+            let port = format!("p{name}");
             run(&[
                 "-n",
                 ns.name(),
@@ -91,15 +103,18 @@ impl TwoNodes {
                 "veth",
                 "peer",
                 "name",
-                port,
+                &port,
                 "netns",
                 hub.name(),
             ]);
             run(&["-n", ns.name(), "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
             run(&["-n", ns.name(), "link", "set", "eth0", "up"]);
-            run(&["-n", hub.name(), "link", "set", port, "master", "br0"]);
-            run(&["-n", hub.name(), "link", "set", port, "up"]);
-        }
-        Self { a, b, hub }
+            run(&["-n", hub.name(), "link", "set", &port, "master", "br0"]);
+            run(&["-n", hub.name(), "link", "set", &port, "up"]);
+            ns
+        };
+        let (a, b) = (node("a", Self::A), node("b", Self::B));
+        let c = third.then(|| node("c", Self::C));
+        Self { a, b, c, hub }
     }
 }

@@ -24,9 +24,9 @@ pub use error::{ConfigError, Location};
 pub use model::{
     AccessLog, AccessLogFormat, Authorization, AuthzPolicy, CertSource, Cidr, CircuitBreaker, Destination,
     Direction, Endpoint, HeaderMatch, HeaderOps, HostMatch, Identity, IdentityMatch, L4Protocol,
-    LoadBalancer, MeshConfig, Node, OtlpProtocol, OutlierDetection, PathMatch, Policy, PolicyAction,
-    PolicyRule, Protocol, RateLimit, RetryOn, RetryPolicy, Route, RouteMatch, Service, ServiceAddr,
-    ServicePort, Telemetry, Tracing, ValueMatch, XdpMode,
+    LoadBalancer, MeshConfig, MtlsMode, Node, OtlpProtocol, OutlierDetection, PathMatch, Policy,
+    PolicyAction, PolicyRule, Protocol, RateLimit, RetryOn, RetryPolicy, Route, RouteMatch, Service,
+    ServiceAddr, ServicePort, Telemetry, Tracing, ValueMatch, XdpMode,
 };
 
 /// Kernel rules per direction (`SL_MAX_RULES` in bpf/lib/abi.h).

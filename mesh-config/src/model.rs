@@ -49,6 +49,20 @@ pub struct Identity {
     /// Lifetime of the certificates Sluice issues; each is renewed at half its life.
     pub cert_ttl: Duration,
     pub source: CertSource,
+    /// Whether traffic between nodes is mutual TLS (the default) or plaintext.
+    pub mtls: MtlsMode,
+}
+
+/// Between nodes: mutual TLS, or (trusted networks, measurements) plaintext
+/// HTTP/2 with no peer identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MtlsMode {
+    #[default]
+    Strict,
+    /// Plaintext, unauthenticated: policies that name source identities
+    /// never match traffic from other nodes.
+    Disable,
 }
 
 impl Default for Identity {
@@ -57,6 +71,7 @@ impl Default for Identity {
             trust_domain: "cluster.local".into(),
             cert_ttl: Duration::from_secs(24 * 3600),
             source: CertSource::BuiltinCa { dir: PathBuf::from("/var/lib/sluice/ca") },
+            mtls: MtlsMode::Strict,
         }
     }
 }

@@ -47,6 +47,7 @@ pub(crate) struct RawIdentity {
     pub ca_cert: Option<Spanned<String>>,
     pub ca_key: Option<Spanned<String>>,
     pub certificates: Option<Spanned<RawCertFiles>>,
+    pub mtls: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

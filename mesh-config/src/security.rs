@@ -10,7 +10,10 @@ use serde_saphyr::Spanned;
 
 use crate::{
     ConfigError,
-    model::{Authorization, AuthzPolicy, CertSource, Identity, IdentityMatch, Node, PolicyAction, Service},
+    model::{
+        Authorization, AuthzPolicy, CertSource, Identity, IdentityMatch, MtlsMode, Node, PolicyAction,
+        Service,
+    },
     raw::{RawAuthorization, RawIdentity, RawNode, loc},
     validate::{duration, is_valid_name},
 };
@@ -107,6 +110,16 @@ pub(crate) fn identity(file: &Path, raw: &Spanned<RawIdentity>) -> Result<Identi
             .hint("certificates are renewed at half their life; use 2s or more (hours in production)"));
         }
         out.cert_ttl = d;
+    }
+    if let Some(m) = &r.mtls {
+        out.mtls = match m.value.trim().to_ascii_lowercase().as_str() {
+            "strict" => MtlsMode::Strict,
+            "disable" => MtlsMode::Disable,
+            other => {
+                return Err(ConfigError::at(file, loc(m), "identity.mtls", format!("unknown mode '{other}'"))
+                    .hint("use strict (mutual TLS between nodes, the default) or disable (plaintext, no peer identity)"));
+            }
+        };
     }
     let given: Vec<(&str, crate::error::Location)> = [
         r.ca_dir.as_ref().map(|v| ("ca_dir", loc(v))),

@@ -36,7 +36,7 @@ use crate::{
         headers,
         upstream::{Pools, Proto, Target},
     },
-    tls::MeshTls,
+    tls::{MeshTls, Workloads},
 };
 
 pub const H_SERVICE: &str = "x-sluice-service";
@@ -78,7 +78,9 @@ type Slot = Arc<tokio::sync::Mutex<Option<client_h2::SendRequest<Body>>>>;
 /// The client side: multiplexed mutual-TLS HTTP/2 connections to other nodes.
 #[derive(Debug)]
 pub struct MeshClient {
-    pub tls: Arc<MeshTls>,
+    /// `None`: `identity.mtls: disable`, plaintext HTTP/2.
+    pub tls: Option<Arc<MeshTls>>,
+    pub workloads: Arc<Workloads>,
     own_mark: u32,
     connect_timeout: Duration,
     conns: Mutex<HashMap<ConnKey, Slot>>,
@@ -86,8 +88,14 @@ pub struct MeshClient {
 }
 
 impl MeshClient {
-    pub fn new(tls: Arc<MeshTls>, own_mark: u32, connect_timeout: Duration, stats: Arc<MeshStats>) -> Self {
-        Self { tls, own_mark, connect_timeout, conns: Mutex::default(), stats }
+    pub fn new(
+        tls: Option<Arc<MeshTls>>,
+        workloads: Arc<Workloads>,
+        own_mark: u32,
+        connect_timeout: Duration,
+        stats: Arc<MeshStats>,
+    ) -> Self {
+        Self { tls, workloads, own_mark, connect_timeout, conns: Mutex::default(), stats }
     }
 
     async fn sender(
@@ -126,9 +134,12 @@ impl MeshClient {
     ) -> std::io::Result<client_h2::SendRequest<Body>> {
         let tcp = crate::tcp::connect(remote.addr, self.own_mark).await?;
         let _ = tcp.set_nodelay(true);
-        let config = self.tls.client_config(source).map_err(std::io::Error::other)?;
+        let Some(tls) = &self.tls else {
+            return h2_over(tcp, remote).await;
+        };
+        let config = tls.client_config(source).map_err(std::io::Error::other)?;
         let connector = tokio_rustls::TlsConnector::from(config);
-        let tls = match connector.connect(remote.sni.clone(), tcp).await {
+        let stream = match connector.connect(remote.sni.clone(), tcp).await {
             Ok(t) => t,
             Err(e) => {
                 self.stats.client_handshakes_failed.fetch_add(1, Relaxed);
@@ -139,17 +150,7 @@ impl MeshClient {
             }
         };
         self.stats.client_handshakes_ok.fetch_add(1, Relaxed);
-        let (tx, driver) = crate::http::upstream::h2_client()
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(std::io::Error::other)?;
-        let node = Arc::clone(&remote.node);
-        tokio::spawn(async move {
-            if let Err(e) = driver.await {
-                tracing::debug!(%node, error = %e, "connection to node ended");
-            }
-        });
-        Ok(tx)
+        h2_over(stream, remote).await
     }
 
     /// Sends an L7 request (already in HTTP/2 form) to `endpoint` on another node.
@@ -213,6 +214,24 @@ impl MeshClient {
     }
 }
 
+/// An HTTP/2 client connection to `remote` over `io` (TLS or plain TCP).
+async fn h2_over<IO>(io: IO, remote: &Remote) -> std::io::Result<client_h2::SendRequest<Body>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, driver) = crate::http::upstream::h2_client()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(std::io::Error::other)?;
+    let node = Arc::clone(&remote.node);
+    tokio::spawn(async move {
+        if let Err(e) = driver.await {
+            tracing::debug!(%node, error = %e, "connection to node ended");
+        }
+    });
+    Ok(tx)
+}
+
 fn set(h: &mut http::HeaderMap, name: &'static str, v: &str) {
     if let Ok(v) = HeaderValue::from_str(v) {
         h.insert(name, v);
@@ -228,7 +247,8 @@ fn reset(t: Target<'_>, e: &hyper::Error) -> HttpError {
 /// What the receiving side needs.
 #[derive(Debug, Clone)]
 pub struct MeshServer {
-    pub tls: Arc<MeshTls>,
+    /// `None`: `identity.mtls: disable`, plaintext HTTP/2.
+    pub tls: Option<Arc<MeshTls>>,
     pub routes: Routes,
     pub pools: Arc<Pools>,
     pub own_mark: u32,
@@ -241,7 +261,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 impl MeshServer {
     /// Accepts other nodes until `shutdown`, then lets open streams finish.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.server_config());
+        let acceptor = self.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.server_config()));
         let tracker = TaskTracker::new();
         loop {
             let (tcp, peer) = tokio::select! {
@@ -266,10 +286,15 @@ impl MeshServer {
         self,
         tcp: tokio::net::TcpStream,
         peer: SocketAddr,
-        acceptor: tokio_rustls::TlsAcceptor,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
         shutdown: CancellationToken,
     ) {
         let _ = tcp.set_nodelay(true);
+        let (Some(acceptor), Some(mesh_tls)) = (acceptor, self.tls.clone()) else {
+            // mtls: disable. No identity: policies naming sources never match.
+            self.serve_h2(TokioIo::new(tcp), Arc::from(""), peer, shutdown).await;
+            return;
+        };
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
@@ -283,13 +308,21 @@ impl MeshServer {
                 return;
             }
         };
-        let Some(identity) = self.tls.peer_identity(tls.get_ref().1.peer_certificates()) else {
+        let Some(identity) = mesh_tls.peer_identity(tls.get_ref().1.peer_certificates()) else {
             self.stats.handshakes_failed.fetch_add(1, Relaxed);
             tracing::warn!(%peer, "mesh port: the peer's certificate has no SPIFFE ID of this trust domain; closed");
             return;
         };
         self.stats.handshakes_ok.fetch_add(1, Relaxed);
         tracing::debug!(%peer, %identity, "mesh connection");
+        self.serve_h2(TokioIo::new(tls), identity, peer, shutdown).await;
+    }
+
+    /// Serves a node's HTTP/2 connection; `identity` is the peer's.
+    async fn serve_h2<IO>(self, io: IO, identity: Arc<str>, peer: SocketAddr, shutdown: CancellationToken)
+    where
+        IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         let this = Arc::new(self);
         let svc = {
             let this = Arc::clone(&this);
@@ -304,7 +337,7 @@ impl MeshServer {
             .max_concurrent_streams(4096)
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
-            .serve_connection(TokioIo::new(tls), svc);
+            .serve_connection(io, svc);
         tokio::pin!(conn);
         let r = tokio::select! {
             r = conn.as_mut() => r,

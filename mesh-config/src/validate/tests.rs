@@ -436,6 +436,11 @@ fn security_refusals_say_where_and_how_to_fix() {
     assert!(e.message.contains("both ca_dir and ca_cert"), "{e}");
     let e = err(&format!("{GOOD}identity: {{ca_cert: /b}}\n"));
     assert!(e.message.contains("ca_cert without ca_key"), "{e}");
+    let e = err(&format!("{GOOD}identity: {{mtls: maybe}}\n"));
+    assert_eq!(e.field, "identity.mtls");
+    assert!(e.to_string().contains("strict") && e.to_string().contains("disable"), "{e}");
+    let ok = parse(Path::new("mesh.yaml"), &format!("{GOOD}identity: {{mtls: disable}}\n")).expect("valid");
+    assert_eq!(ok.identity.mtls, crate::MtlsMode::Disable);
     let e = err(&format!("{GOOD}identity: {{cert_ttl: 1s}}\n"));
     assert!(e.message.contains("too short"), "{e}");
     let e = err(&format!("{GOOD}identity: {{trust_domain: \"spiffe://x\"}}\n"));

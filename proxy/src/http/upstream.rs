@@ -169,7 +169,7 @@ impl Pools {
         }
         let source = match req.extensions().get::<SourceIdentity>() {
             Some(s) => Arc::clone(&s.0),
-            None => Arc::clone(mesh.tls.workloads.identities.load().default_id()),
+            None => Arc::clone(mesh.workloads.identities.load().default_id()),
         };
         super::headers::for_upstream(&mut req, Proto::Http2, "");
         let resp = mesh.send(&source, remote, t, proto, req).await?;

@@ -5,6 +5,7 @@ fn identity(dir: &Path, ttl: Duration) -> Identity {
         trust_domain: "test.local".into(),
         cert_ttl: ttl,
         source: CertSource::BuiltinCa { dir: dir.to_path_buf() },
+        ..Identity::default()
     }
 }
 

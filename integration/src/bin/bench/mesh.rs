@@ -1,7 +1,8 @@
 //! `sluice-bench mesh`: requests from node a to an endpoint on node b (two
-//! network namespaces on a bridge), straight across the veth in plaintext vs
-//! through both nodes' proxies over mutual TLS 1.3 (HTTP/1.1 from the client,
-//! HTTP/2 between the nodes). HTTP/1.1 keep-alive with wrk, h2c with h2load,
+//! network namespaces on a bridge): straight across the veth with no mesh,
+//! through both nodes' proxies with plaintext HTTP/2 between them (`mtls:
+//! disable`), and the same over mutual TLS 1.3. The two Sluice rows differ
+//! only in TLS. HTTP/1.1 keep-alive with wrk, h2c with h2load,
 //! and a TCP echo (64 B ping-pong latency, 256 MiB bulk) through the CONNECT
 //! tunnel. Rounds alternate; medians.
 
@@ -11,7 +12,7 @@ use anyhow::bail;
 use sluice_integration::{
     CgroupGuard, Node,
     bench::{WrkResult, median, wrk_in},
-    netns::TwoNodes,
+    netns::NodeNets,
     node::NodeOpts,
     process::{echo_process, hello_in},
     target_bin,
@@ -39,49 +40,57 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark attaches eBPF programs and creates namespaces: run it as root");
     }
-    let net = TwoNodes::new("benchmesh");
+    let net = NodeNets::new("benchmesh");
     let ca = tempfile::tempdir()?;
-    let cg_a = CgroupGuard::new("benchmesha");
-    let cg_b = CgroupGuard::new("benchmeshb");
     // A plain client cgroup for the direct runs: not a mesh cgroup.
     let plain = CgroupGuard::new("benchmeshp");
     let (_h, web) = hello_in(Some(net.b.name()), "0.0.0.0:0");
     let (_e, echo) = echo_process(Some(net.b.name()), "0.0.0.0:0", false);
-    let config = format!(
-        "nodes:\n  - {{name: a, address: {a}}}\n  - {{name: b, address: {b}}}\nidentity: {{trust_domain: bench.local, ca_dir: {ca}}}\nservices:\n  - {{name: web, vips: [127.100.9.10], ports: [{{port: 80, target_port: {w}, protocol: http}}]}}\n  - {{name: echo, vips: [127.100.9.13], ports: [{{port: 7000, target_port: {e}, protocol: tcp}}]}}\nendpoints:\n  - {{service: web, address: 127.0.0.1, node: b}}\n  - {{service: echo, address: 127.0.0.1, node: b}}\n",
-        a = TwoNodes::A,
-        b = TwoNodes::B,
-        ca = ca.path().display(),
-        w = web.port(),
-        e = echo.port(),
-    );
-    let start = |test: &str, cg: &CgroupGuard, ns, name: &str| {
-        Node::start(NodeOpts {
-            test,
-            config: &config,
-            cgroup: cg.path(),
-            netns: Some(ns),
-            node_in_cgroup: false,
-            args: &["--node-name", name, "--workers", "1"],
-        })
+    // Two meshes side by side, each a node in a and one in b with cgroups of
+    // their own: mutual TLS on port 15008, plaintext (`mtls: disable`) on 15009.
+    let config = |port: u16, mtls: &str, vip: u8| {
+        format!(
+            "nodes:\n  - {{name: a, address: {a}, port: {port}}}\n  - {{name: b, address: {b}, port: {port}}}\nidentity: {{trust_domain: bench.local, ca_dir: {ca}, mtls: {mtls}}}\nservices:\n  - {{name: web, vips: [127.100.9.{vip}], ports: [{{port: 80, target_port: {w}, protocol: http}}]}}\n  - {{name: echo, vips: [127.100.9.{vip}], ports: [{{port: 7000, target_port: {e}, protocol: tcp}}]}}\nendpoints:\n  - {{service: web, address: 127.0.0.1, node: b}}\n  - {{service: echo, address: 127.0.0.1, node: b}}\n",
+            a = NodeNets::A,
+            b = NodeNets::B,
+            ca = ca.path().display(),
+            w = web.port(),
+            e = echo.port(),
+        )
     };
-    let _b = start("benchmeshnb", &cg_b, &net.b, "b");
-    let _a = start("benchmeshna", &cg_a, &net.a, "a");
-    let direct_web = format!("http://{}:{}/", TwoNodes::B, web.port());
-    let direct_echo = format!("{}:{}", TwoNodes::B, echo.port());
+    let pair = |tag: &str, config: &str| -> (CgroupGuard, CgroupGuard, Node, Node) {
+        let (cg_a, cg_b) = (CgroupGuard::new(&format!("bm{tag}a")), CgroupGuard::new(&format!("bm{tag}b")));
+        let start = |test: String, cg: &CgroupGuard, ns, name: &str| {
+            Node::start(NodeOpts {
+                test: &test,
+                config,
+                cgroup: cg.path(),
+                netns: Some(ns),
+                node_in_cgroup: false,
+                args: &["--node-name", name, "--workers", "1"],
+            })
+        };
+        let b = start(format!("bm{tag}nb"), &cg_b, &net.b, "b");
+        let a = start(format!("bm{tag}na"), &cg_a, &net.a, "a");
+        (cg_a, cg_b, a, b)
+    };
+    let tls = pair("tls", &config(15008, "strict", 10));
+    let clear = pair("clr", &config(15009, "disable", 20));
+    let direct_web = format!("http://{}:{}/", NodeNets::B, web.port());
+    let direct_echo = format!("{}:{}", NodeNets::B, echo.port());
     println!(
         "node a {} -> node b {} over a veth bridge; backend: sluice-testkit hello (hyper, 1 thread); sluice: 1 worker per node",
-        TwoNodes::A,
-        TwoNodes::B
+        NodeNets::A,
+        NodeNets::B
     );
     println!(
         "HTTP/1.1: wrk -t1 -c32 -d{secs}s; h2c: h2load -c8 -m16 -D{secs}; TCP: 64 B ping-pong {secs}s, 256 MiB bulk; {rounds} rounds alternating; medians"
     );
-    let names = ["direct, plaintext", "sluice a -> b, mutual TLS"];
-    let mut h1: Vec<Vec<WrkResult>> = vec![Vec::new(); 2];
-    let mut h2: Vec<Vec<WrkResult>> = vec![Vec::new(); 2];
-    let mut ping: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); 2];
-    let mut bulk: Vec<Vec<f64>> = vec![Vec::new(); 2];
+    let names = ["direct, no mesh", "sluice a -> b, plaintext", "sluice a -> b, mutual TLS"];
+    let mut h1: Vec<Vec<WrkResult>> = vec![Vec::new(); names.len()];
+    let mut h2: Vec<Vec<WrkResult>> = vec![Vec::new(); names.len()];
+    let mut ping: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); names.len()];
+    let mut bulk: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let dir = std::env::temp_dir().join(format!("sluice-benchmesh-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = crate::bench_l7::Cleanup(dir.clone());
@@ -90,10 +99,10 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
             if stopped() {
                 bail!("interrupted; cleaned up");
             }
-            let (cg, url, echo_addr) = if i == 0 {
-                (plain.path(), direct_web.clone(), direct_echo.clone())
-            } else {
-                (cg_a.path(), "http://127.100.9.10/".to_string(), "127.100.9.13:7000".to_string())
+            let (cg, url, echo_addr) = match i {
+                0 => (plain.path(), direct_web.clone(), direct_echo.clone()),
+                1 => (clear.0.path(), "http://127.100.9.20/".to_string(), "127.100.9.20:7000".to_string()),
+                _ => (tls.0.path(), "http://127.100.9.10/".to_string(), "127.100.9.10:7000".to_string()),
             };
             let r1 = wrk_in(Some(net.a.name()), cg, &url, 1, 32, secs, false).map_err(anyhow::Error::msg)?;
             let log = dir.join(format!("h2load-{round}-{i}.log"));
