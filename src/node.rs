@@ -338,6 +338,22 @@ impl NodeHandle {
         }
         self.poll_config();
         self.log_policy_drops();
+        // Workload cgroups created after the config was read: their zero-hop
+        // verdicts are the kernel's, so it must learn them (the proxy path
+        // rescans on a miss by itself).
+        if self.mesh.workloads.rescan_if_due(Duration::from_secs(1)) {
+            let config = self.admin.config.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(config) = config {
+                let local = crate::fastpath::local_view(&config, self.mesh.node.as_deref());
+                if let Err(e) = self
+                    .redirector
+                    .services()
+                    .set_zero_hop_authz(zero_hop_verdicts(&local, &self.mesh.workloads).as_ref())
+                {
+                    tracing::error!(error = %e, "zero-hop authorization verdicts not updated in the kernel");
+                }
+            }
+        }
     }
 
     /// Drop events from the kernel (already sampled there) into the log.

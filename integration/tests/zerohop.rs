@@ -196,6 +196,13 @@ authorization:
     let stats = node.kernel_stats();
     assert_eq!(stats["zero_hop_denied"], 1, "{stats:?}");
     assert_eq!(node.metric("sluice_authz_denied_total{protocol=\"tcp\",origin=\"kernel\"}"), Some(1.0));
+    // A cgroup created inside the workload's later is the same workload: the
+    // node's periodic rescan tells the kernel within about a second.
+    let late = fe_cg.child("late");
+    wait_for("the kernel to learn the new cgroup", Duration::from_secs(5), || {
+        client_timeout(Some(late.path()), None, vip, 1000, 1000, 3000).ok().filter(|r| r.intact())
+    });
+    drop(late);
     // A reload that allows everyone lifts the refusal at once.
     node.write_config(
         &config.replace("from: [\"spiffe://cluster.local/ns/default/sa/frontend\"]", "from: [\"*\"]"),

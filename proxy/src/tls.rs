@@ -574,6 +574,20 @@ impl Workloads {
         self.identities.store(ids);
     }
 
+    /// Scans the workload cgroups again if the last scan is older than
+    /// `every`; returns whether what they map to changed (new cgroups).
+    pub fn rescan_if_due(&self, every: Duration) -> bool {
+        let mut w = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if w.1.elapsed() < every {
+            return false;
+        }
+        let fresh = self.identities.load().scan_cgroups();
+        w.1 = Instant::now();
+        let changed = fresh != w.0;
+        w.0 = fresh;
+        changed
+    }
+
     /// Workload cgroup id → identity, as last scanned.
     pub fn cgroups(&self) -> HashMap<u64, Arc<str>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
