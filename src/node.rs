@@ -345,14 +345,16 @@ impl NodeHandle {
             let config = self.admin.config.lock().unwrap_or_else(|p| p.into_inner()).clone();
             if let Some(config) = config {
                 let local = crate::fastpath::local_view(&config, self.mesh.node.as_deref());
-                if let Err(e) = self
-                    .redirector
-                    .services()
-                    .set_zero_hop_authz(zero_hop_verdicts(&local, &self.mesh.workloads).as_ref())
-                {
-                    tracing::error!(error = %e, "zero-hop authorization verdicts not updated in the kernel");
-                }
+                self.set_zero_hop_authz(&local);
             }
+        }
+    }
+
+    /// The kernel's zero-hop verdicts for `local` (this node's view of the config).
+    fn set_zero_hop_authz(&mut self, local: &MeshConfig) {
+        let verdicts = zero_hop_verdicts(local, &self.mesh.workloads);
+        if let Err(e) = self.redirector.services().set_zero_hop_authz(verdicts.as_ref()) {
+            tracing::error!(error = %e, "zero-hop authorization verdicts not updated in the kernel");
         }
     }
 
@@ -425,13 +427,7 @@ impl NodeHandle {
                 }
                 self.admin.set_config(&new, self.export.as_ref());
                 let local = crate::fastpath::local_view(&new, self.mesh.node.as_deref());
-                if let Err(e) = self
-                    .redirector
-                    .services()
-                    .set_zero_hop_authz(zero_hop_verdicts(&local, &self.mesh.workloads).as_ref())
-                {
-                    tracing::error!(error = %e, "zero-hop authorization verdicts not updated in the kernel");
-                }
+                self.set_zero_hop_authz(&local);
                 match self.redirector.services().sync(&crate::fastpath::effective(&local, self.zero_hop_on)) {
                     Ok(r) => {
                         tracing::info!(
