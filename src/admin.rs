@@ -66,7 +66,7 @@ impl Admin {
     ) {
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = Some(config.clone());
         *self.trace_export.lock().unwrap_or_else(|p| p.into_inner()) =
-            export.map(|e| (redact_url(&e.endpoint), e.protocol.name()));
+            export.map(|e| (redact_url(&e.endpoint), e.protocol));
     }
 
     /// Binds 127.0.0.1:`port` and serves until `stop`. SO_REUSEPORT: during a

@@ -43,10 +43,16 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
-    /// A guided walk-through on this machine: a connection redirected, its
-    /// original destination recovered.
+    /// The demo: two nodes (network namespaces), three services in their
+    /// own cgroups, traffic, a live view, one trace; all removed at the end.
     Demo(DemoArgs),
-    /// (used by the demo) Join a cgroup, connect, send a line, print the reply.
+    /// A guided walk-through of the basics: one connection redirected, its
+    /// original destination recovered, a reload.
+    Tour(TourArgs),
+    /// (used by the demo) One of its services or its load generator.
+    #[command(hide = true)]
+    DemoApp(crate::demo::AppArgs),
+    /// (used by the tour) Join a cgroup, connect, send a line, print the reply.
     #[command(hide = true)]
     DemoClient(DemoClientArgs),
     /// (used by the node's zero-hop self-test) Join a cgroup and exchange
@@ -230,6 +236,22 @@ pub(crate) struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
+    /// How long traffic runs before the summary.
+    #[arg(long, default_value = "30s")]
+    pub duration: humantime::Duration,
+    /// Run until Ctrl-C instead (and print how to try the mesh yourself).
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Shopper requests per second.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u32,
+    /// Where spans go when OTEL_EXPORTER_OTLP_ENDPOINT is not set (OTLP/JSON lines; kept).
+    #[arg(long, default_value = "/tmp/sluice-demo-traces.jsonl")]
+    pub traces: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TourArgs {
     /// After the walk-through, keep the mesh running until Ctrl-C.
     #[arg(long)]
     pub keep_running: bool,

@@ -15,6 +15,7 @@ mod metrics;
 mod node;
 mod otel;
 mod status;
+mod tour;
 
 use cli::{BpfCommand, Cli, Command, ConfigCommand};
 
@@ -37,7 +38,9 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Bpf { command: BpfCommand::Cleanup { instance } } => status::cleanup(instance.as_deref()),
         Command::Demo(args) => demo::run(args),
-        Command::DemoClient(args) => demo::client_main(args),
+        Command::Tour(args) => tour::run(args),
+        Command::DemoApp(args) => demo::app_main(args),
+        Command::DemoClient(args) => tour::client_main(args),
         Command::ProbeZeroHop(args) => fastpath::probe_zero_hop(args),
     };
     match result {
@@ -100,7 +103,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 fn init_tracing(cli: &Cli) {
     // The demo talks to a person on stdout: only warnings and errors go to stderr.
     let default = match cli.command {
-        Command::Demo(_) if cli.log == "info" => "warn",
+        Command::Demo(_) | Command::Tour(_) | Command::DemoApp(_) if cli.log == "info" => "warn",
         _ => &cli.log,
     };
     let filter =

@@ -168,7 +168,7 @@ impl NodeHandle {
         let own_mark = sluice_redirector::DEFAULT_OWN_MARK;
         let workers =
             args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let (telemetry, export) = telemetry(&config)?;
+        let (telemetry, export) = telemetry(&config, args.node_name.as_deref())?;
         if args.splice != crate::cli::FastPath::Off && args.sk_msg != crate::cli::FastPath::Off {
             return Err(Failure::new(
                 exit::BAD_INPUT,
@@ -524,11 +524,14 @@ impl NodeHandle {
 }
 
 /// The proxy's telemetry from the config (and the OTEL_* environment).
-fn telemetry(config: &MeshConfig) -> Result<(Arc<Telemetry>, Option<crate::otel::TraceExport>), Failure> {
+fn telemetry(
+    config: &MeshConfig,
+    node_name: Option<&str>,
+) -> Result<(Arc<Telemetry>, Option<crate::otel::TraceExport>), Failure> {
     let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
-    let export = crate::otel::start(&config.telemetry, &host)?;
+    let export = crate::otel::start(&config.telemetry, &host, node_name)?;
     if let Some(e) = &export {
-        tracing::info!(endpoint = %e.endpoint, protocol = e.protocol.name(), settings = ?e.tracing.settings(), "exporting traces over OTLP");
+        tracing::info!(endpoint = %e.endpoint, protocol = e.protocol, settings = ?e.tracing.settings(), "exporting traces");
     }
     let access_log = match &config.telemetry.access_log {
         None => None,

@@ -15,7 +15,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::{
     Resource,
-    error::OTelSdkResult,
+    error::{OTelSdkError, OTelSdkResult},
     trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter},
 };
 use sluice_mesh_config::{OtlpProtocol, Telemetry};
@@ -29,7 +29,8 @@ pub(crate) struct TraceExport {
     pub tracing: Arc<Tracing>,
     /// What it sends where, for the log and /config_dump.
     pub endpoint: String,
-    pub protocol: OtlpProtocol,
+    /// `grpc`, `http/protobuf` or `file` (OTLP/JSON lines).
+    pub protocol: &'static str,
 }
 
 impl std::fmt::Debug for TraceExport {
@@ -129,15 +130,27 @@ fn protocol(t: &Telemetry, endpoint: Option<&str>) -> Result<OtlpProtocol, Failu
 
 /// Builds the export when traces are wanted. Must run inside the node's
 /// tokio runtime (the gRPC client lives there).
-pub(crate) fn start(t: &Telemetry, node_name: &str) -> Result<Option<TraceExport>, Failure> {
+/// `host` names the machine (`host.name`), `node` the mesh node (`sluice.node`).
+pub(crate) fn start(t: &Telemetry, host: &str, node: Option<&str>) -> Result<Option<TraceExport>, Failure> {
     if !wanted(t) {
         return Ok(None);
     }
     let cfg = t.tracing.clone().unwrap_or_default();
+    let settings = settings(t)?;
+    if let Some(path) = &cfg.file {
+        let exporter = FileExporter::create(path)?;
+        return Ok(Some(provider(
+            Exporter::File(exporter),
+            &cfg,
+            settings,
+            (host, node),
+            path.display().to_string(),
+            "file",
+        )));
+    }
     let env_endpoint =
         env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
     let protocol = protocol(t, cfg.endpoint.as_deref().or(env_endpoint.as_deref()))?;
-    let settings = settings(t)?;
     let bad = |e: opentelemetry_otlp::ExporterBuildError| {
         Failure::new(exit::BAD_INPUT, format!("cannot set up the OTLP trace exporter: {e}"))
     };
@@ -189,6 +202,24 @@ pub(crate) fn start(t: &Telemetry, node_name: &str) -> Result<Option<TraceExport
             (b.build().map_err(bad)?, shown)
         }
     };
+    Ok(Some(provider(
+        Exporter::Otlp(Box::new(exporter)),
+        &cfg,
+        settings,
+        (host, node),
+        endpoint,
+        protocol.name(),
+    )))
+}
+
+fn provider(
+    exporter: Exporter,
+    cfg: &sluice_mesh_config::Tracing,
+    settings: TraceSettings,
+    (host, node): (&str, Option<&str>),
+    endpoint: String,
+    protocol: &'static str,
+) -> TraceExport {
     let mut batch = BatchConfigBuilder::default();
     // Defaults sized for a proxy (the SDK's 2048/512 drop spans at a few
     // thousand requests per second); the OTEL_BSP_* variables still win.
@@ -205,7 +236,10 @@ pub(crate) fn start(t: &Telemetry, node_name: &str) -> Result<Option<TraceExport
     let exporter = Counting { inner: exporter, counters: Arc::clone(&counters) };
     let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch.build()).build();
     let mut resource =
-        Resource::builder().with_attribute(opentelemetry::KeyValue::new("host.name", node_name.to_string()));
+        Resource::builder().with_attribute(opentelemetry::KeyValue::new("host.name", host.to_string()));
+    if let Some(n) = node {
+        resource = resource.with_attribute(opentelemetry::KeyValue::new("sluice.node", n.to_string()));
+    }
     resource = match &cfg.service_name {
         Some(n) => resource.with_service_name(n.clone()),
         None if env("OTEL_SERVICE_NAME").is_none() => resource.with_service_name("sluice"),
@@ -217,12 +251,140 @@ pub(crate) fn start(t: &Telemetry, node_name: &str) -> Result<Option<TraceExport
         .with_resource(resource.build())
         .build();
     let tracer = provider.tracer("sluice");
-    Ok(Some(TraceExport {
-        tracing: Arc::new(Tracing::new(tracer, settings, counters)),
-        provider,
-        endpoint,
-        protocol,
-    }))
+    TraceExport { tracing: Arc::new(Tracing::new(tracer, settings, counters)), provider, endpoint, protocol }
+}
+
+/// Where spans go: a collector over OTLP, or a file.
+#[derive(Debug)]
+enum Exporter {
+    Otlp(Box<opentelemetry_otlp::SpanExporter>),
+    File(FileExporter),
+}
+
+impl SpanExporter for Exporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        match self {
+            Exporter::Otlp(e) => e.export(batch).await,
+            Exporter::File(e) => e.write(&batch),
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        match self {
+            Exporter::Otlp(e) => e.shutdown_with_timeout(timeout),
+            Exporter::File(e) => e.flush(),
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        match self {
+            Exporter::Otlp(e) => e.force_flush(),
+            Exporter::File(e) => e.flush(),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        match self {
+            Exporter::Otlp(e) => e.set_resource(resource),
+            Exporter::File(e) => e.resource = otlp_attributes(resource.iter()),
+        }
+    }
+}
+
+/// Writes each batch as one line of OTLP/JSON (an ExportTraceServiceRequest,
+/// as the OpenTelemetry Collector's file exporter writes them), appending.
+/// A line goes out in one write on an O_APPEND file, so nodes that share the
+/// file never interleave their lines.
+#[derive(Debug)]
+struct FileExporter {
+    out: std::fs::File,
+    resource: Vec<serde_json::Value>,
+}
+
+impl FileExporter {
+    fn create(path: &std::path::Path) -> Result<Self, Failure> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+            Failure::new(
+                exit::BAD_INPUT,
+                format!(
+                    "cannot open the trace file {}: {e} (fix: telemetry.tracing.file must be a writable path)",
+                    path.display()
+                ),
+            )
+        })?;
+        Ok(Self { out, resource: Vec::new() })
+    }
+
+    fn write(&self, batch: &[SpanData]) -> OTelSdkResult {
+        use std::io::Write as _;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let doc = serde_json::json!({"resourceSpans": [{
+            "resource": {"attributes": self.resource},
+            "scopeSpans": [{"scope": {"name": "sluice"}, "spans": batch.iter().map(otlp_span).collect::<Vec<_>>()}],
+        }]});
+        let mut line = serde_json::to_vec(&doc).map_err(|e| OTelSdkError::InternalFailure(e.to_string()))?;
+        line.push(b'\n');
+        (&self.out)
+            .write_all(&line)
+            .map_err(|e| OTelSdkError::InternalFailure(format!("writing the trace file: {e}")))
+    }
+
+    fn flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+fn unix_nanos(t: std::time::SystemTime) -> String {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()).to_string()
+}
+
+fn otlp_value(v: &opentelemetry::Value) -> serde_json::Value {
+    use opentelemetry::Value as V;
+    match v {
+        V::Bool(b) => serde_json::json!({"boolValue": b}),
+        // OTLP/JSON carries 64-bit integers as strings.
+        V::I64(i) => serde_json::json!({"intValue": i.to_string()}),
+        V::F64(f) => serde_json::json!({"doubleValue": f}),
+        other => serde_json::json!({"stringValue": other.to_string()}),
+    }
+}
+
+fn otlp_attributes<'a>(
+    kv: impl Iterator<Item = (&'a opentelemetry::Key, &'a opentelemetry::Value)>,
+) -> Vec<serde_json::Value> {
+    kv.map(|(k, v)| serde_json::json!({"key": k.as_str(), "value": otlp_value(v)})).collect()
+}
+
+fn otlp_span(s: &SpanData) -> serde_json::Value {
+    use opentelemetry::trace::{SpanId, SpanKind, Status};
+    let kind = match s.span_kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    };
+    let status = match &s.status {
+        Status::Unset => serde_json::json!({}),
+        Status::Ok => serde_json::json!({"code": 1}),
+        Status::Error { description } => serde_json::json!({"code": 2, "message": description}),
+    };
+    let mut span = serde_json::json!({
+        "traceId": s.span_context.trace_id().to_string(),
+        "spanId": s.span_context.span_id().to_string(),
+        "name": s.name,
+        "kind": kind,
+        "startTimeUnixNano": unix_nanos(s.start_time),
+        "endTimeUnixNano": unix_nanos(s.end_time),
+        "attributes": otlp_attributes(s.attributes.iter().map(|kv| (&kv.key, &kv.value))),
+        "status": status,
+    });
+    if s.parent_span_id != SpanId::INVALID {
+        span["parentSpanId"] = s.parent_span_id.to_string().into();
+    }
+    span
 }
 
 /// Counts what reaches the exporter and what it could not send.

@@ -79,3 +79,17 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Reads lines until one contains `needle`; returns all read, that one included.
+pub fn read_until(lines: &mut impl Iterator<Item = std::io::Result<String>>, needle: &str) -> String {
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("reading the child's output");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(needle) {
+            break;
+        }
+    }
+    seen
+}

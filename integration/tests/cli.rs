@@ -5,7 +5,7 @@
 
 use std::process::{Command, Output};
 
-use sluice_integration::{CgroupGuard, privileged, target_bin};
+use sluice_integration::{CgroupGuard, privileged, read_until, target_bin};
 
 fn sluice(args: &[&str]) -> Output {
     Command::new(target_bin("sluice")).args(args).output().expect("run sluice")
@@ -164,11 +164,11 @@ fn after<'a>(text: &'a str, key: &str) -> &'a str {
 }
 
 #[test]
-fn demo_walks_through_and_leaves_nothing() {
-    if !privileged("demo_walks_through_and_leaves_nothing") {
+fn tour_walks_through_and_leaves_nothing() {
+    if !privileged("tour_walks_through_and_leaves_nothing") {
         return;
     }
-    let out = sluice(&["demo"]);
+    let out = sluice(&["tour"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     for expect in [
@@ -182,7 +182,7 @@ fn demo_walks_through_and_leaves_nothing() {
         "got \"still there?\"",
         ": none",
     ] {
-        assert!(text.contains(expect), "{expect:?} missing from the demo:\n{text}");
+        assert!(text.contains(expect), "{expect:?} missing from the tour:\n{text}");
     }
     // After reload only v2 answers.
     let after_reload = text.split("Hot reload").nth(1).unwrap();
@@ -192,26 +192,18 @@ fn demo_walks_through_and_leaves_nothing() {
 }
 
 #[test]
-fn demo_cleans_up_on_ctrl_c() {
-    if !privileged("demo_cleans_up_on_ctrl_c") {
+fn tour_cleans_up_on_ctrl_c() {
+    if !privileged("tour_cleans_up_on_ctrl_c") {
         return;
     }
     use std::io::BufRead;
     let mut child = Command::new(target_bin("sluice"))
-        .args(["demo", "--keep-running"])
+        .args(["tour", "--keep-running"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("press Ctrl-C") {
-            break;
-        }
-    }
+    let seen = read_until(&mut lines, "press Ctrl-C");
     let cgroup = after(&seen, "mesh cgroup: ").to_string();
     let pins = after(&seen, "pinned under ").to_string();
     assert!(std::path::Path::new(&pins).exists(), "{seen}");

@@ -101,6 +101,9 @@ endpoints:
   - {{service: greeter, address: 127.0.0.1, node: b}}
   - {{service: echo, address: 127.0.2.1, node: b}}
   - {{service: frontend, address: 127.0.1.1, port: 80, node: a, cgroup: {fe}}}
+# A retried route: every attempt must still carry the caller's identity to b.
+routes:
+  - {{name: web-retries, service: web, retries: {{attempts: 2, on: [5xx]}}}}
 authorization:
   policies:
     - {{name: frontend-calls, action: allow, services: [web, web2, greeter, echo], from: [\"{fid}\"]}}

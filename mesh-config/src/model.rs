@@ -182,6 +182,9 @@ impl OtlpProtocol {
 pub struct Tracing {
     /// OTLP endpoint URL (OTEL_EXPORTER_OTLP_ENDPOINT).
     pub endpoint: Option<String>,
+    /// Write spans to this file instead (one OTLP/JSON export request per
+    /// line, as the OpenTelemetry Collector's file exporter does).
+    pub file: Option<std::path::PathBuf>,
     /// OTEL_EXPORTER_OTLP_PROTOCOL.
     pub protocol: Option<OtlpProtocol>,
     /// Share of new traces recorded, in parts per million (OTEL_TRACES_SAMPLER_ARG).

@@ -87,6 +87,7 @@ pub(crate) struct RawTelemetry {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTracing {
     pub endpoint: Option<Spanned<String>>,
+    pub file: Option<Spanned<String>>,
     pub protocol: Option<Spanned<String>>,
     pub sampling: Option<Spanned<f64>>,
     pub propagation: Option<Vec<Spanned<String>>>,

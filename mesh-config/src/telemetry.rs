@@ -34,6 +34,28 @@ fn tracing(file: &Path, t: &RawTracing) -> Result<Tracing, ConfigError> {
         }
         out.endpoint = Some(v.to_string());
     }
+    if let Some(f) = &t.file {
+        let v = f.value.trim();
+        if !v.starts_with('/') {
+            return Err(ConfigError::at(
+                file,
+                loc(f),
+                "telemetry.tracing.file",
+                format!("'{v}' is not an absolute path"),
+            )
+            .hint("write an absolute path such as /var/log/sluice/traces.jsonl"));
+        }
+        if let Some(e) = &t.endpoint {
+            return Err(ConfigError::at(
+                file,
+                loc(e),
+                "telemetry.tracing.endpoint",
+                "both an OTLP endpoint and a trace file are set",
+            )
+            .hint("keep one: `endpoint` sends spans to a collector, `file` writes them to disk"));
+        }
+        out.file = Some(PathBuf::from(v));
+    }
     if let Some(p) = &t.protocol {
         out.protocol = Some(OtlpProtocol::parse(p.value.trim()).ok_or_else(|| {
             ConfigError::at(

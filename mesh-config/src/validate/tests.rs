@@ -455,3 +455,19 @@ fn security_refusals_say_where_and_how_to_fix() {
     let e = err(&format!("{GOOD}nodes:\n  - {{name: a, address: nope}}\n"));
     assert_eq!(e.field, "nodes[0].address");
 }
+
+#[test]
+fn trace_file_instead_of_a_collector() {
+    let c = parse(Path::new("mesh.yaml"), "telemetry:\n  tracing: {file: /var/log/t.jsonl, sampling: 0.5}\n")
+        .unwrap();
+    let t = c.telemetry.tracing.unwrap();
+    assert_eq!(t.file.as_deref(), Some(Path::new("/var/log/t.jsonl")));
+    assert_eq!(t.endpoint, None);
+    let e = err("telemetry:\n  tracing: {file: t.jsonl}\n").to_string();
+    assert!(
+        e.starts_with("mesh.yaml:2:") && e.contains("telemetry.tracing.file") && e.contains("absolute"),
+        "{e}"
+    );
+    let e = err("telemetry:\n  tracing: {file: /t.jsonl, endpoint: \"http://127.0.0.1:4317\"}\n").to_string();
+    assert!(e.starts_with("mesh.yaml:2:") && e.contains("keep one"), "{e}");
+}

@@ -153,10 +153,10 @@ impl Service<Request<Body>> for Retry {
                 *r.uri_mut() = parts.uri.clone();
                 *r.version_mut() = parts.version;
                 *r.headers_mut() = parts.headers.clone();
+                // Every attempt carries what the request carried (the trace
+                // context, the caller's identity for other nodes, ...).
+                *r.extensions_mut() = parts.extensions.clone();
                 r.extensions_mut().insert(tried.clone());
-                if let Some(o) = parts.extensions.get::<crate::telemetry::Outgoing>() {
-                    r.extensions_mut().insert(o.clone());
-                }
                 let res = super::stack::call(&inner, r).await;
                 let why = retryable(&res, &policy.on);
                 if attempt >= policy.attempts || why.is_none() || !replay.replayable() {

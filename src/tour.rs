@@ -1,4 +1,4 @@
-//! `sluice demo`: a guided walk-through on this machine. It builds a tiny mesh
+//! `sluice tour`: a guided walk-through on this machine. It builds a tiny mesh
 //! (two endpoints of one service, a mesh cgroup), sends a client's connection
 //! through the kernel redirection and the proxy, shows the original destination
 //! recovered and the counters that prove it, reloads the config, and cleans up
@@ -19,19 +19,18 @@ use tokio::{
 
 use crate::{
     Failure,
-    cli::{DemoArgs, DemoClientArgs, NodeArgs},
+    cli::{DemoClientArgs, NodeArgs, TourArgs},
     exit,
     node::NodeHandle,
 };
 
 const VIP: &str = "127.100.0.10:9080";
 
-pub(crate) fn run(args: DemoArgs) -> Result<(), Failure> {
+pub(crate) fn run(args: TourArgs) -> Result<(), Failure> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Failure::new(
             exit::UNSUPPORTED,
-            "the demo attaches eBPF programs to a cgroup, which needs root: run `sudo ./demo.sh` \
-             (or `sudo sluice demo`)",
+            "the demo attaches eBPF programs to a cgroup, which needs root: run `sudo sluice tour`",
         ));
     }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::new(exit::FAILED, e))?;
@@ -48,7 +47,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), Failure> {
     // `scratch` (cgroup, files) is removed here, after the node has stopped.
 }
 
-async fn walk_through(s: &Scratch, args: &DemoArgs) -> Result<(), Failure> {
+async fn walk_through(s: &Scratch, args: &TourArgs) -> Result<(), Failure> {
     step(1, "Is this host able to run Sluice?");
     let blockers: Vec<_> =
         sluice_redirector::probe::run().into_iter().filter(|r| r.blocks()).map(|r| r.what).collect();
