@@ -118,8 +118,14 @@ pub(crate) struct NodeArgs {
     #[arg(long)]
     pub config: PathBuf,
     /// The cgroup (v2) whose processes are in the mesh, absolute or relative to the cgroup2 mount.
+    #[arg(long, required_unless_present = "explicit")]
+    pub cgroup: Option<PathBuf>,
+    /// No kernel programs, no root: the proxy listens on the service
+    /// addresses itself (127.x, ports of 1024 and up without root) and
+    /// applications dial them as usual. No redirection, zero-hop, splicing,
+    /// identities or node-to-node mTLS.
     #[arg(long)]
-    pub cgroup: PathBuf,
+    pub explicit: bool,
     /// This node's name in the config's `nodes:` (default: the host name).
     /// Endpoints of other nodes are reached over mutual TLS through theirs.
     #[arg(long)]
@@ -245,9 +251,25 @@ pub(crate) struct DemoArgs {
     /// Shopper requests per second.
     #[arg(long, default_value_t = 100)]
     pub rate: u32,
-    /// Where spans go when OTEL_EXPORTER_OTLP_ENDPOINT is not set (OTLP/JSON lines; kept).
-    #[arg(long, default_value = "/tmp/sluice-demo-traces.jsonl")]
-    pub traces: PathBuf,
+    /// Where spans go when OTEL_EXPORTER_OTLP_ENDPOINT is not set (OTLP/JSON
+    /// lines; kept) [default: /tmp/sluice-demo-traces.jsonl, with the user id
+    /// in the name when not root].
+    #[arg(long)]
+    pub traces: Option<PathBuf>,
+}
+
+impl DemoArgs {
+    pub fn traces_file(&self) -> PathBuf {
+        self.traces.clone().unwrap_or_else(|| {
+            let uid = nix::unistd::geteuid();
+            let name = if uid.is_root() {
+                "sluice-demo-traces.jsonl".into()
+            } else {
+                format!("sluice-demo-traces-{uid}.jsonl")
+            };
+            std::env::temp_dir().join(name)
+        })
+    }
 }
 
 #[derive(Debug, Args)]

@@ -45,6 +45,13 @@ pub(crate) struct PathState {
     pub local_pairs: Option<Arc<LocalPairs>>,
 }
 
+impl PathState {
+    /// A path that is off for `reason`.
+    pub fn off(name: &'static str, reason: &str) -> Self {
+        Self { name, enabled: false, reason: reason.to_string(), splicer: None, local_pairs: None }
+    }
+}
+
 /// The proxy's view of the sk_msg map.
 struct KernelPairs(Arc<LocalPairs>);
 

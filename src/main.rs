@@ -9,6 +9,7 @@ mod admin;
 mod check;
 mod cli;
 mod demo;
+mod explicit;
 mod fastpath;
 mod logging;
 mod metrics;

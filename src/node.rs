@@ -87,6 +87,9 @@ pub(crate) fn run(args: NodeArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::new(exit::FAILED, format!("starting the runtime: {e}")))?;
+    if args.explicit {
+        return runtime.block_on(crate::explicit::run(args));
+    }
     runtime.block_on(run_async(args))
 }
 
@@ -158,6 +161,9 @@ impl NodeHandle {
     /// Validates the config, binds the proxy, attaches (or takes over) the kernel
     /// programs. Nothing touches the kernel before the config is known to be good.
     pub async fn start(args: &NodeArgs) -> Result<Self, Failure> {
+        let cgroup = args.cgroup.as_deref().ok_or_else(|| {
+            Failure::new(exit::BAD_INPUT, "--cgroup is required: the cgroup whose processes are in the mesh (or --explicit, without kernel programs)")
+        })?;
         let config_bytes = std::fs::read(&args.config).ok();
         let config = sluice_mesh_config::load(&args.config)?;
         let predecessor = if args.takeover { Predecessor::find(&args.instance) } else { None };
@@ -185,14 +191,7 @@ impl NodeHandle {
             own_mark,
             drain_timeout: Duration::from_millis(args.drain_ms),
             detect_timeout: Duration::from_millis(args.detect_timeout_ms.max(1)),
-            http: HttpLimits {
-                header_read_timeout: Duration::from_millis(args.http_header_timeout_ms.max(1)),
-                max_header_bytes: args.http_max_header_bytes.max(1024),
-                max_headers: args.http_max_headers.max(1),
-                h2_max_concurrent_streams: args.h2_max_concurrent_streams.max(1),
-                h2_max_pending_accept_reset_streams: args.h2_max_pending_resets,
-                ..HttpLimits::default()
-            },
+            http: http_limits(args),
             splice,
             telemetry: Arc::clone(&telemetry),
             local_pairs: local_pairs.clone(),
@@ -206,7 +205,7 @@ impl NodeHandle {
         let proxy4 = proxy.local_addr4();
         let proxy6 = proxy.local_addr6().unwrap_or((std::net::Ipv6Addr::LOCALHOST, proxy4.port()).into());
 
-        let mut rcfg = RedirectorConfig::new(&args.instance, &args.cgroup, proxy4, proxy6);
+        let mut rcfg = RedirectorConfig::new(&args.instance, cgroup, proxy4, proxy6);
         rcfg.own_mark = own_mark;
         rcfg.fail_mode = match args.fail_mode {
             FailModeArg::Open => FailMode::Open,
@@ -523,8 +522,20 @@ impl NodeHandle {
     }
 }
 
+/// The HTTP limits from the command line.
+pub(crate) fn http_limits(args: &NodeArgs) -> HttpLimits {
+    HttpLimits {
+        header_read_timeout: Duration::from_millis(args.http_header_timeout_ms.max(1)),
+        max_header_bytes: args.http_max_header_bytes.max(1024),
+        max_headers: args.http_max_headers.max(1),
+        h2_max_concurrent_streams: args.h2_max_concurrent_streams.max(1),
+        h2_max_pending_accept_reset_streams: args.h2_max_pending_resets,
+        ..HttpLimits::default()
+    }
+}
+
 /// The proxy's telemetry from the config (and the OTEL_* environment).
-fn telemetry(
+pub(crate) fn telemetry(
     config: &MeshConfig,
     node_name: Option<&str>,
 ) -> Result<(Arc<Telemetry>, Option<crate::otel::TraceExport>), Failure> {
@@ -561,7 +572,7 @@ fn telemetry(
 }
 
 /// Writes out what is still queued: access log lines, then spans.
-async fn finish_telemetry(t: &Telemetry, export: Option<crate::otel::TraceExport>) {
+pub(crate) async fn finish_telemetry(t: &Telemetry, export: Option<crate::otel::TraceExport>) {
     if let Some(log) = &t.access_log {
         log.flush(Duration::from_secs(2));
     }

@@ -78,7 +78,8 @@ async fn walk_through(s: &Scratch, args: &TourArgs) -> Result<(), Failure> {
     let node_args = NodeArgs {
         node_name: None,
         config: s.config.clone(),
-        cgroup: s.cgroup.clone(),
+        cgroup: Some(s.cgroup.clone()),
+        explicit: false,
         instance: format!("demo-{}", std::process::id()),
         proxy_port: 0,
         watch_interval_ms: 100,

@@ -214,3 +214,26 @@ fn tour_cleans_up_on_ctrl_c() {
     assert!(!std::path::Path::new(&cgroup).exists(), "{cgroup} remains");
     assert!(!std::path::Path::new(&pins).exists(), "{pins} remain");
 }
+
+#[test]
+fn explicit_mode_refuses_what_needs_the_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &cfg,
+        "nodes: [{name: a, address: 10.0.0.1}]\nservices:\n  - {name: web, vips: [127.100.0.10], ports: [{port: 8080}]}\n",
+    )
+    .unwrap();
+    let out = sluice(&["node", "--explicit", "--config", cfg.to_str().unwrap(), "--admin-port", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("explicit mode") && err.contains("remove `nodes:`"), "{err}");
+    // Without --explicit, a node needs its cgroup.
+    let out = sluice(&["node", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--cgroup"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

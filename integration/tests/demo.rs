@@ -31,6 +31,24 @@ fn assert_clean(pid: &str) {
     assert!(!Path::new(&format!("/sys/fs/bpf/sluice/demo-{pid}-a")).exists(), "pins left");
 }
 
+/// Runs `cmd demo <args> --traces <traces>` with traces to the file; its
+/// output, after checking it succeeded and no check failed.
+fn run_demo(mut cmd: Command, args: &[&str], traces: &Path) -> String {
+    let out = cmd
+        .arg("demo")
+        .args(args)
+        .arg("--traces")
+        .arg(traces)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("FAIL"), "{text}");
+    text
+}
+
 #[test]
 fn demo_runs_a_two_node_mesh_and_leaves_nothing() {
     if !privileged("demo_runs_a_two_node_mesh_and_leaves_nothing") {
@@ -38,17 +56,7 @@ fn demo_runs_a_two_node_mesh_and_leaves_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let traces = dir.path().join("traces.jsonl");
-    let out = Command::new(target_bin("sluice"))
-        .args(["demo", "--duration", "17s", "--rate", "60", "--traces"])
-        .arg(&traces)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}\n{err}");
-    assert!(!text.contains("FAIL"), "{text}");
+    let text = run_demo(Command::new(target_bin("sluice")), &["--duration", "17s", "--rate", "60"], &traces);
     // Every check ran and held (each line carries the figures it checked).
     for want in [
         "ok   shoppers:",
@@ -134,4 +142,40 @@ fn demo_cleans_up_on_ctrl_c() {
     assert!(status.success(), "{status}: {}", rest.join("\n"));
     assert!(rest.iter().any(|l| l.contains("==> Cleaned up")), "{}", rest.join("\n"));
     assert_clean(&pid);
+}
+
+#[test]
+fn demo_without_root_says_what_it_needs_and_runs_explicit_mode() {
+    if !privileged("demo_without_root_says_what_it_needs_and_runs_explicit_mode") {
+        return;
+    }
+    // A copy nobody may run, in a folder nobody may write.
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let exe = dir.path().join("sluice");
+    std::fs::copy(target_bin("sluice"), &exe).unwrap();
+    let traces = dir.path().join("traces.jsonl");
+    let mut nobody = Command::new("setpriv");
+    nobody.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]).arg(&exe);
+    let text = run_demo(nobody, &["--duration", "8s", "--rate", "40"], &traces);
+    for want in [
+        "==> Not root: running the part of the demo that needs no privileges",
+        "Run `sudo ./demo.sh`",
+        "ready: listening on 127.100.0.10:8080, 127.100.0.20:9090, 127.100.0.30:8081",
+        "ok   shoppers:",
+        "ok   load balancing:",
+        "ok   retries:",
+        "ok   authorization:",
+        "--   across nodes, workload identities and zero-hop: need root",
+        "`-- SERVER GET 127.100.0.10/shop/",
+    ] {
+        assert!(text.contains(want), "{want:?} missing:\n{text}");
+    }
+    // Nothing privileged was made, and the demo's folder is gone.
+    let pid = text.split("removed /tmp/sluice-demo-").nth(1).unwrap().trim().to_string();
+    assert!(!Path::new(&format!("/tmp/sluice-demo-{pid}")).exists());
+    let ns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
+        .into_owned();
+    assert!(!ns.contains(&format!("sluice-demo-{pid}")), "{ns}");
 }

@@ -52,3 +52,14 @@ pub trait OriginalDst: Send + Sync + 'static {
     /// `peer` and `local` are the accepted socket's addresses.
     fn original_dst(&self, peer: SocketAddr, local: SocketAddr) -> Option<Dialed>;
 }
+
+/// Explicit mode: applications dial the proxy's own listener on the service
+/// address, so the address a connection arrived on is where it was going.
+#[derive(Debug, Default)]
+pub struct ArrivedOn;
+
+impl OriginalDst for ArrivedOn {
+    fn original_dst(&self, _peer: SocketAddr, local: SocketAddr) -> Option<Dialed> {
+        Some(Dialed { dst: local, cgroup_id: 0 })
+    }
+}

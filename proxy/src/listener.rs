@@ -55,6 +55,10 @@ pub struct ProxyConfig {
     pub workloads: Option<Arc<crate::tls::Workloads>>,
     /// Endpoints on other nodes, over mutual TLS.
     pub mesh: Option<Arc<crate::mesh::MeshClient>>,
+    /// Explicit mode (no kernel programs): every worker also listens on these
+    /// service addresses itself; a connection's original destination is the
+    /// address it arrived on.
+    pub explicit: Vec<SocketAddr>,
 }
 
 /// The kernel's map of local pairs: the proxy adds its end of each accepted
@@ -90,6 +94,7 @@ impl Default for ProxyConfig {
             node_name: None,
             workloads: None,
             mesh: None,
+            explicit: Vec::new(),
         }
     }
 }
@@ -133,6 +138,8 @@ impl WorkerHooks for NoHooks {
 struct WorkerListeners {
     v4: std::net::TcpListener,
     v6: Option<std::net::TcpListener>,
+    /// Explicit mode's service addresses.
+    explicit: Vec<std::net::TcpListener>,
 }
 
 /// A bound proxy, ready to serve.
@@ -173,10 +180,15 @@ impl Proxy {
             }
         };
         let mut v6 = v6.map(Vec::into_iter);
-        let workers = v4
+        let mut workers: Vec<WorkerListeners> = v4
             .into_iter()
-            .map(|v4| WorkerListeners { v4, v6: v6.as_mut().and_then(Iterator::next) })
+            .map(|v4| WorkerListeners { v4, v6: v6.as_mut().and_then(Iterator::next), explicit: Vec::new() })
             .collect();
+        for addr in &cfg.explicit {
+            for w in &mut workers {
+                w.explicit.push(reuseport_listener(*addr)?);
+            }
+        }
         Ok(Self { workers, cfg, stats: Arc::default() })
     }
 
@@ -310,7 +322,7 @@ async fn worker(i: usize, listeners: WorkerListeners, ctx: Ctx, hooks: Arc<dyn W
     let kill = stop.abort.child_token();
     let open = Arc::new(AtomicU32::new(0));
     let mut accepting = Vec::new();
-    for l in std::iter::once(listeners.v4).chain(listeners.v6) {
+    for l in std::iter::once(listeners.v4).chain(listeners.v6).chain(listeners.explicit) {
         match TcpListener::from_std(l) {
             Ok(l) => accepting.push(l),
             Err(e) => tracing::error!(worker = i, error = %e, "listener unusable"),
@@ -381,11 +393,12 @@ async fn worker(i: usize, listeners: WorkerListeners, ctx: Ctx, hooks: Arc<dyn W
 async fn accept_any(listeners: &[TcpListener]) -> io::Result<(TcpStream, SocketAddr)> {
     match listeners {
         [a] => a.accept().await,
-        [a, b, ..] => tokio::select! {
+        [a, b] => tokio::select! {
             r = a.accept() => r,
             r = b.accept() => r,
         },
         [] => std::future::pending().await,
+        many => futures_util::future::select_all(many.iter().map(|l| Box::pin(l.accept()))).await.0,
     }
 }
 

@@ -89,10 +89,12 @@ pub(crate) enum AppKind {
     Load {
         #[arg(long)]
         web: SocketAddr,
+        /// Pricing, called directly (the policy should refuse it).
         #[arg(long)]
-        pricing: SocketAddr,
+        pricing: Option<SocketAddr>,
+        /// A zero-hop TCP port to send exports to.
         #[arg(long)]
-        export: SocketAddr,
+        export: Option<SocketAddr>,
         /// Shopper requests per second, over all connections.
         #[arg(long, default_value_t = 100)]
         rate: u32,
@@ -592,8 +594,8 @@ const ITEMS: &[&str] = &["apple", "pear", "quince", "fig", "plum", "cherry", "me
 
 async fn load(
     web: SocketAddr,
-    pricing: SocketAddr,
-    export: SocketAddr,
+    pricing: Option<SocketAddr>,
+    export: Option<SocketAddr>,
     rate: u32,
     connections: u32,
     export_bytes: usize,
@@ -643,12 +645,16 @@ async fn load(
                 Err(_) => false,
             };
             denied.record("web-admin", t.elapsed(), refused, None, 0);
+            let Some(pricing) = pricing else { continue };
             let t = Instant::now();
             let refused = matches!(call_quote(&grpc, pricing, "apple", &HeaderMap::new()).await, Ok((7, _)));
             denied.record("pricing-direct", t.elapsed(), refused, None, 0);
         }
     });
     // Bulk TCP to a zero-hop port: the kernel connects it straight to the endpoint.
+    let Some(export) = export else {
+        return std::future::pending().await;
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let payload = vec![0x5au8; export_bytes];
     loop {

@@ -7,11 +7,11 @@
 //! and one trace as a tree. Everything it made is removed at the end, on
 //! Ctrl-C and on SIGTERM.
 //!
-//! Without root it runs what needs none: one node in explicit mode (the proxy
-//! listens on the service addresses itself) with the same services.
+//! Without root it says what needs root and runs the rest: one node in
+//! explicit mode (the proxy listens on the service addresses itself) with the
+//! same services on loopback addresses.
 
 pub(crate) mod apps;
-mod explicit;
 mod traces;
 mod view;
 
@@ -37,11 +37,10 @@ use crate::{Failure, cli::DemoArgs, exit};
 
 const NODE_A: &str = "10.77.10.1";
 const NODE_B: &str = "10.77.10.2";
-const WEB: &str = "127.100.0.10:80";
+const WEB: &str = "127.100.0.10:8080";
 const PRICING: &str = "127.100.0.20:9090";
 const EXPORT: &str = "127.100.0.20:7000";
-const STOCK: &str = "127.100.0.30:80";
-const ADMIN: &str = "127.0.0.1:15000";
+const STOCK: &str = "127.100.0.30:8081";
 /// stock-v2's outages: the last `OUTAGE_FOR` seconds of every `OUTAGE_EVERY`.
 const OUTAGE_EVERY: u64 = 15;
 const OUTAGE_FOR: u64 = 5;
@@ -50,21 +49,93 @@ fn failed(what: impl std::fmt::Display) -> Failure {
     Failure::new(exit::FAILED, what)
 }
 
+/// Where the demo's two halves run: two nodes in network namespaces (root),
+/// or one explicit-mode node with two loopback addresses (no root).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    root: bool,
+    /// The workloads' addresses on "a" and "b".
+    ip: [&'static str; 2],
+    /// What the answers call "a" and "b".
+    host: [&'static str; 2],
+}
+
+impl Layout {
+    const NODES: Self = Self { root: true, ip: [NODE_A, NODE_B], host: ["node-a", "node-b"] };
+    const EXPLICIT: Self = Self { root: false, ip: ["127.0.0.1", "127.0.0.2"], host: ["local-1", "local-2"] };
+
+    /// Namespace index of side `i` (none without root).
+    fn ns(&self, i: usize) -> Option<usize> {
+        self.root.then_some(i)
+    }
+}
+
+/// One demo service instance.
+struct AppSpec {
+    side: usize,
+    name: String,
+    /// Its cgroup, relative to the demo's (root only).
+    cgroup: &'static str,
+    args: Vec<String>,
+    listen: SocketAddr,
+}
+
+fn apps(l: &Layout) -> Vec<AppSpec> {
+    let at = |side: usize, port: u16| -> SocketAddr {
+        SocketAddr::new(l.ip[side].parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), port)
+    };
+    let spec = |side: usize, what: &str, cgroup: &'static str, port: u16, more: Vec<String>| {
+        let mut args = vec![
+            what.split('-').next().unwrap_or(what).to_string(),
+            "--listen".into(),
+            at(side, port).to_string(),
+        ];
+        args.extend(more);
+        AppSpec { side, name: format!("{what}@{}", l.host[side]), cgroup, args, listen: at(side, port) }
+    };
+    let export = |side| vec!["--export-listen".to_string(), at(side, 17000).to_string()];
+    vec![
+        spec(0, "pricing", "a/pricing", 19090, export(0)),
+        spec(1, "pricing", "b/pricing", 19090, export(1)),
+        spec(0, "stock-v1", "a/stock", 18081, vec!["--fail-rate".into(), "0.1".into()]),
+        spec(
+            1,
+            "stock-v2",
+            "b/stock",
+            18081,
+            vec![
+                "--outage-every".into(),
+                OUTAGE_EVERY.to_string(),
+                "--outage-for".into(),
+                OUTAGE_FOR.to_string(),
+            ],
+        ),
+        spec(
+            0,
+            "frontend",
+            "a/frontend",
+            18080,
+            vec!["--pricing".into(), PRICING.into(), "--stock".into(), STOCK.into()],
+        ),
+    ]
+}
+
 pub(crate) fn run(args: DemoArgs) -> Result<(), Failure> {
     let stop = Stop::install()?;
-    if !nix::unistd::geteuid().is_root() {
-        return explicit::run(&args, &stop);
+    let root = nix::unistd::geteuid().is_root();
+    if root {
+        let blockers: Vec<_> =
+            sluice_redirector::probe::run().into_iter().filter(|r| r.blocks()).map(|r| r.what).collect();
+        if !blockers.is_empty() {
+            return Err(Failure::new(
+                exit::UNSUPPORTED,
+                format!("this host cannot run the demo: {} (see `sluice check`)", blockers.join(", ")),
+            ));
+        }
     }
-    let blockers: Vec<_> =
-        sluice_redirector::probe::run().into_iter().filter(|r| r.blocks()).map(|r| r.what).collect();
-    if !blockers.is_empty() {
-        return Err(Failure::new(
-            exit::UNSUPPORTED,
-            format!("this host cannot run the demo: {} (see `sluice check`)", blockers.join(", ")),
-        ));
-    }
-    let mut demo = Demo::new()?;
-    let result = demo.run(&args, &stop);
+    let mut demo = Demo::new(root)?;
+    let result = if root { demo.nodes_in_namespaces(&args, &stop) } else { demo.explicit_node(&args, &stop) }
+        .and_then(|otlp| demo.drive(&args, &stop, otlp.as_ref()));
     let dir = demo.dir.path.clone();
     if result.is_err() {
         demo.show_logs();
@@ -72,7 +143,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), Failure> {
     drop(demo);
     step("Cleaned up");
     say(&format!(
-        "stopped every process the demo started, deleted its network namespaces, cgroups and {}",
+        "stopped every process the demo started; removed {}{}",
+        if root { "its network namespaces, cgroups and " } else { "" },
         dir.display()
     ));
     result
@@ -88,22 +160,27 @@ struct Demo {
     cgroups: Cgroups,
     dir: Scratch,
     exe: PathBuf,
+    layout: Layout,
+    /// Each node's admin listener (and its namespace).
+    admins: Vec<(Option<usize>, SocketAddr)>,
 }
 
 impl Demo {
-    fn new() -> Result<Self, Failure> {
+    fn new(root: bool) -> Result<Self, Failure> {
         let pid = std::process::id();
         let exe = std::env::current_exe().map_err(failed)?;
-        let root = sluice_redirector::mounts::cgroup2_mount()?;
+        let cg_root = if root { sluice_redirector::mounts::cgroup2_mount()? } else { PathBuf::new() };
         let dir = Scratch::create(std::env::temp_dir().join(format!("sluice-demo-{pid}")))?;
         Ok(Self {
             apps: Vec::new(),
             nodes: Vec::new(),
             relays: Vec::new(),
             nets: Vec::new(),
-            cgroups: Cgroups { root: root.join(format!("sluice-demo-{pid}")), made: Vec::new() },
+            cgroups: Cgroups { root: cg_root.join(format!("sluice-demo-{pid}")), made: Vec::new() },
             dir,
             exe,
+            layout: if root { Layout::NODES } else { Layout::EXPLICIT },
+            admins: Vec::new(),
         })
     }
 
@@ -111,7 +188,12 @@ impl Demo {
         self.cgroups.root.join(rel)
     }
 
-    fn run(&mut self, args: &DemoArgs, stop: &Stop) -> Result<(), Failure> {
+    fn ns_path(&self, ns: Option<usize>) -> Option<PathBuf> {
+        ns.map(|i| self.nets[i].path())
+    }
+
+    /// As root: two nodes in network namespaces, a cgroup per workload.
+    fn nodes_in_namespaces(&mut self, args: &DemoArgs, stop: &Stop) -> Result<Option<OtlpTarget>, Failure> {
         let pid = std::process::id();
         step("Two nodes: network namespaces joined by a veth pair, no route out");
         let a = Netns::create(&format!("sluice-demo-{pid}-a"))?;
@@ -129,30 +211,107 @@ impl Demo {
         say(&format!("{}/{{a,b}}/<workload>", self.cgroups.root.display()));
 
         step("The mesh config (embedded; each node reads the same file)");
-        let traces = &args.traces;
         let otlp = otlp_target()?;
-        let tracing = match &otlp {
-            Some(t) => {
-                for ns in [&self.nets[0], &self.nets[1]] {
-                    self.relays.push(Relay::start(ns, t.port, &t.target)?);
-                }
-                say(&format!("traces: to {} (relayed into the nodes' namespaces)", t.shown));
-                format!(
-                    "{{endpoint: \"http://127.0.0.1:{}{}\", sampling: 1.0, service_name: sluice-demo}}",
-                    t.port, t.path
-                )
+        let tracing = self.tracing(args, otlp.as_ref())?;
+        let config = self.write_config(&tracing)?;
+
+        step("Start the node agents");
+        for (i, name) in ["node-a", "node-b"].into_iter().enumerate() {
+            let mut v: Vec<OsString> = ["node", "--node-name", name, "--instance"].map(Into::into).to_vec();
+            v.push(format!("demo-{pid}-{}", &name[5..]).into());
+            v.extend(["--config".into(), config.clone().into_os_string(), "--cgroup".into()]);
+            v.push(self.cg(&name[5..]).into_os_string());
+            v.extend(["--workers", "1", "--drain-ms", "1000"].map(OsString::from));
+            let p = self.spawn(Some(i), name, v)?;
+            self.nodes.push(p);
+            self.admins.push((Some(i), SocketAddr::from(([127, 0, 0, 1], 15000))));
+        }
+        for i in 0..2 {
+            self.wait_ready(i, stop)?;
+        }
+        let m = self.scrape(0);
+        let on = |p| if m.sum("sluice_fast_path_enabled", &[("path", p)]) > 0.0 { "on" } else { "off" };
+        say(&format!(
+            "both ready (admin 127.0.0.1:15000 in each namespace); node-a fast paths: zero-hop {}, splice {}, sk_msg {}",
+            on("zero_hop"),
+            on("splice"),
+            on("sk_msg")
+        ));
+        self.start_apps(stop)?;
+        say("pricing (gRPC) and stock on both nodes; frontend on node-a; stock-v1 fails 10% of requests,");
+        say(&format!("stock-v2 has a {OUTAGE_FOR} s outage every {OUTAGE_EVERY} s"));
+        step(
+            "Drive traffic: shoppers on the frontend, calls the policy refuses, TCP exports on a zero-hop port",
+        );
+        let load =
+            ["load", "--web", WEB, "--pricing", PRICING, "--export", EXPORT].map(String::from).to_vec();
+        self.start_load(args, load)?;
+        Ok(otlp)
+    }
+
+    /// Without root: say what that leaves out, run one explicit-mode node.
+    fn explicit_node(&mut self, args: &DemoArgs, stop: &Stop) -> Result<Option<OtlpTarget>, Failure> {
+        step("Not root: running the part of the demo that needs no privileges");
+        say("Sluice's kernel side needs root: eBPF programs on a cgroup (connect4/6, sock_ops) bring");
+        say("applications' connections to the proxy; network namespaces make the second node; cgroups");
+        say("give workloads identities for mutual TLS and authorization; zero-hop and splicing run in");
+        say("the kernel. Run `sudo ./demo.sh` (or `sudo sluice demo`) for all of it.");
+        say("Here: one node in explicit mode. The proxy listens on the service addresses (127.100.0.x)");
+        say("itself, and the applications dial them as they would in the mesh.");
+        let otlp =
+            otlp_url().map(|shown| OtlpTarget { shown, target: String::new(), port: 0, path: String::new() });
+        step("The mesh config (embedded)");
+        // The environment's collector is reachable from here: no relay.
+        let tracing = self.tracing(args, None)?;
+        let config = self.write_config(&tracing)?;
+        step("Start the node (explicit mode)");
+        let admin = free_port()?;
+        let mut v: Vec<OsString> =
+            ["node", "--explicit", "--node-name", "local", "--config"].map(Into::into).to_vec();
+        v.push(config.into_os_string());
+        v.extend(
+            ["--proxy-port", "0", "--workers", "1", "--drain-ms", "1000", "--admin-port"].map(OsString::from),
+        );
+        v.push(admin.port().to_string().into());
+        let p = self.spawn(None, "node", v)?;
+        self.nodes.push(p);
+        self.admins.push((None, admin));
+        self.wait_ready(0, stop)?;
+        say(&format!("ready: listening on {WEB}, {PRICING}, {STOCK}; admin {admin}"));
+        self.start_apps(stop)?;
+        say("two pricing (gRPC) and two stock instances on 127.0.0.1 and 127.0.0.2; stock-v1 fails 10%");
+        say(&format!("of requests, stock-v2 has a {OUTAGE_FOR} s outage every {OUTAGE_EVERY} s"));
+        step("Drive traffic: shoppers on the frontend, and calls the policy refuses");
+        self.start_load(args, ["load", "--web", WEB].map(String::from).to_vec())?;
+        Ok(otlp)
+    }
+
+    /// The config's `tracing:` value: a file, or the environment's collector.
+    fn tracing(&mut self, args: &DemoArgs, relay: Option<&OtlpTarget>) -> Result<String, Failure> {
+        let base = "sampling: 1.0, service_name: sluice-demo";
+        if let Some(t) = relay {
+            for ns in [&self.nets[0], &self.nets[1]] {
+                self.relays.push(Relay::start(ns, t.port, &t.target)?);
             }
-            None => {
-                File::create(traces).map_err(|e| failed(format!("creating {}: {e}", traces.display())))?;
-                say(&format!(
-                    "traces: to {} (set OTEL_EXPORTER_OTLP_ENDPOINT to send them to a collector)",
-                    traces.display()
-                ));
-                format!("{{file: {}, sampling: 1.0, service_name: sluice-demo}}", traces.display())
-            }
-        };
+            say(&format!("traces: to {} (relayed into the nodes' namespaces)", t.shown));
+            return Ok(format!("{{endpoint: \"http://127.0.0.1:{}{}\", {base}}}", t.port, t.path));
+        }
+        if let Some(url) = otlp_url() {
+            say(&format!("traces: to {url}"));
+            return Ok(format!("{{{base}}}"));
+        }
+        let traces = &args.traces_file();
+        File::create(traces).map_err(|e| failed(format!("creating {}: {e}", traces.display())))?;
+        say(&format!(
+            "traces: to {} (set OTEL_EXPORTER_OTLP_ENDPOINT to send them to a collector)",
+            traces.display()
+        ));
+        Ok(format!("{{file: {}, {base}}}", traces.display()))
+    }
+
+    fn write_config(&self, tracing: &str) -> Result<PathBuf, Failure> {
         let config = self.dir.path.join("mesh.yaml");
-        let text = config_text(&self.cgroups.root, &self.dir.path.join("ca"), &tracing);
+        let text = config_text(&self.layout, &self.cgroups.root, &self.dir.path.join("ca"), tracing);
         std::fs::write(&config, &text).map_err(failed)?;
         sluice_mesh_config::load(&config)?;
         say(&format!(
@@ -160,164 +319,47 @@ impl Demo {
             config.display(),
             text.lines().count()
         ));
+        Ok(config)
+    }
 
-        step("Start the node agents");
-        let node_args = |name: &str, cg: PathBuf| -> Vec<OsString> {
-            let mut v: Vec<OsString> = ["node", "--node-name", name, "--instance"].map(Into::into).to_vec();
-            v.push(format!("demo-{pid}-{}", &name[5..]).into());
-            v.extend([
-                "--config".into(),
-                config.clone().into_os_string(),
-                "--cgroup".into(),
-                cg.into_os_string(),
-            ]);
-            v.extend(["--workers", "1", "--drain-ms", "1000"].map(OsString::from));
-            v
-        };
-        let node_a = self.spawn(0, "node-a", node_args("node-a", self.cg("a")))?;
-        self.nodes.push(node_a);
-        let node_b = self.spawn(1, "node-b", node_args("node-b", self.cg("b")))?;
-        self.nodes.push(node_b);
-        for i in 0..2 {
-            self.wait_ready(i, stop)?;
+    fn app_args(&self, cgroup: &str, name: &str, args: &[String]) -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec!["demo-app".into(), "--name".into(), name.into()];
+        if self.layout.root {
+            v.extend(["--cgroup".into(), self.cg(cgroup).into_os_string()]);
         }
-        let m = Scrape::parse(
-            &http_get(&self.nets[0].path(), ADMIN, "/metrics").map(|r| r.1).unwrap_or_default(),
-        );
-        let on = |p| if m.sum("sluice_fast_path_enabled", &[("path", p)]) > 0.0 { "on" } else { "off" };
-        say(&format!(
-            "both ready (admin {ADMIN} in each namespace); node-a fast paths: zero-hop {}, splice {}, sk_msg {}",
-            on("zero_hop"),
-            on("splice"),
-            on("sk_msg")
-        ));
+        let stats =
+            self.dir.path.join("stats").join(format!("{}.json", name.split('@').next().unwrap_or(name)));
+        v.extend(["--stats".into(), stats.into_os_string()]);
+        v.extend(args.iter().map(OsString::from));
+        v
+    }
 
-        step("Start the services, each in its own cgroup");
-        let stats = self.dir.path.join("stats");
-        std::fs::create_dir_all(&stats).map_err(failed)?;
-        let cg_root = self.cgroups.root.clone();
-        let app = |cg: &str, name: &str, kind: &[String]| -> Vec<OsString> {
-            let mut v: Vec<OsString> = vec![
-                "demo-app".into(),
-                "--cgroup".into(),
-                cg_root.join(cg).into(),
-                "--name".into(),
-                name.into(),
-            ];
-            v.extend(["--stats".into(), stats.join(format!("{}.json", &cg[2..])).into()]);
-            v.extend(kind.iter().map(OsString::from));
-            v
-        };
-        let s = |x: &str| x.to_string();
-        let apps: [(usize, &str, Vec<OsString>, SocketAddr); 5] = [
-            (
-                0,
-                "pricing@node-a",
-                app(
-                    "a/pricing",
-                    "pricing@node-a",
-                    &[
-                        s("pricing"),
-                        s("--listen"),
-                        s("0.0.0.0:19090"),
-                        s("--export-listen"),
-                        s("0.0.0.0:17000"),
-                    ],
-                ),
-                addr(NODE_A, 19090),
-            ),
-            (
-                1,
-                "pricing@node-b",
-                app(
-                    "b/pricing",
-                    "pricing@node-b",
-                    &[
-                        s("pricing"),
-                        s("--listen"),
-                        s("0.0.0.0:19090"),
-                        s("--export-listen"),
-                        s("0.0.0.0:17000"),
-                    ],
-                ),
-                addr(NODE_B, 19090),
-            ),
-            (
-                0,
-                "stock-v1@node-a",
-                app(
-                    "a/stock",
-                    "stock-v1@node-a",
-                    &[s("stock"), s("--listen"), s("0.0.0.0:18081"), s("--fail-rate"), s("0.1")],
-                ),
-                addr(NODE_A, 18081),
-            ),
-            (
-                1,
-                "stock-v2@node-b",
-                app(
-                    "b/stock",
-                    "stock-v2@node-b",
-                    &[
-                        s("stock"),
-                        s("--listen"),
-                        s("0.0.0.0:18081"),
-                        s("--outage-every"),
-                        OUTAGE_EVERY.to_string(),
-                        s("--outage-for"),
-                        OUTAGE_FOR.to_string(),
-                    ],
-                ),
-                addr(NODE_B, 18081),
-            ),
-            (
-                0,
-                "frontend@node-a",
-                app(
-                    "a/frontend",
-                    "frontend@node-a",
-                    &[
-                        s("frontend"),
-                        s("--listen"),
-                        s("0.0.0.0:18080"),
-                        s("--pricing"),
-                        s(PRICING),
-                        s("--stock"),
-                        s(STOCK),
-                    ],
-                ),
-                addr(NODE_A, 18080),
-            ),
-        ];
-        for (ns, name, argv, listen) in apps {
-            let p = self.spawn(ns, name, argv)?;
+    fn start_apps(&mut self, stop: &Stop) -> Result<(), Failure> {
+        step(if self.layout.root {
+            "Start the services, each in its own cgroup"
+        } else {
+            "Start the services"
+        });
+        std::fs::create_dir_all(self.dir.path.join("stats")).map_err(failed)?;
+        for a in apps(&self.layout) {
+            let ns = self.layout.ns(a.side);
+            let p = self.spawn(ns, &a.name, self.app_args(a.cgroup, &a.name, &a.args))?;
             self.apps.push(p);
-            self.wait_port(ns, name, listen, stop)?;
+            self.wait_port(ns, &a.name, a.listen, stop)?;
         }
-        say("pricing (gRPC) and stock on both nodes; frontend on node-a; stock-v1 fails 10% of requests,");
-        say(&format!("stock-v2 has a {OUTAGE_FOR} s outage every {OUTAGE_EVERY} s"));
+        Ok(())
+    }
 
-        step(
-            "Drive traffic: shoppers on the frontend, calls the policy refuses, TCP exports on a zero-hop port",
-        );
-        let load = app(
-            "a/load",
-            "load",
-            &[
-                s("load"),
-                s("--web"),
-                s(WEB),
-                s("--pricing"),
-                s(PRICING),
-                s("--export"),
-                s(EXPORT),
-                s("--rate"),
-                args.rate.to_string(),
-            ],
-        );
-        let p = self.spawn(0, "load", load)?;
+    fn start_load(&mut self, args: &DemoArgs, mut load: Vec<String>) -> Result<(), Failure> {
+        load.extend(["--rate".into(), args.rate.to_string()]);
+        let argv = self.app_args("a/load", "load", &load);
+        let p = self.spawn(self.layout.ns(0), "load", argv)?;
         self.apps.push(p);
+        Ok(())
+    }
 
+    /// The live view until the time is up (or Ctrl-C), then what the mesh did and one trace.
+    fn drive(&mut self, args: &DemoArgs, stop: &Stop, otlp: Option<&OtlpTarget>) -> Result<(), Failure> {
         let duration = (!args.keep_running).then(|| *args.duration);
         if args.keep_running {
             self.hints();
@@ -360,26 +402,31 @@ impl Demo {
             n.stop(Duration::from_secs(10));
         }
         step("One trace");
-        match &otlp {
+        match otlp {
             Some(t) => say(&format!(
                 "{exported} spans sent to {} by node-a (see them in your trace viewer)",
                 t.shown
             )),
-            None => print_trace(traces),
+            None => print_trace(&args.traces_file()),
         }
         if ok { Ok(()) } else { Err(failed("some of the demo's checks failed (marked FAIL above)")) }
     }
 
-    /// Runs `sluice <args>` in namespace `ns` (0: node-a, 1: node-b), its
-    /// output in the demo's log folder.
-    fn spawn(&self, ns: usize, name: &str, args: Vec<OsString>) -> Result<Proc, Failure> {
+    /// Runs `sluice <args>` in namespace `ns` (none: here), its output in the
+    /// demo's folder.
+    fn spawn(&self, ns: Option<usize>, name: &str, args: Vec<OsString>) -> Result<Proc, Failure> {
         let log = self.dir.path.join(format!("{name}.log"));
         let out = File::create(&log).map_err(failed)?;
         let err = out.try_clone().map_err(failed)?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.nets[ns].path().display()))
-            .arg("--")
-            .arg(&self.exe)
+        let mut cmd = match self.ns_path(ns) {
+            Some(path) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", path.display())).arg("--").arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        };
+        let child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
@@ -387,18 +434,26 @@ impl Demo {
             // Ctrl-C reaches the demo only; it stops the rest in order.
             .process_group(0)
             .spawn()
-            .map_err(|e| failed(format!("starting {name} with nsenter (util-linux): {e}")))?;
+            .map_err(|e| failed(format!("starting {name}: {e}")))?;
         Ok(Proc { name: name.to_string(), child, log, stopped: false })
     }
 
+    fn scrape(&self, i: usize) -> Scrape {
+        let Some((ns, addr)) = self.admins.get(i) else { return Scrape::default() };
+        Scrape::parse(
+            &http_get(self.ns_path(*ns).as_deref(), *addr, "/metrics").map(|r| r.1).unwrap_or_default(),
+        )
+    }
+
     fn wait_ready(&mut self, i: usize, stop: &Stop) -> Result<(), Failure> {
-        let ns = self.nets[i].path();
+        let (ns, addr) = self.admins[i];
+        let ns = self.ns_path(ns);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(dead) = self.nodes[i].exited() {
                 return Err(failed(dead));
             }
-            if http_get(&ns, ADMIN, "/ready").is_ok_and(|(code, _)| code == 200) {
+            if http_get(ns.as_deref(), addr, "/ready").is_ok_and(|(code, _)| code == 200) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -410,15 +465,20 @@ impl Demo {
         }
     }
 
-    fn wait_port(&mut self, ns: usize, name: &str, addr: SocketAddr, stop: &Stop) -> Result<(), Failure> {
-        let path = self.nets[ns].path();
+    fn wait_port(
+        &mut self,
+        ns: Option<usize>,
+        name: &str,
+        addr: SocketAddr,
+        stop: &Stop,
+    ) -> Result<(), Failure> {
+        let path = self.ns_path(ns);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(dead) = self.apps.last_mut().and_then(Proc::exited) {
                 return Err(failed(dead));
             }
-            if in_netns(&path, move || TcpStream::connect_timeout(&addr, Duration::from_millis(200))).is_ok()
-            {
+            if connect(path.as_deref(), addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline || !stop.sleep(Duration::from_millis(100)) {
@@ -434,32 +494,40 @@ impl Demo {
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default()
         };
-        let scrape = |i: usize| {
-            Scrape::parse(&http_get(&self.nets[i].path(), ADMIN, "/metrics").map(|r| r.1).unwrap_or_default())
-        };
         Snapshot {
             elapsed: started.elapsed(),
             duration,
+            explicit: !self.layout.root,
             load: read("load.json"),
             frontend: read("frontend.json"),
-            node_a: scrape(0),
-            node_b: scrape(1),
+            node_a: self.scrape(0),
+            node_b: self.scrape(1),
         }
     }
 
     fn hints(&self) {
-        let a = &self.nets[0];
-        say("Try it yourself while it runs (as root):");
-        say(&format!(
-            "  nsenter --net={} sh -c 'echo $$ > {}/cgroup.procs; exec curl -s http://{WEB}/shop/fig'",
-            a.path().display(),
-            self.cg("a/load").display()
-        ));
-        say(&format!(
-            "  nsenter --net={} curl -s http://{ADMIN}/metrics | grep istio_requests_total",
-            a.path().display()
-        ));
-        say(&format!("  config: {} (edits apply live)", self.dir.path.join("mesh.yaml").display()));
+        say("Try it yourself while it runs:");
+        let config = self.dir.path.join("mesh.yaml");
+        match self.nets.first() {
+            Some(a) => {
+                say(&format!(
+                    "  nsenter --net={} sh -c 'echo $$ > {}/cgroup.procs; exec curl -s http://{WEB}/shop/fig'",
+                    a.path().display(),
+                    self.cg("a/load").display()
+                ));
+                say(&format!(
+                    "  nsenter --net={} curl -s http://127.0.0.1:15000/metrics | grep istio_requests_total",
+                    a.path().display()
+                ));
+            }
+            None => {
+                say(&format!("  curl -s http://{WEB}/shop/fig"));
+                if let Some((_, admin)) = self.admins.first() {
+                    say(&format!("  curl -s http://{admin}/metrics | grep istio_requests_total"));
+                }
+            }
+        }
+        say(&format!("  config: {} (edits apply live)", config.display()));
     }
 
     fn show_logs(&self) {
@@ -476,45 +544,49 @@ impl Demo {
     }
 }
 
-fn addr(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)), port)
+fn free_port() -> Result<SocketAddr, Failure> {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(failed)
 }
 
 /// The demo's mesh config.
-fn config_text(cg: &Path, ca: &Path, tracing: &str) -> String {
+fn config_text(l: &Layout, cg: &Path, ca: &Path, tracing: &str) -> String {
     let cg = cg.display();
-    format!(
-        r#"# The Sluice demo mesh: two nodes, three services.
-nodes:
-  - {{name: node-a, address: {NODE_A}}}
-  - {{name: node-b, address: {NODE_B}}}
-identity:
-  trust_domain: demo.local
-  cert_ttl: 1h
-  ca_dir: {ca}
-services:
+    let [a, b] = l.ip;
+    let mut t = String::from("# The Sluice demo mesh: three services.\n");
+    if l.root {
+        t.push_str(&format!(
+            "nodes:\n  - {{name: node-a, address: {NODE_A}}}\n  - {{name: node-b, address: {NODE_B}}}\n\
+             identity:\n  trust_domain: demo.local\n  cert_ttl: 1h\n  ca_dir: {}\n",
+            ca.display()
+        ));
+    }
+    let (node_a, node_b) = if l.root { (", node: node-a", ", node: node-b") } else { ("", "") };
+    let cgroup = |w: &str| if l.root { format!(", cgroup: {cg}/{w}") } else { String::new() };
+    let zero_hop =
+        if l.root { "\n      - {port: 7000, target_port: 17000, protocol: tcp, zero_hop: true}" } else { "" };
+    t.push_str(&format!(
+        r#"services:
   - name: web
     namespace: shop
     service_account: frontend
     vips: [127.100.0.10]
-    ports: [{{port: 80, target_port: 18080, protocol: http1}}]
+    ports: [{{port: 8080, target_port: 18080, protocol: http1}}]
   - name: pricing
     namespace: shop
     vips: [127.100.0.20]
     ports:
-      - {{port: 9090, target_port: 19090, protocol: grpc}}
-      - {{port: 7000, target_port: 17000, protocol: tcp, zero_hop: true}}
+      - {{port: 9090, target_port: 19090, protocol: grpc}}{zero_hop}
   - name: stock
     namespace: shop
     vips: [127.100.0.30]
-    ports: [{{port: 80, target_port: 18081, protocol: http1}}]
+    ports: [{{port: 8081, target_port: 18081, protocol: http1}}]
     outlier_detection: {{consecutive_failures: 5, ejection_time: 3s, max_ejection_percent: 50}}
 endpoints:
-  - {{service: web, address: {NODE_A}, node: node-a, cgroup: {cg}/a/frontend}}
-  - {{service: pricing, address: {NODE_A}, node: node-a, cgroup: {cg}/a/pricing}}
-  - {{service: pricing, address: {NODE_B}, node: node-b, cgroup: {cg}/b/pricing}}
-  - {{service: stock, address: {NODE_A}, node: node-a, version: v1, cgroup: {cg}/a/stock}}
-  - {{service: stock, address: {NODE_B}, node: node-b, version: v2, cgroup: {cg}/b/stock}}
+  - {{service: web, address: {a}{node_a}{}}}
+  - {{service: pricing, address: {a}{node_a}{}}}
+  - {{service: pricing, address: {b}{node_b}{}}}
+  - {{service: stock, address: {a}{node_a}, version: v1{}}}
+  - {{service: stock, address: {b}{node_b}, version: v2{}}}
 routes:
   - name: stock-retries
     service: stock
@@ -527,14 +599,22 @@ routes:
 authorization:
   default: allow
   policies:
-    - {{name: pricing-for-frontend, action: allow, services: [pricing], ports: [9090], from: ["spiffe://demo.local/ns/shop/sa/frontend"]}}
-    - {{name: exports-for-all, action: allow, services: [pricing], ports: [7000], from: ["*"]}}
-    - {{name: no-admin, action: deny, services: [web], match: {{path: {{prefix: /admin}}}}}}
-telemetry:
-  tracing: {tracing}
 "#,
-        ca = ca.display()
-    )
+        cgroup("a/frontend"),
+        cgroup("a/pricing"),
+        cgroup("b/pricing"),
+        cgroup("a/stock"),
+        cgroup("b/stock"),
+    ));
+    if l.root {
+        t.push_str(
+            "    - {name: pricing-for-frontend, action: allow, services: [pricing], ports: [9090], from: [\"spiffe://demo.local/ns/shop/sa/frontend\"]}\n\
+             \x20   - {name: exports-for-all, action: allow, services: [pricing], ports: [7000], from: [\"*\"]}\n",
+        );
+    }
+    t.push_str("    - {name: no-admin, action: deny, services: [web], match: {path: {prefix: /admin}}}\n");
+    t.push_str(&format!("telemetry:\n  tracing: {tracing}\n"));
+    t
 }
 
 /// The checks a newcomer can read; false when one failed.
@@ -547,30 +627,42 @@ fn summary(s: &Snapshot) -> bool {
     let route = |side: &std::collections::BTreeMap<String, apps::RouteSnapshot>, n: &str| {
         side.get(n).cloned().unwrap_or_default()
     };
+    let node = if s.explicit { "the node" } else { "node-a" };
     let web = route(&s.load, "web");
     check(
         web.total > 0,
         format!(
-            "shoppers: {} requests through node-a to the frontend, {} not answered 200",
+            "shoppers: {} requests through {node} to the frontend, {} not answered 200",
             web.total, web.errors
         ),
     );
     let pricing = route(&s.frontend, "pricing");
-    let on = |node: &str| pricing.by.iter().filter(|(k, _)| k.ends_with(node)).map(|(_, v)| v).sum::<u64>();
-    let (hs_a, hs_b) = s.handshakes();
-    check(
-        on("@node-a") > 0 && on("@node-b") > 0 && hs_b > 0.0,
-        format!(
-            "across nodes: pricing answered {} calls on node-a and {} on node-b, reached over mutual TLS ({hs_a} handshakes by node-a, {hs_b} accepted by node-b)",
-            on("@node-a"),
-            on("@node-b")
-        ),
-    );
+    let on = |host: &str| pricing.by.iter().filter(|(k, _)| k.ends_with(host)).map(|(_, v)| v).sum::<u64>();
+    if s.explicit {
+        check(
+            on("@local-1") > 0 && on("@local-2") > 0,
+            format!(
+                "load balancing: pricing answered {} calls on 127.0.0.1 and {} on 127.0.0.2",
+                on("@local-1"),
+                on("@local-2")
+            ),
+        );
+    } else {
+        let (hs_a, hs_b) = s.handshakes();
+        check(
+            on("@node-a") > 0 && on("@node-b") > 0 && hs_b > 0.0,
+            format!(
+                "across nodes: pricing answered {} calls on node-a and {} on node-b, reached over mutual TLS ({hs_a} handshakes by node-a, {hs_b} accepted by node-b)",
+                on("@node-a"),
+                on("@node-b")
+            ),
+        );
+    }
     let stock = route(&s.frontend, "stock");
     check(
         s.retries() > 0.0,
         format!(
-            "retries: node-a retried {} stock attempts; the frontend saw {} failures in {} stock calls",
+            "retries: {node} retried {} stock attempts; the frontend saw {} failures in {} stock calls",
             s.retries(),
             stock.errors,
             stock.total
@@ -589,6 +681,19 @@ fn summary(s: &Snapshot) -> bool {
         ));
     }
     let (admin, direct) = (route(&s.load, "web-admin"), route(&s.load, "pricing-direct"));
+    if s.explicit {
+        check(
+            admin.total > 0 && admin.errors == 0 && s.denied() > 0.0,
+            format!(
+                "authorization: {} of {} GET /admin got 403; the node counted {} refusals",
+                admin.total - admin.errors,
+                admin.total,
+                s.denied()
+            ),
+        );
+        say("--   across nodes, workload identities and zero-hop: need root (sudo ./demo.sh)");
+        return all;
+    }
     check(
         admin.total > 0 && admin.errors == 0 && direct.total > 0 && direct.errors == 0 && s.denied() > 0.0,
         format!(
@@ -618,10 +723,12 @@ fn print_trace(path: &Path) {
     match traces::read(path) {
         Ok(spans) => match traces::pick(&spans) {
             Some(t) => {
+                let retried = t.iter().any(|s| s.attrs.contains_key("http.request.resend_count"));
                 say(&format!(
-                    "{} spans in {} (OTLP/JSON, one export per line); the one with a retry:",
+                    "{} spans in {} (OTLP/JSON, one export per line); {}:",
                     spans.len(),
-                    path.display()
+                    path.display(),
+                    if retried { "a request that was retried" } else { "the largest trace" }
                 ));
                 println!();
                 print!("{}", traces::tree(&t));
@@ -801,10 +908,17 @@ fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> std::io::Result<T> + Send) -
     })
 }
 
-/// A plain HTTP/1.0 GET inside a namespace: (status, body).
-fn http_get(ns: &Path, addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let addr: SocketAddr = addr.parse().map_err(std::io::Error::other)?;
-    let mut s = in_netns(ns, || TcpStream::connect_timeout(&addr, Duration::from_secs(1)))?;
+/// A connection from inside a namespace (`None`: from here).
+fn connect(ns: Option<&Path>, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    match ns {
+        Some(ns) => in_netns(ns, || TcpStream::connect_timeout(&addr, timeout)),
+        None => TcpStream::connect_timeout(&addr, timeout),
+    }
+}
+
+/// A plain HTTP/1.0 GET: (status, body).
+fn http_get(ns: Option<&Path>, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = connect(ns, addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut text = String::new();
@@ -868,10 +982,14 @@ struct OtlpTarget {
     path: String,
 }
 
+fn otlp_url() -> Option<String> {
+    let env = |k| std::env::var(k).ok().filter(|v: &String| !v.trim().is_empty());
+    env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+}
+
+/// The collector, and how to relay to it from the nodes' namespaces.
 fn otlp_target() -> Result<Option<OtlpTarget>, Failure> {
-    let env = |k| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let Some(url) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
-    else {
+    let Some(url) = otlp_url() else {
         return Ok(None);
     };
     let bad =

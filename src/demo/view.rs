@@ -83,6 +83,8 @@ pub(crate) struct Snapshot {
     pub elapsed: Duration,
     /// None: until Ctrl-C.
     pub duration: Option<Duration>,
+    /// Without root: one explicit-mode node, no kernel paths.
+    pub explicit: bool,
     pub load: BTreeMap<String, RouteSnapshot>,
     pub frontend: BTreeMap<String, RouteSnapshot>,
     pub node_a: Scrape,
@@ -159,7 +161,8 @@ impl Snapshot {
             }
             None => format!("{secs:>3} s (Ctrl-C stops and cleans up)"),
         };
-        let _ = writeln!(o, "{}", bold(&format!("Sluice demo: 2 nodes, 3 services    {progress}")));
+        let title = if self.explicit { "1 node (explicit mode, no root)" } else { "2 nodes" };
+        let _ = writeln!(o, "{}", bold(&format!("Sluice demo: {title}, 3 services    {progress}")));
         let _ = writeln!(
             o,
             "{}",
@@ -181,16 +184,18 @@ impl Snapshot {
         let stock = self.route(&self.frontend, "stock");
         row(&mut o, "stock", "frontend -> stock", "HTTP/1.1", &stock, by(&stock));
         let export = self.route(&self.load, "export");
-        row(
-            &mut o,
-            "export",
-            "load -> pricing:7000",
-            "TCP",
-            &export,
-            format!("{} sent", mib(export.bytes as f64)),
-        );
-        let admin = self.route(&self.load, "web-admin");
         let direct = self.route(&self.load, "pricing-direct");
+        if !self.explicit {
+            row(
+                &mut o,
+                "export",
+                "load -> pricing:7000",
+                "TCP",
+                &export,
+                format!("{} sent", mib(export.bytes as f64)),
+            );
+        }
+        let admin = self.route(&self.load, "web-admin");
         row(
             &mut o,
             "denied",
@@ -199,7 +204,9 @@ impl Snapshot {
             &admin,
             "errors: answers that were not 403".into(),
         );
-        row(&mut o, "denied", "load -> pricing", "gRPC", &direct, "errors: not PERMISSION_DENIED".into());
+        if !self.explicit {
+            row(&mut o, "denied", "load -> pricing", "gRPC", &direct, "errors: not PERMISSION_DENIED".into());
+        }
         let _ = writeln!(o);
         let ejected = self.ejected_now();
         let _ = writeln!(
@@ -209,6 +216,14 @@ impl Snapshot {
             self.ejections(),
             if ejected.is_empty() { "none".to_string() } else { ejected.join(", ") }
         );
+        if self.explicit {
+            let _ = writeln!(o, "policy     {} calls refused by authorization", self.denied());
+            let _ = writeln!(
+                o,
+                "needs root transparent redirection, a second node over mTLS, identities, zero-hop"
+            );
+            return o;
+        }
         let _ = writeln!(
             o,
             "policy     {} calls refused by authorization (node-a {}, node-b {})",
