@@ -42,17 +42,27 @@ fi
 # Python tools from PyPI, each into its own folder (--target keeps Debian's
 # Python untouched): rotel, a real OTLP receiver for the trace tests, and
 # sslyze, a real TLS scanner for the node-to-node port.
-pypi_tool() { # NAME VERSION MARKER
+pypi_tool() { # NAME VERSION MARKER [PIP OPTIONS...]
   local dir=/opt/sluice-tools/$1
   if [ ! -e "$dir/$3" ]; then
     echo "sluice: installing $1 $2 (PyPI) into $dir"
-    if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
     "${sudo[@]}" /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-      --target "$dir" "$1==$2"
+      --target "$dir" "${@:4}" "$1==$2"
   fi
 }
+if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
 pypi_tool rotel 0.0.1a15 rotel/rotel-agent
 pypi_tool sslyze 6.1.0 sslyze
+# docker-compose 1.29 (the Python one, without Docker's engine) checks
+# docker/compose.yaml where the `docker compose` client is absent. Its own
+# pins do not install on Debian 12's Python 3.11, so its dependencies are
+# pinned here.
+if [ ! -e /opt/sluice-tools/docker-compose/bin/docker-compose ] && ! docker compose version >/dev/null 2>&1; then
+  pypi_tool docker-compose 1.29.2 bin/docker-compose --no-deps
+  "${sudo[@]}" /usr/bin/python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+    --target /opt/sluice-tools/docker-compose PyYAML==6.0.1 docopt==0.6.2 python-dotenv==0.21.1 texttable==1.7.0 \
+    jsonschema==3.2.0 docker==5.0.3 requests==2.31.0 websocket-client==0.59.0 distro==1.9.0 dockerpty==0.4.1
+fi
 
 if ! command -v cargo >/dev/null; then
   echo "sluice: cargo not found: install Rust 1.95 or newer (https://rustup.rs), then run this again" >&2

@@ -129,7 +129,7 @@ impl HttpError {
             HttpError::BadRequestBody { .. } => "DPE",
             HttpError::RouteTimeout { .. } | HttpError::TryTimeout { .. } => "UT",
             HttpError::Upgrade { .. } => "UPE",
-            HttpError::Forbidden { .. } => "-",
+            HttpError::Forbidden { .. } => "RBAC",
         }
     }
 

@@ -255,7 +255,11 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
         req.extensions_mut().insert(upstream::SourceIdentity(Arc::clone(s)));
     }
     let route = match (denied, backend.and_then(|b| b.http.clone())) {
-        (Some(e), _) => Err(e),
+        (Some(e), svc) => {
+            // Counted under the service refused, as Istio counts RBAC denials.
+            dialed = svc.map(|svc| (Arc::clone(&svc.label), Arc::clone(&svc.namespace)));
+            Err(e)
+        }
         (None, None) => Err(HttpError::ServiceGone { orig: conn.orig }),
         (None, Some(svc)) => {
             dialed = Some((Arc::clone(&svc.label), Arc::clone(&svc.namespace)));
