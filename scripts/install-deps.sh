@@ -14,9 +14,10 @@ set -euo pipefail
 # /metrics in the observability tests, and pip brings rotel (below).
 packages=(clang-16 libbpf-dev bpftool iproute2 util-linux linux-libc-dev pkg-config wrk nftables
   curl nghttp2-client python3-grpcio python3-prometheus-client python3-pip)
-# `--bench`: nginx and haproxy, the reverse proxies the L7 benchmark compares
-# against (their services are not started: the benchmark runs its own).
-if [ "${1:-}" = "--bench" ]; then packages+=(nginx-light haproxy); fi
+# `--bench`: nginx (with its stream module, for TCP) and haproxy, the proxies
+# the benchmarks compare against (their services are not started: the
+# benchmark runs its own), and a font for the report's chart.
+if [ "${1:-}" = "--bench" ]; then packages+=(nginx-light libnginx-mod-stream haproxy fonts-dejavu-core); fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -29,6 +29,10 @@ fn assert_clean(pid: &str) {
     assert!(!cg.exists(), "{} left", cg.display());
     assert!(!Path::new(&format!("/tmp/sluice-demo-{pid}")).exists());
     assert!(!Path::new(&format!("/sys/fs/bpf/sluice/demo-{pid}-a")).exists(), "pins left");
+    for node in ["a", "b"] {
+        let lock = format!("/run/sluice/demo-{pid}-{node}.lock");
+        assert!(!Path::new(&lock).exists(), "{lock} left");
+    }
 }
 
 /// Runs `cmd demo <args> --traces <traces>` with traces to the file; its

@@ -250,7 +250,8 @@ fn standard_otel_environment_configures_tracing() {
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
     );
-    assert!(node.log().contains("exporting traces over OTLP"), "{}", node.log());
+    assert!(node.log().contains("exporting traces endpoint=http://127.0.0.1:"), "{}", node.log());
+    assert!(node.log().contains("protocol=\"http/protobuf\""), "{}", node.log());
     // traceidratio is not parent-based: an unsampled caller does not stop the trace here.
     let r = curl(
         cg.path(),

@@ -971,6 +971,14 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+        // The nodes have stopped by now: their instance locks and state files go too.
+        let pid = std::process::id();
+        for node in ["a", "b"] {
+            let instance = format!("demo-{pid}-{node}");
+            let _ =
+                std::fs::remove_file(Path::new(sluice_redirector::RUN_DIR).join(format!("{instance}.lock")));
+            let _ = std::fs::remove_file(crate::node::admin_state_path(&instance));
+        }
     }
 }
 
