@@ -7,6 +7,7 @@ use std::{path::Path, process::Command};
 pub struct WrkResult {
     pub requests_per_sec: f64,
     pub p50_ms: f64,
+    pub p90_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
 }
@@ -67,7 +68,13 @@ pub fn parse_wrk(text: &str) -> Option<WrkResult> {
             .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
             .and_then(|n| n.trim().parse::<u64>().ok())
             .unwrap_or(0);
-    Some(WrkResult { requests_per_sec: rps, p50_ms: pct("50%")?, p99_ms: pct("99%")?, errors })
+    Some(WrkResult {
+        requests_per_sec: rps,
+        p50_ms: pct("50%")?,
+        p90_ms: pct("90%")?,
+        p99_ms: pct("99%")?,
+        errors,
+    })
 }
 
 fn duration_ms(s: &str) -> Option<f64> {
@@ -123,6 +130,7 @@ mod tests {
         let r = parse_wrk(text).unwrap();
         assert_eq!(r.requests_per_sec, 49567.80);
         assert!((r.p50_ms - 0.29).abs() < 1e-9);
+        assert!((r.p90_ms - 0.6).abs() < 1e-9);
         assert!((r.p99_ms - 1.5).abs() < 1e-9);
         assert_eq!(r.errors, 6);
     }

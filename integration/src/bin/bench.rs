@@ -26,6 +26,12 @@
 //! node b (namespaces on a bridge), direct plaintext vs through both
 //! proxies over mutual TLS (see `bench/mesh.rs`).
 //!
+//! `sluice-bench report [--secs N] [--rounds N] [--out DIR]`: every
+//! scenario (HTTP/1.1, HTTP/2, gRPC unary, TCP request/response, TCP bulk)
+//! through every mode (direct, Sluice L7, zero-hop, spliced, nginx,
+//! haproxy), pinned and unpinned; writes DIR/BENCHMARKS.md and
+//! DIR/benchmarks.png (see `bench/report.rs`).
+//!
 //! Needs root; build with `--release`.
 
 #![allow(clippy::unwrap_used)]
@@ -38,6 +44,8 @@ mod bench_l7;
 mod bench_mesh;
 #[path = "bench/paths.rs"]
 mod bench_paths;
+#[path = "bench/report.rs"]
+mod bench_report;
 #[path = "bench/telemetry.rs"]
 mod bench_telemetry;
 
@@ -59,6 +67,14 @@ fn stopped() -> bool {
 fn main() -> anyhow::Result<()> {
     ctrlc::set_handler(|| STOP.store(true, std::sync::atomic::Ordering::SeqCst))?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let out = match args.iter().position(|a| a == "--out") {
+        Some(i) => {
+            let v = args.get(i + 1).ok_or_else(|| anyhow::anyhow!("--out needs a folder"))?.clone();
+            args.drain(i..i + 2);
+            v
+        }
+        None => "docs".to_string(),
+    };
     let mut opt = |name: &str, default: u32| -> anyhow::Result<u32> {
         Ok(match args.iter().position(|a| a == name) {
             Some(i) => {
@@ -86,8 +102,9 @@ fn main() -> anyhow::Result<()> {
         Some("l7") => bench_l7::run(secs, rounds, stopped),
         Some("telemetry") => bench_telemetry::run(secs, rounds, stopped),
         Some("mesh") => bench_mesh::run(secs, rounds, stopped),
+        Some("report") => bench_report::run(secs, rounds, std::path::Path::new(&out), stopped),
         _ => bail!(
-            "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] | policy [--packets N] [--rounds N]"
+            "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] | report [--secs N] [--rounds N] [--out DIR] | policy [--packets N] [--rounds N]"
         ),
     }
 }

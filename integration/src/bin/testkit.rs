@@ -261,7 +261,7 @@ fn pingpong(addr: SocketAddr, size: usize, secs: u64) -> anyhow::Result<()> {
     }
     lat.sort_unstable();
     let p = |q: f64| lat.get(((lat.len() as f64) * q) as usize).copied().unwrap_or(0) as f64 / 1000.0;
-    println!("round_trips={} p50_us={:.1} p99_us={:.1}", lat.len(), p(0.5), p(0.99));
+    println!("round_trips={} p50_us={:.1} p90_us={:.1} p99_us={:.1}", lat.len(), p(0.5), p(0.9), p(0.99));
     Ok(())
 }
 

@@ -18,11 +18,11 @@ use sluice_integration::{
 };
 
 /// A port free right now on 127.0.0.1.
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_listening(port: u16) -> anyhow::Result<()> {
+pub(crate) fn wait_listening(port: u16) -> anyhow::Result<()> {
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
@@ -42,7 +42,7 @@ struct Front {
 
 /// Stops a server with SIGTERM and waits for it: nginx's master then ends
 /// its workers (SIGKILL would leave them running, orphaned).
-struct TermGuard(std::process::Child);
+pub(crate) struct TermGuard(pub std::process::Child);
 
 impl Drop for TermGuard {
     fn drop(&mut self) {
@@ -166,7 +166,13 @@ pub(crate) fn h2load_in(
             .copied()
             .unwrap_or(f64::NAN)
     };
-    Ok(WrkResult { requests_per_sec: rps, p50_ms: pct(0.50), p99_ms: pct(0.99), errors: failed })
+    Ok(WrkResult {
+        requests_per_sec: rps,
+        p50_ms: pct(0.50),
+        p90_ms: pct(0.90),
+        p99_ms: pct(0.99),
+        errors: failed,
+    })
 }
 
 pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> {
