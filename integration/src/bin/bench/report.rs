@@ -324,18 +324,7 @@ fn proc_cpu(pid: Option<u32>) -> f64 {
 
 /// Busy CPU seconds of the whole machine (all cores).
 fn host_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let total: u64 = f.iter().take(8).sum();
-    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
-    (total - idle) as f64 / clock_ticks()
+    crate::cpu_jiffies().0 as f64 / clock_ticks()
 }
 
 /// Resident memory of `pid`'s tree, MiB.
