@@ -109,7 +109,8 @@ pub(crate) fn read(path: &Path) -> std::io::Result<Vec<Span>> {
     Ok(out)
 }
 
-/// The most telling trace: one with a retry if there is one, then the most spans.
+/// The most telling trace: one with a retry if there is one, then one that
+/// still ended well (the retry saved it), then the most spans.
 pub(crate) fn pick(spans: &[Span]) -> Option<Vec<Span>> {
     let mut by_trace: BTreeMap<&str, Vec<&Span>> = BTreeMap::new();
     for s in spans {
@@ -119,7 +120,13 @@ pub(crate) fn pick(spans: &[Span]) -> Option<Vec<Span>> {
         .into_values()
         .max_by_key(|t| {
             let retried = t.iter().any(|s| s.attrs.contains_key("http.request.resend_count"));
-            (retried, t.len())
+            let codes: Vec<u16> = t
+                .iter()
+                .filter(|s| s.parent.is_none())
+                .filter_map(|s| s.attr("http.response.status_code")?.parse().ok())
+                .collect();
+            let answered = !codes.is_empty() && codes.iter().all(|c| *c < 400);
+            (retried, answered, t.len())
         })
         .map(|t| t.into_iter().cloned().collect())
 }
@@ -174,23 +181,37 @@ mod tests {
             )
         };
         let retry = r#",{"key":"http.request.resend_count","value":{"intValue":"1"}}"#;
+        let ok = r#",{"key":"http.response.status_code","value":{"intValue":"200"}}"#;
         let line = format!(
             r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"host.name","value":{{"stringValue":"node-a"}}}}]}},"scopeSpans":[{{"spans":[{},{},{},{}]}}]}}]}}"#,
-            span("a", None, 2, 10, ""),
+            span("a", None, 2, 10, ok),
             span("c", Some("a"), 3, 30, retry),
             span("b", Some("a"), 3, 20, ""),
             span("z", None, 2, 5, ""),
         );
-        std::fs::write(&path, format!("{line}\nnot json\n")).unwrap_or_else(|e| panic!("{e}"));
+        // A bigger trace with a retry that did not save the request.
+        let failed = r#",{"key":"http.response.status_code","value":{"intValue":"502"}}"#;
+        let other = (0..6)
+            .map(|i| {
+                let id = format!("f{i}");
+                let s = span(&id, (i > 0).then_some("f0"), 2, 40, if i == 0 { failed } else { retry });
+                s.replace("\"t1\"", "\"t2\"")
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let line2 = format!(r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{other}]}}]}}]}}"#);
+        std::fs::write(&path, format!("{line}\nnot json\n{line2}\n")).unwrap_or_else(|e| panic!("{e}"));
         let spans = read(&path).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(spans.len(), 4);
-        let t = tree(&spans);
+        assert_eq!(spans.len(), 10);
+        let picked = pick(&spans).unwrap_or_default();
+        assert!(picked.iter().all(|s| s.trace == "t1"), "the retry that saved its request: {picked:?}");
+        let t = tree(&picked);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0], "trace t1");
         assert!(lines[1].starts_with("|-- SERVER GET /x") && lines[1].ends_with("@node-a"), "{t}");
         assert!(lines[2].starts_with("`-- SERVER GET /x"), "{t}");
         assert!(lines[3].starts_with("    |-- CLIENT GET"), "{t}");
         assert!(lines[4].starts_with("    `-- CLIENT GET") && lines[4].contains("[retry 1]"), "{t}");
-        assert_eq!(pick(&spans).map(|t| t.len()), Some(4));
+        assert_eq!(picked.len(), 4);
     }
 }
