@@ -19,6 +19,8 @@ packages=(clang-16 libbpf-dev bpftool iproute2 util-linux linux-libc-dev pkg-con
 # benchmark runs its own), and a font for the report's chart.
 if [ "${1:-}" = "--bench" ]; then packages+=(nginx-light libnginx-mod-stream haproxy fonts-dejavu-core); fi
 
+if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -26,7 +28,7 @@ done
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "sluice: installing ${missing[*]}"
-  if [ "$(id -u)" -eq 0 ]; then sudo=(); elif command -v sudo >/dev/null; then sudo=(sudo); else
+  if [ ${#sudo[@]} -gt 0 ] && ! command -v sudo >/dev/null; then
     echo "sluice: need root to install ${missing[*]} (apt-get install -y ${missing[*]})" >&2; exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
@@ -51,7 +53,6 @@ pypi_tool() { # NAME VERSION MARKER [PIP OPTIONS...]
       --target "$dir" "${@:4}" "$1==$2"
   fi
 }
-if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
 pypi_tool rotel 0.0.1a15 rotel/rotel-agent
 pypi_tool sslyze 6.1.0 sslyze
 # docker-compose 1.29 (the Python one, without Docker's engine) checks

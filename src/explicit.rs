@@ -127,6 +127,7 @@ pub(crate) async fn run(args: NodeArgs) -> Result<(), Failure> {
                             tracing::warn!("explicit mode: service addresses changed; the listeners stay as they were until a restart");
                         }
                         routes.apply(&new);
+                        crate::node::apply_telemetry(&telemetry, &admin, &new);
                         admin.set_config(&new, export.as_ref());
                         tracing::info!(services = new.services.len(), "config reloaded");
                     }

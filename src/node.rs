@@ -418,7 +418,7 @@ impl NodeHandle {
                 // Routes next: an address the map starts redirecting must already be routable.
                 self.routes.apply(&new);
                 self.mesh.workloads.apply(&new, self.mesh.node.as_deref());
-                self.apply_telemetry(&new);
+                apply_telemetry(&self.telemetry, &self.admin, &new);
                 if let Some(lp) = &self.msg_pairs
                     && let Err(e) = lp.set_local_endpoints(&new)
                 {
@@ -448,31 +448,6 @@ impl NodeHandle {
                 tracing::error!(error = %e, "config change refused; the last good config stays in force");
                 Some(Err(e.to_string()))
             }
-        }
-    }
-
-    /// The sampling ratio changes at once; the exporter and the access log
-    /// are set up at start, so a change there needs a restart (said in the log).
-    fn apply_telemetry(&self, new: &MeshConfig) {
-        let old =
-            self.admin.config.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|c| c.telemetry.clone());
-        if let (Some(t), Some(r)) =
-            (&self.telemetry.tracing, new.telemetry.tracing.as_ref().and_then(|c| c.sampling()))
-        {
-            t.set_ratio(r);
-        }
-        let Some(old) = old else { return };
-        let strip = |t: &sluice_mesh_config::Telemetry| {
-            let mut t = t.clone();
-            if let Some(x) = t.tracing.as_mut() {
-                x.sampling_ppm = None;
-            }
-            t
-        };
-        if strip(&old) != strip(&new.telemetry) {
-            tracing::warn!(
-                "telemetry settings other than tracing.sampling changed: restart the node (sluice node --takeover) to apply them"
-            );
         }
     }
 
@@ -519,6 +494,31 @@ impl NodeHandle {
         }
         self.redirector.hand_over();
         finish_telemetry(&self.telemetry, self.export).await;
+    }
+}
+
+/// The sampling ratio changes at once; the exporter and the access log
+/// are set up at start, so a change there needs a restart (said in the log).
+/// Call before the admin's config is replaced by `new`.
+pub(crate) fn apply_telemetry(telemetry: &Telemetry, admin: &crate::admin::Admin, new: &MeshConfig) {
+    let old = admin.config.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|c| c.telemetry.clone());
+    if let (Some(t), Some(r)) =
+        (&telemetry.tracing, new.telemetry.tracing.as_ref().and_then(|c| c.sampling()))
+    {
+        t.set_ratio(r);
+    }
+    let Some(old) = old else { return };
+    let strip = |t: &sluice_mesh_config::Telemetry| {
+        let mut t = t.clone();
+        if let Some(x) = t.tracing.as_mut() {
+            x.sampling_ppm = None;
+        }
+        t
+    };
+    if strip(&old) != strip(&new.telemetry) {
+        tracing::warn!(
+            "telemetry settings other than tracing.sampling changed: restart the node (sluice node --takeover) to apply them"
+        );
     }
 }
 

@@ -272,14 +272,15 @@ impl SpanExporter for Exporter {
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         match self {
             Exporter::Otlp(e) => e.shutdown_with_timeout(timeout),
-            Exporter::File(e) => e.flush(),
+            // Every batch is written when it is exported.
+            Exporter::File(_) => Ok(()),
         }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
         match self {
             Exporter::Otlp(e) => e.force_flush(),
-            Exporter::File(e) => e.flush(),
+            Exporter::File(_) => Ok(()),
         }
     }
 
@@ -329,10 +330,6 @@ impl FileExporter {
         (&self.out)
             .write_all(&line)
             .map_err(|e| OTelSdkError::InternalFailure(format!("writing the trace file: {e}")))
-    }
-
-    fn flush(&self) -> OTelSdkResult {
-        Ok(())
     }
 }
 

@@ -34,14 +34,8 @@ pub fn wrk_in(
     secs: u32,
     close: bool,
 ) -> Result<WrkResult, String> {
-    let mut cmd = in_netns(netns, "sh");
-    cmd.arg("-c").arg("echo $$ > \"$0\" && exec \"$@\"").arg(cgroup.join("cgroup.procs")).args([
-        "wrk",
-        &format!("-t{threads}"),
-        &format!("-c{conns}"),
-        &format!("-d{secs}s"),
-        "--latency",
-    ]);
+    let mut cmd = in_cgroup(netns, cgroup, false, "wrk");
+    cmd.args([&format!("-t{threads}"), &format!("-c{conns}"), &format!("-d{secs}s"), "--latency"]);
     if close {
         cmd.args(["-H", "Connection: close"]);
     }
@@ -105,6 +99,51 @@ pub fn row(name: &str, width: usize, runs: &[WrkResult]) -> String {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+/// `program` run from inside `cgroup` (so the mesh sees it), in network
+/// namespace `netns` when given, on CPU 0 when `pinned`. Add its arguments.
+pub fn in_cgroup(netns: Option<&str>, cgroup: &Path, pinned: bool, program: &str) -> Command {
+    let mut cmd = in_netns(netns, "sh");
+    cmd.arg("-c").arg("echo $$ > \"$0\" && exec \"$@\"").arg(cgroup.join("cgroup.procs"));
+    if pinned {
+        cmd.args(["taskset", "-c", "0"]);
+    }
+    cmd.arg(program);
+    cmd
+}
+
+/// `pid` and its descendants.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                out.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Every thread of `pid` and its descendants on CPU 0 (`pinned`), or on all CPUs.
+pub fn pin(pid: u32, pinned: bool) -> Result<(), String> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = if pinned { "0".to_string() } else { format!("0-{}", n - 1) };
+    for p in process_tree(pid) {
+        let out = Command::new("taskset")
+            .args(["-a", "-p", "-c", &cpus, &p.to_string()])
+            .output()
+            .map_err(|e| format!("taskset: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("taskset on {p}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    Ok(())
 }
 
 /// `program`, started inside network namespace `netns` when given (nsenter

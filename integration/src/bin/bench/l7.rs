@@ -6,7 +6,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use anyhow::{Context, bail};
@@ -36,7 +36,8 @@ pub(crate) fn wait_listening(port: u16) -> anyhow::Result<()> {
 struct Front {
     h1: SocketAddr,
     h2: SocketAddr,
-    _guard: Option<TermGuard>,
+    /// nginx or haproxy: one for each protocol, as the report sets them up.
+    _fronts: Vec<crate::bench_report::Front>,
     _node: Option<Node>,
 }
 
@@ -59,46 +60,16 @@ impl Drop for TermGuard {
     }
 }
 
-fn nginx(dir: &Path, backend: SocketAddr) -> anyhow::Result<Front> {
-    let (p1, p2) = (free_port()?, free_port()?);
-    let d = dir.display();
-    let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 100000000;\n  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  upstream be {{ server {backend}; keepalive 128; keepalive_requests 100000000; }}\n  server {{\n    listen 127.0.0.1:{p1};\n    listen 127.0.0.1:{p2} http2;\n    location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n  }}\n}}\n"
-    );
-    std::fs::write(dir.join("nginx.conf"), conf)?;
-    let mut cmd = Command::new("nginx");
-    cmd.args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-e", &format!("{d}/nginx-error.log")]);
-    spawn_front(cmd, p1, p2)
-}
-
-/// Starts a reverse proxy in the foreground, waits until it listens.
-fn spawn_front(mut cmd: Command, p1: u16, p2: u16) -> anyhow::Result<Front> {
-    let name = cmd.get_program().to_string_lossy().into_owned();
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("{name} (scripts/install-deps.sh --bench)"))?;
-    let guard = TermGuard(child);
-    wait_listening(p1)?;
-    Ok(Front {
-        h1: ([127, 0, 0, 1], p1).into(),
-        h2: ([127, 0, 0, 1], p2).into(),
-        _guard: Some(guard),
-        _node: None,
-    })
-}
-
-fn haproxy(dir: &Path, backend: SocketAddr) -> anyhow::Result<Front> {
-    let (p1, p2) = (free_port()?, free_port()?);
-    let conf = format!(
-        "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\nfrontend fe\n  bind 127.0.0.1:{p1}\n  bind 127.0.0.1:{p2} proto h2\n  default_backend be\nbackend be\n  server s1 {backend}\n"
-    );
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, conf)?;
-    let mut cmd = Command::new("haproxy");
-    cmd.arg("-db").arg("-f").arg(&path);
-    spawn_front(cmd, p1, p2)
+/// nginx or haproxy as the report starts them, one for HTTP/1.1 and one for h2c.
+fn pair(dir: &Path, start: crate::bench_report::StartProxy, backend: SocketAddr) -> anyhow::Result<Front> {
+    use crate::bench_report::Scenario;
+    let mut fronts = Vec::new();
+    for (sub, s) in [("h1", Scenario::H1), ("h2", Scenario::H2)] {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d)?;
+        fronts.push(start(&d, s, backend, false)?);
+    }
+    Ok(Front { h1: fronts[0].addr, h2: fronts[1].addr, _fronts: fronts, _node: None })
 }
 
 fn sluice(cg: &CgroupGuard, backend: SocketAddr, protocol: &str, vip: &str, extra: &[&str]) -> Front {
@@ -117,7 +88,7 @@ fn sluice(cg: &CgroupGuard, backend: SocketAddr, protocol: &str, vip: &str, extr
     });
     let addr: SocketAddr =
         format!("{vip}:80").parse().unwrap_or_else(|_| SocketAddr::from(([127, 100, 0, 95], 80)));
-    Front { h1: addr, h2: addr, _guard: None, _node: Some(node) }
+    Front { h1: addr, h2: addr, _fronts: Vec::new(), _node: Some(node) }
 }
 
 /// h2load from inside `cgroup`: requests/s and latency percentiles from its
@@ -134,11 +105,17 @@ pub(crate) fn h2load_in(
     secs: u32,
     log: &Path,
 ) -> anyhow::Result<WrkResult> {
-    let out = sluice_integration::bench::in_netns(netns, "sh")
-        .arg("-c")
-        .arg("echo $$ > \"$0\" && exec \"$@\"")
-        .arg(cgroup.join("cgroup.procs"))
-        .args(["h2load", "-c", "8", "-m", "16", "-D", &secs.to_string(), "--warm-up-time", "1"])
+    h2load_run(sluice_integration::bench::in_cgroup(netns, cgroup, false, "h2load"), url, secs, log)
+}
+
+/// Runs `cmd` (an `h2load` with any arguments of its own) with 8
+/// connections of 16 streams for `secs`: requests/s, latency percentiles
+/// from its request log, and errors (failed or errored requests and
+/// answers that were not 2xx).
+pub(crate) fn h2load_run(mut cmd: Command, url: &str, secs: u32, log: &Path) -> anyhow::Result<WrkResult> {
+    let _ = std::fs::remove_file(log);
+    let out = cmd
+        .args(["-c", "8", "-m", "16", "-D", &secs.to_string(), "--warm-up-time", "1"])
         .arg(format!("--log-file={}", log.display()))
         .arg(url)
         .output()
@@ -149,11 +126,22 @@ pub(crate) fn h2load_in(
         .find_map(|l| l.strip_prefix("finished in ").and_then(|r| r.split(", ").nth(1)))
         .and_then(|r| r.trim_end_matches(" req/s").parse().ok())
         .with_context(|| format!("cannot read h2load's output:\n{text}"))?;
-    let failed: u64 = text
+    let count = |what: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("requests:"))
+            .and_then(|l| l.split(", ").find(|p| p.ends_with(what)))
+            .and_then(|p| p.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let non_2xx: u64 = text
         .lines()
-        .find(|l| l.starts_with("requests:"))
-        .and_then(|l| l.split(", ").find(|p| p.ends_with(" failed")))
-        .and_then(|p| p.trim_end_matches(" failed").parse().ok())
+        .find(|l| l.starts_with("status codes:"))
+        .map(|l| {
+            l.split(", ")
+                .filter(|p| !p.contains("2xx"))
+                .filter_map(|p| p.split_whitespace().find_map(|w| w.parse::<u64>().ok()))
+                .sum()
+        })
         .unwrap_or(0);
     let mut lat: Vec<f64> = std::fs::read_to_string(log)?
         .lines()
@@ -171,7 +159,7 @@ pub(crate) fn h2load_in(
         p50_ms: pct(0.50),
         p90_ms: pct(0.90),
         p99_ms: pct(0.99),
-        errors: failed,
+        errors: count(" failed") + count(" errored") + non_2xx,
     })
 }
 
@@ -207,14 +195,14 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
                 bail!("interrupted; cleaned up");
             }
             let front = match i {
-                0 => Front { h1: backend, h2: backend, _guard: None, _node: None },
+                0 => Front { h1: backend, h2: backend, _fronts: Vec::new(), _node: None },
                 1 => sluice(&cg, backend, "http", "127.100.0.95", &[]),
                 2 => sluice(&cg, backend, "http1", "127.100.0.96", &[]),
                 // Its self-test fails on this kernel (a half-close stall that
                 // wrk and h2load never trigger): measured with it skipped.
                 3 => sluice(&cg, backend, "http", "127.100.0.94", &["--sk-msg", "unsafe-no-self-test"]),
-                4 => nginx(&dir, backend)?,
-                _ => haproxy(&dir, backend)?,
+                4 => pair(&dir, crate::bench_report::nginx, backend)?,
+                _ => pair(&dir, crate::bench_report::haproxy, backend)?,
             };
             let r1 = wrk(cg.path(), &format!("http://{}/", front.h1), 1, 32, secs, false)
                 .map_err(anyhow::Error::msg)?;

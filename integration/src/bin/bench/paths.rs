@@ -5,24 +5,20 @@
 //! echo, so both directions carry it), with every process pinned to one CPU
 //! and unpinned. Medians of alternating rounds.
 
-use std::{net::SocketAddr, process::Command};
+use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
 use sluice_integration::{
     CgroupGuard, Node,
-    bench::median,
+    bench::{in_cgroup, median, pin},
     node::NodeOpts,
     process::{ChildGuard, echo_process},
 };
 
 /// Runs a testkit measurement from inside `cg`, on CPU 0 if `pinned`.
 fn testkit(cg: &CgroupGuard, pinned: bool, args: &[&str]) -> anyhow::Result<String> {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg("echo $$ > \"$0\" && exec \"$@\"").arg(cg.path().join("cgroup.procs"));
-    if pinned {
-        cmd.args(["taskset", "-c", "0"]);
-    }
-    let out = cmd.arg(sluice_integration::target_bin("sluice-testkit")).args(args).output()?;
+    let testkit = sluice_integration::target_bin("sluice-testkit");
+    let out = in_cgroup(None, cg.path(), pinned, &testkit.to_string_lossy()).args(args).output()?;
     if !out.status.success() {
         bail!("sluice-testkit {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -34,17 +30,6 @@ fn field(text: &str, key: &str) -> anyhow::Result<f64> {
         .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no {key} in {text}"))
-}
-
-/// Pins every thread of `pid` to CPU 0 (or frees it on all CPUs).
-fn pin(pid: u32, pinned: bool) -> anyhow::Result<()> {
-    let cpus = if pinned { "0".to_string() } else { format!("0-{}", num_cpus() - 1) };
-    let ok =
-        Command::new("taskset").args(["-a", "-p", "-c", &cpus, &pid.to_string()]).output()?.status.success();
-    if !ok {
-        bail!("taskset on {pid} failed");
-    }
-    Ok(())
 }
 
 fn num_cpus() -> usize {
@@ -109,9 +94,9 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
                     }
                 };
                 if let Some(pid) = node.as_ref().and_then(|n| n.pid()) {
-                    pin(pid, pinned)?;
+                    pin(pid, pinned).map_err(anyhow::Error::msg)?;
                 }
-                pin(echo.0.id(), pinned)?;
+                pin(echo.0.id(), pinned).map_err(anyhow::Error::msg)?;
                 let secs_s = secs.to_string();
                 let pp = testkit(&cg, pinned, &["pingpong", "--secs", &secs_s, &target, "64"])?;
                 // A bulk transfer that fails is a result too (sk_msg stalls after
@@ -146,6 +131,6 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
             println!("{name:<24} {:>10.1} {:>10.1} {:>12}{note}", m(|s| s.p50_us), m(|s| s.p99_us), bulk);
         }
     }
-    pin(echo.0.id(), false)?;
+    pin(echo.0.id(), false).map_err(anyhow::Error::msg)?;
     Ok(())
 }

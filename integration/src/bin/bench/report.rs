@@ -16,15 +16,15 @@ use std::{
 use anyhow::{Context, bail};
 use sluice_integration::{
     CgroupGuard, Node,
-    bench::{median, parse_wrk},
+    bench::{in_cgroup, median, parse_wrk, pin, process_tree},
     node::NodeOpts,
     process::{ChildGuard, echo_process, hello_process},
 };
 
-use crate::bench_l7::{TermGuard, free_port, wait_listening};
+use crate::bench_l7::{TermGuard, free_port, h2load_run, wait_listening};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scenario {
+pub(crate) enum Scenario {
     H1,
     H2,
     Grpc,
@@ -117,8 +117,8 @@ struct Sample {
 }
 
 /// A proxy (or nothing) in front of a backend.
-struct Front {
-    addr: SocketAddr,
+pub(crate) struct Front {
+    pub(crate) addr: SocketAddr,
     /// The proxy's main process (its children are counted too).
     pid: Option<u32>,
     _guard: Option<TermGuard>,
@@ -179,7 +179,10 @@ fn spawn_proxy(mut cmd: Command, port: u16, pinned: bool) -> anyhow::Result<Fron
     Ok(Front { addr: ([127, 0, 0, 1], port).into(), pid: Some(pid), _guard: Some(guard), _node: None })
 }
 
-fn nginx(dir: &Path, s: Scenario, backend: SocketAddr, pinned: bool) -> anyhow::Result<Front> {
+/// Starts nginx or haproxy for a scenario, in front of `backend`, with its files in `dir`.
+pub(crate) type StartProxy = fn(&Path, Scenario, SocketAddr, bool) -> anyhow::Result<Front>;
+
+pub(crate) fn nginx(dir: &Path, s: Scenario, backend: SocketAddr, pinned: bool) -> anyhow::Result<Front> {
     let port = free_port()?;
     let d = dir.display();
     let body = match s {
@@ -206,7 +209,7 @@ fn nginx(dir: &Path, s: Scenario, backend: SocketAddr, pinned: bool) -> anyhow::
     spawn_proxy(cmd, port, pinned)
 }
 
-fn haproxy(dir: &Path, s: Scenario, backend: SocketAddr, pinned: bool) -> anyhow::Result<Front> {
+pub(crate) fn haproxy(dir: &Path, s: Scenario, backend: SocketAddr, pinned: bool) -> anyhow::Result<Front> {
     let port = free_port()?;
     let (mode, bind, server) = match s {
         Scenario::H1 => ("http", "", ""),
@@ -260,7 +263,7 @@ fn sluice(
     });
     let pid = node.pid();
     if let Some(p) = pid {
-        pin_tree(p, pinned)?;
+        pin(p, pinned).map_err(anyhow::Error::msg)?;
     }
     Ok(Front { addr: format!("{vip}:80").parse()?, pid, _guard: None, _node: Some(node) })
 }
@@ -284,23 +287,6 @@ fn front(
 // ---------------------------------------------------------------------------
 // Processes: CPU time, memory, pinning
 
-/// `pid` and its descendants.
-fn tree(pid: u32) -> Vec<u32> {
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-            for t in tasks.flatten() {
-                let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-                out.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
 fn clock_ticks() -> f64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().map_or(100.0, |t| t as f64)
 }
@@ -308,7 +294,7 @@ fn clock_ticks() -> f64 {
 /// User + system CPU seconds of `pid`'s tree.
 fn proc_cpu(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return 0.0 };
-    tree(pid)
+    process_tree(pid)
         .into_iter()
         .map(|p| {
             let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
@@ -330,7 +316,7 @@ fn host_cpu() -> f64 {
 /// Resident memory of `pid`'s tree, MiB.
 fn rss_mib(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return f64::NAN };
-    tree(pid)
+    process_tree(pid)
         .into_iter()
         .filter_map(|p| {
             let s = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
@@ -340,39 +326,8 @@ fn rss_mib(pid: Option<u32>) -> f64 {
         / 1024.0
 }
 
-/// Every thread of `pid`'s tree on CPU 0, or on all CPUs.
-fn pin_tree(pid: u32, pinned: bool) -> anyhow::Result<()> {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let cpus = if pinned { "0".to_string() } else { format!("0-{}", n - 1) };
-    for p in tree(pid) {
-        let out = Command::new("taskset").args(["-a", "-p", "-c", &cpus, &p.to_string()]).output()?;
-        if !out.status.success() {
-            bail!("taskset on {p}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------
 // Load
-
-/// A client command inside the mesh cgroup, on CPU 0 when pinned.
-fn client(cg: &CgroupGuard, pinned: bool, program: &str) -> Command {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c").arg("echo $$ > \"$0\" && exec \"$@\"").arg(cg.path().join("cgroup.procs"));
-    if pinned {
-        cmd.args(["taskset", "-c", "0"]);
-    }
-    cmd.arg(program);
-    cmd
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(f64::NAN)
-}
 
 /// (rate, p50, p90, p99 in ms, errors, units in thousands of requests or GB).
 type Load = (f64, f64, f64, f64, u64, f64);
@@ -399,7 +354,7 @@ fn drive(
     };
     match s {
         Scenario::H1 => {
-            let out = client(cg, pinned, "wrk")
+            let out = in_cgroup(None, cg.path(), pinned, "wrk")
                 .args(["-t1", "-c32", &format!("-d{secs}s"), "--latency", &format!("http://{target}/")])
                 .output()
                 .context("wrk")?;
@@ -409,11 +364,7 @@ fn drive(
             Ok((r.requests_per_sec, r.p50_ms, r.p90_ms, r.p99_ms, r.errors, units))
         }
         Scenario::H2 | Scenario::Grpc => {
-            let log = dir.join("h2load.log");
-            let _ = std::fs::remove_file(&log);
-            let mut cmd = client(cg, pinned, "h2load");
-            cmd.args(["-c", "8", "-m", "16", "-D", &secs.to_string(), "--warm-up-time", "1"]);
-            cmd.arg(format!("--log-file={}", log.display()));
+            let mut cmd = in_cgroup(None, cg.path(), pinned, "h2load");
             let url = if s == Scenario::Grpc {
                 cmd.arg("-d").arg(dir.join("grpc-body.bin"));
                 cmd.args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
@@ -421,44 +372,15 @@ fn drive(
             } else {
                 format!("http://{target}/")
             };
-            let t = text(cmd.arg(url).output().context("h2load")?)?;
-            let rps: f64 = t
-                .lines()
-                .find_map(|l| l.strip_prefix("finished in ").and_then(|r| r.split(", ").nth(1)))
-                .and_then(|r| r.trim_end_matches(" req/s").parse().ok())
-                .with_context(|| format!("cannot read h2load's output:\n{t}"))?;
-            let count = |what: &str| -> u64 {
-                t.lines()
-                    .find(|l| l.starts_with("requests:"))
-                    .and_then(|l| l.split(", ").find(|p| p.ends_with(what)))
-                    .and_then(|p| p.split_whitespace().next()?.parse().ok())
-                    .unwrap_or(0)
-            };
-            // Failed or errored requests, and answers that were not 2xx.
-            let non_2xx: u64 = t
-                .lines()
-                .find(|l| l.starts_with("status codes:"))
-                .map(|l| {
-                    l.split(", ")
-                        .filter(|p| !p.contains("2xx"))
-                        .filter_map(|p| p.split_whitespace().find_map(|w| w.parse::<u64>().ok()))
-                        .sum()
-                })
-                .unwrap_or(0);
-            let errors = count(" failed") + count(" errored") + non_2xx;
-            let mut lat: Vec<f64> = std::fs::read_to_string(&log)?
-                .lines()
-                .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok())
-                .map(|us| us / 1000.0)
-                .collect();
-            lat.sort_by(f64::total_cmp);
-            let units = rps * f64::from(secs) / 1000.0;
-            Ok((rps, pct(&lat, 0.5), pct(&lat, 0.9), pct(&lat, 0.99), errors, units))
+            let r = h2load_run(cmd, &url, secs, &dir.join("h2load.log"))?;
+            let units = r.requests_per_sec * f64::from(secs) / 1000.0;
+            Ok((r.requests_per_sec, r.p50_ms, r.p90_ms, r.p99_ms, r.errors, units))
         }
         Scenario::TcpRr => {
             let t = text(
-                client(
-                    cg,
+                in_cgroup(
+                    None,
+                    cg.path(),
                     pinned,
                     sluice_integration::target_bin("sluice-testkit").to_str().unwrap_or("sluice-testkit"),
                 )
@@ -470,8 +392,9 @@ fn drive(
             Ok((n / f64::from(secs), ms("p50_us")?, ms("p90_us")?, ms("p99_us")?, 0, n / 1000.0))
         }
         Scenario::TcpBulk => {
-            let out = client(
-                cg,
+            let out = in_cgroup(
+                None,
+                cg.path(),
                 pinned,
                 sluice_integration::target_bin("sluice-testkit").to_str().unwrap_or("sluice-testkit"),
             )
@@ -510,7 +433,7 @@ pub fn run(secs: u32, rounds: u32, out: &Path, stopped: fn() -> bool) -> anyhow:
         vec![vec![vec![Vec::new(); MODES.len()]; SCENARIOS.len()]; 2];
     for (pi, pinned) in [false, true].into_iter().enumerate() {
         for pid in &b.pids {
-            pin_tree(*pid, pinned)?;
+            pin(*pid, pinned).map_err(anyhow::Error::msg)?;
         }
         for round in 0..rounds {
             for (si, s) in SCENARIOS.iter().enumerate() {
@@ -551,7 +474,7 @@ pub fn run(secs: u32, rounds: u32, out: &Path, stopped: fn() -> bool) -> anyhow:
         }
     }
     for pid in &b.pids {
-        pin_tree(*pid, false)?;
+        pin(*pid, false).map_err(anyhow::Error::msg)?;
     }
     std::fs::create_dir_all(out)?;
     let md = report(&results, secs, rounds, started)?;
