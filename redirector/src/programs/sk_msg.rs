@@ -215,8 +215,56 @@ impl LocalPairs {
             Ok(0) => {}
             other => return Err(format!("a reset was not seen: {other:?}")),
         }
+        self.own_half_close_wakes_no_blocked_reader()?;
         self.half_close_with_blocked_reader()?;
         Ok(MsgSelfTest { redirected_bytes: moved })
+    }
+
+    /// A thread blocked reading must not be woken with an error by its own
+    /// socket's half-close: the FIN's ACK changes the socket's state, which
+    /// wakes every waiter. `tcp_recvmsg` then waits again; this kernel's
+    /// `tcp_bpf_recvmsg` (the receive side of a socket in a sockmap) returns
+    /// EAGAIN instead, even on a blocking socket. This check names that
+    /// cause; the rounds below catch whatever else goes wrong after a
+    /// half-close.
+    fn own_half_close_wakes_no_blocked_reader(&self) -> Result<(), String> {
+        const TIMEOUT: Duration = Duration::from_secs(2);
+        let io = |what: &'static str| move |e: std::io::Error| format!("{what}: {e}");
+        let l = TcpListener::bind("127.0.0.1:0").map_err(io("listen"))?;
+        let a = TcpStream::connect(l.local_addr().map_err(io("addr"))?).map_err(io("connect"))?;
+        let (b, _) = l.accept().map_err(io("accept"))?;
+        for s in [&a, &b] {
+            s.set_read_timeout(Some(TIMEOUT)).map_err(io("timeout"))?;
+            let (lo, pe) = (s.local_addr().map_err(io("addr"))?, s.peer_addr().map_err(io("addr"))?);
+            self.join(s.as_fd(), lo, pe).map_err(|e| e.to_string())?;
+        }
+        let reader = a.try_clone().map_err(io("clone"))?;
+        let got = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let mut buf = [0u8; 16];
+            ((&reader).read(&mut buf), start.elapsed())
+        });
+        // Let the reader block first, then half-close under it; the peer
+        // answers a little later.
+        std::thread::sleep(Duration::from_millis(20));
+        a.shutdown(std::net::Shutdown::Write).map_err(io("shutdown"))?;
+        std::thread::sleep(Duration::from_millis(200));
+        (&b).write_all(b"x").map_err(io("answer"))?;
+        let (read, waited) = got.join().map_err(|_| "reader thread panicked".to_string())?;
+        match read {
+            Ok(1) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && waited < TIMEOUT / 2 => Err(format!(
+                "a blocking read returned EAGAIN after {} ms (its timeout is {} s) when its own \
+                 socket's half-close woke it without data: this kernel's tcp_bpf_recvmsg ends a \
+                 blocking read on such a wakeup, where tcp_recvmsg waits again",
+                waited.as_millis(),
+                TIMEOUT.as_secs()
+            )),
+            other => Err(format!(
+                "a blocked reader did not get the answer sent after its half-close: {other:?} after {} ms",
+                waited.as_millis()
+            )),
+        }
     }
 
     /// An application that half-closes while one of its threads is blocked
