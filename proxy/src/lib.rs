@@ -16,6 +16,7 @@
 
 pub mod authz;
 pub mod balance;
+pub mod cancel;
 pub mod detect;
 pub mod endpoint;
 mod error;

@@ -334,8 +334,9 @@ async fn worker(i: usize, listeners: WorkerListeners, ctx: Ctx, hooks: Arc<dyn W
         let (ctx, kill, open, hooks) = (ctx.clone(), kill.clone(), Arc::clone(&open), Arc::clone(&hooks));
         tracker.spawn(async move {
             tokio::select! {
-                _ = kill.cancelled() => {}
+                biased;
                 _ = handle(stream, peer, &ctx) => {}
+                _ = crate::cancel::Cancelled::new(kill) => {}
             }
             hooks.load_changed(i, open.fetch_sub(1, Relaxed) - 1);
         });

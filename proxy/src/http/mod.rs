@@ -132,8 +132,9 @@ pub(crate) async fn serve(
             .serve_connection(TokioIo::new(stream), svc);
         tokio::pin!(c);
         let r = tokio::select! {
+            biased;
             r = c.as_mut() => r,
-            _ = graceful.cancelled() => { c.as_mut().graceful_shutdown(); c.await }
+            _ = crate::cancel::Cancelled::new(graceful.clone()) => { c.as_mut().graceful_shutdown(); c.await }
         };
         if let Err(e) = r {
             tracing::debug!(%peer, %orig, error = %e, "HTTP/2 connection ended with an error");
@@ -155,8 +156,9 @@ pub(crate) async fn serve(
         let c = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
         tokio::pin!(c);
         let r = tokio::select! {
+            biased;
             r = c.as_mut() => r,
-            _ = graceful.cancelled() => {
+            _ = crate::cancel::Cancelled::new(graceful.clone()) => {
                 match tokio::time::timeout(H1_DRAIN_GRACE, c.as_mut()).await {
                     Ok(r) => r,
                     Err(_) => { c.as_mut().graceful_shutdown(); c.await }

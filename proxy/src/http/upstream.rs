@@ -29,6 +29,8 @@ use crate::{
     mesh::MeshClient,
 };
 
+mod h1;
+
 /// Idle HTTP/1 connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -42,7 +44,7 @@ pub enum Proto {
 
 #[derive(Debug)]
 struct Idle {
-    tx: http1::SendRequest<Body>,
+    conn: h1::Conn,
     since: Instant,
 }
 
@@ -51,10 +53,11 @@ struct H2Slot {
     tx: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
 }
 
-/// Service, endpoint and the worker thread. A connection's driver task runs
-/// on the worker (a single-threaded runtime) that opened it and ends with
-/// that worker, so each worker keeps its own connections (as Envoy's workers
-/// do); the circuit-breaker counts are still per endpoint for the node.
+/// Service, endpoint and the worker thread. A connection is registered with
+/// the reactor of the worker (a single-threaded runtime) that opened it, and
+/// an HTTP/2 connection's driver task ends with that worker, so each worker
+/// keeps its own connections (as Envoy's workers do); the circuit-breaker
+/// counts are still per endpoint for the node.
 type PoolKey = (Arc<str>, SocketAddr, std::thread::ThreadId);
 
 /// One endpoint and the limits that apply to it.
@@ -99,44 +102,68 @@ impl Pools {
             .ok_or_else(|| overflow(t, "requests in flight", t.limits.max_requests))?;
         let upgrade = req.headers().contains_key(http::header::UPGRADE);
         if let Some(remote) = &t.ep.remote {
-            return self.send_remote(t, remote, proto, upgrade, req, in_flight).await;
+            // Boxed, as the other rare branches: the future of every request
+            // is as large as its largest branch, and it is moved into a box.
+            return Box::pin(self.send_remote(t, remote, proto, upgrade, req, in_flight)).await;
         }
         match proto {
+            Proto::Http1 if upgrade => {
+                // hyper carries upgrades: the connection leaves the pool for good.
+                Box::pin(async move {
+                    let mut tx = self.connect_h1_upgrade(t).await?;
+                    let resp = tx.send_request(req).await.map_err(|e| send_error(t, &e))?;
+                    Ok(wrap(resp, in_flight))
+                })
+                .await
+            }
             Proto::Http1 => {
                 // A pooled connection can go away between checkout and send
-                // (the endpoint closed it, or the worker that drove it
-                // stopped). hyper then hands the request back unsent, and it
+                // (the endpoint closed it). A request that never reached it
                 // goes out on another connection: always safe.
                 let mut req = req;
                 let mut unsent_tries = 0;
-                let (tx, resp) = loop {
-                    let mut tx =
-                        if upgrade { self.connect_h1_upgrade(t).await? } else { self.checkout_h1(t).await? };
-                    match tx.try_send_request(req).await {
-                        Ok(resp) => break (tx, resp),
-                        Err(mut e) => match e.take_message() {
-                            Some(back) if unsent_tries < 3 => {
-                                unsent_tries += 1;
-                                tracing::debug!(endpoint = %t.ep.addr, error = %e.error(), "request not sent on a pooled connection; another one");
-                                req = back;
-                            }
-                            _ => return Err(send_error(t, e.error())),
-                        },
+                let mut in_flight = Some(in_flight);
+                loop {
+                    let conn = self.checkout_h1(t).await?;
+                    let (pools, key, ep) = (Arc::clone(self), key(t), Arc::clone(t.ep));
+                    let give_back = move |c: h1::Conn| pools.give_back(key, c, &ep);
+                    match conn.send(req, in_flight.take(), give_back).await {
+                        Ok(resp) => return Ok(resp),
+                        Err(h1::Failure::Unsent(u)) if unsent_tries < 3 => {
+                            unsent_tries += 1;
+                            let h1::Unsent { req: back, in_flight: held, error: e } = *u;
+                            in_flight = held;
+                            tracing::debug!(endpoint = %t.ep.addr, error = %e, "request not sent on a pooled connection; another one");
+                            req = back;
+                        }
+                        Err(h1::Failure::Unsent(u)) => {
+                            return Err(HttpError::UpstreamReset {
+                                service: t.service.to_string(),
+                                endpoint: t.ep.addr,
+                                reason: u.error.to_string(),
+                            });
+                        }
+                        Err(h1::Failure::Downstream(reason)) => {
+                            return Err(HttpError::BadRequestBody { reason });
+                        }
+                        Err(h1::Failure::Upstream(reason)) => {
+                            return Err(HttpError::UpstreamReset {
+                                service: t.service.to_string(),
+                                endpoint: t.ep.addr,
+                                reason,
+                            });
+                        }
                     }
-                };
-                let back = (!upgrade).then(|| Return {
-                    pools: Arc::clone(self),
-                    key: key(t),
-                    tx,
-                    ep: Arc::clone(t.ep),
-                });
-                Ok(wrap(resp, back, in_flight))
+                }
             }
             Proto::Http2 => {
-                let mut tx = self.h2(t).await?;
-                tx.ready().await.map_err(|e| send_error(t, &e))?;
-                let resp = tx.send_request(req).await.map_err(|e| send_error(t, &e))?;
-                Ok(wrap(resp, None, in_flight))
+                Box::pin(async move {
+                    let mut tx = self.h2(t).await?;
+                    tx.ready().await.map_err(|e| send_error(t, &e))?;
+                    let resp = tx.send_request(req).await.map_err(|e| send_error(t, &e))?;
+                    Ok(wrap(resp, in_flight))
+                })
+                .await
             }
         }
     }
@@ -173,13 +200,13 @@ impl Pools {
         };
         super::headers::for_upstream(&mut req, Proto::Http2, "");
         let resp = mesh.send(&source, remote, t, proto, req).await?;
-        Ok(wrap(resp, None, in_flight))
+        Ok(wrap(resp, in_flight))
     }
 
-    async fn checkout_h1(&self, t: Target<'_>) -> Result<http1::SendRequest<Body>, HttpError> {
+    async fn checkout_h1(&self, t: Target<'_>) -> Result<h1::Conn, HttpError> {
         // The common case first: an idle connection, no waiting machinery.
-        if let Some(tx) = self.take_idle(t).await {
-            return Ok(tx);
+        if let Some(c) = self.take_idle(t).await {
+            return Ok(c);
         }
         let mut _pending: Option<Held> = None;
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
@@ -188,11 +215,11 @@ impl Pools {
             let freed = t.ep.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(tx) = self.take_idle(t).await {
-                return Ok(tx);
+            if let Some(c) = self.take_idle(t).await {
+                return Ok(c);
             }
-            if let Some(conn) = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections) {
-                return self.handshake_h1(t, conn, false).await;
+            if let Some(held) = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections) {
+                return Ok(h1::Conn::new(self.connect(t).await?, held));
             }
             if _pending.is_none() {
                 _pending = Some(
@@ -211,14 +238,14 @@ impl Pools {
     }
 
     /// A live idle connection, ready for a request.
-    async fn take_idle(&self, t: Target<'_>) -> Option<http1::SendRequest<Body>> {
+    async fn take_idle(&self, t: Target<'_>) -> Option<h1::Conn> {
         let key = key(t);
-        while let Some(mut idle) = self.pop_idle(&key) {
-            if idle.tx.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
+        while let Some(idle) = self.pop_idle(&key) {
+            if idle.since.elapsed() > IDLE_TIMEOUT {
                 continue;
             }
-            if idle.tx.ready().await.is_ok() {
-                return Some(idle.tx);
+            if idle.conn.reusable().await {
+                return Some(idle.conn);
             }
         }
         None
@@ -228,14 +255,11 @@ impl Pools {
         self.h1.lock().unwrap_or_else(|p| p.into_inner()).get_mut(key).and_then(Vec::pop)
     }
 
-    fn give_back(&self, key: PoolKey, tx: http1::SendRequest<Body>, ep: &EndpointState) {
-        if tx.is_closed() {
-            return;
-        }
+    fn give_back(&self, key: PoolKey, conn: h1::Conn, ep: &EndpointState) {
         let mut h1 = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = h1.entry(key).or_default();
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(Idle { tx, since: Instant::now() });
+            idle.push(Idle { conn, since: Instant::now() });
         }
         drop(h1);
         ep.freed.notify_waiters();
@@ -245,21 +269,16 @@ impl Pools {
     async fn connect_h1_upgrade(&self, t: Target<'_>) -> Result<http1::SendRequest<Body>, HttpError> {
         let conn = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections)
             .ok_or_else(|| overflow(t, "connections", t.limits.max_connections))?;
-        self.handshake_h1(t, conn, true).await
+        self.handshake_h1(t, conn).await
     }
 
-    async fn handshake_h1(
-        &self,
-        t: Target<'_>,
-        conn: Held,
-        upgrades: bool,
-    ) -> Result<http1::SendRequest<Body>, HttpError> {
+    async fn handshake_h1(&self, t: Target<'_>, conn: Held) -> Result<http1::SendRequest<Body>, HttpError> {
         let stream = self.connect(t).await?;
         let (tx, driver) =
             http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| send_error(t, &e))?;
         tokio::spawn(async move {
             let _conn = conn;
-            let r = if upgrades { driver.with_upgrades().await } else { driver.await };
+            let r = driver.with_upgrades().await;
             if let Err(e) = r {
                 tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
             }
@@ -346,47 +365,22 @@ fn send_error(t: Target<'_>, e: &hyper::Error) -> HttpError {
     HttpError::UpstreamReset { service: t.service.to_string(), endpoint: t.ep.addr, reason }
 }
 
-/// Gives an HTTP/1 connection back to the pool when its response has ended.
-#[derive(Debug)]
-struct Return {
-    pools: Arc<Pools>,
-    key: PoolKey,
-    tx: http1::SendRequest<Body>,
-    ep: Arc<EndpointState>,
-}
-
-impl Return {
-    fn give(self) {
-        self.pools.give_back(self.key, self.tx, &self.ep);
-    }
-}
-
-fn wrap(resp: Response<Incoming>, back: Option<Return>, in_flight: Held) -> Response<Body> {
+fn wrap(resp: Response<Incoming>, in_flight: Held) -> Response<Body> {
     resp.map(|inner| {
-        let mut b = Pooled { inner, back, in_flight: Some(in_flight) };
+        let mut b = Pooled { inner, in_flight: Some(in_flight) };
         if b.inner.is_end_stream() {
-            b.finish();
+            b.in_flight = None;
         }
         b.boxed_unsync()
     })
 }
 
-/// The response body of an upstream exchange: the exchange (its in-flight
-/// count and, for HTTP/1, its connection) ends when the body does.
+/// The response body of an upstream exchange through hyper: the exchange
+/// (its in-flight count) ends when the body does.
 #[derive(Debug)]
 struct Pooled {
     inner: Incoming,
-    back: Option<Return>,
     in_flight: Option<Held>,
-}
-
-impl Pooled {
-    fn finish(&mut self) {
-        if let Some(r) = self.back.take() {
-            r.give();
-        }
-        self.in_flight = None;
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -403,13 +397,8 @@ impl http_body::Body for Pooled {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
-            Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                // The connection is broken: drop it.
-                self.back = None;
-                self.in_flight = None;
-            }
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.in_flight = None,
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.in_flight = None,
             _ => {}
         }
         r.map(|o| o.map(|f| f.map_err(|e| Box::new(UpstreamBodyError(e)) as BoxError)))
