@@ -93,7 +93,8 @@ struct Conn {
     /// The calling workload's identity.
     source: Option<Arc<str>>,
     ctx: ConnCtx,
-    draining: CancellationToken,
+    /// Set when the node drains: HTTP/1 responses then say `Connection: close`.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// After a drain starts, HTTP/1 connections get this long to carry one more
@@ -118,7 +119,8 @@ pub(crate) async fn serve(
     let _ = stream.set_nodelay(true);
     let limits = ctx.limits.clone();
     let stats = Arc::clone(&ctx.stats);
-    let conn = Arc::new(Conn { peer, orig, source, ctx, draining: graceful.clone() });
+    let conn = Arc::new(Conn { peer, orig, source, ctx, draining: Default::default() });
+    let drain_conn = Arc::clone(&conn);
     let svc = service_fn(move |req| handle(req, Arc::clone(&conn)));
     if http2_ {
         let c = http2::Builder::new(TokioExecutor::new())
@@ -159,6 +161,7 @@ pub(crate) async fn serve(
             biased;
             r = c.as_mut() => r,
             _ = crate::cancel::Cancelled::new(graceful.clone()) => {
+                drain_conn.draining.store(true, Relaxed);
                 match tokio::time::timeout(H1_DRAIN_GRACE, c.as_mut()).await {
                     Ok(r) => r,
                     Err(_) => { c.as_mut().graceful_shutdown(); c.await }
@@ -335,7 +338,7 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
         });
     } else {
         headers::strip_hop_by_hop(resp.headers_mut(), false);
-        if downstream_version < Version::HTTP_2 && conn.draining.is_cancelled() {
+        if downstream_version < Version::HTTP_2 && conn.draining.load(Relaxed) {
             resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
         }
     }

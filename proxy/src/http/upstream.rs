@@ -4,7 +4,6 @@
 //! connections, requests waiting for one, and requests in flight.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -21,6 +20,7 @@ use hyper::{
     client::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustc_hash::FxHashMap;
 use sluice_mesh_config::CircuitBreaker;
 
 use super::{Body, BoxError, DownstreamBodyError, HttpError};
@@ -74,8 +74,8 @@ pub struct Target<'a> {
 pub struct Pools {
     // Keyed by service and address: limits are per service (cluster), so
     // two services sharing an endpoint address do not share connections.
-    h1: Mutex<HashMap<PoolKey, Vec<Idle>>>,
-    h2: Mutex<HashMap<PoolKey, Arc<H2Slot>>>,
+    h1: Mutex<FxHashMap<PoolKey, Vec<Idle>>>,
+    h2: Mutex<FxHashMap<PoolKey, Arc<H2Slot>>>,
     own_mark: u32,
     connect_timeout: Duration,
     /// Endpoints on other nodes: `None` when this node is in no multi-node mesh.
@@ -341,7 +341,11 @@ pub(crate) fn h2_client() -> http2::Builder<TokioExecutor> {
 }
 
 fn key(t: Target<'_>) -> PoolKey {
-    (Arc::clone(t.service), t.ep.addr, std::thread::current().id())
+    thread_local! {
+        // std::thread::current() clones the thread's handle on every call.
+        static WORKER: std::thread::ThreadId = std::thread::current().id();
+    }
+    (Arc::clone(t.service), t.ep.addr, WORKER.with(|w| *w))
 }
 
 fn overflow(t: Target<'_>, what: &'static str, max: u32) -> HttpError {
