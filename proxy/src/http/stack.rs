@@ -85,13 +85,13 @@ pub fn build(
 ) -> HttpStack {
     let per_try = route.retries.as_ref().and_then(|r| r.per_try_timeout);
     // Layers a route does not use are left out: no cost for what is not configured.
-    let balance = Balance {
+    let balance = Balance(Arc::new(BalanceInner {
         cluster,
         pools,
         stats: Arc::clone(&stats),
         per_try,
         fallback_authority: fallback_authority.into(),
-    };
+    }));
     let retry = route.retries.as_ref().filter(|r| r.attempts > 1).map(|r| RetryLayer::new(r.clone(), stats));
     let timeout = route.timeout.map(|after| RouteTimeoutLayer { route: route.name.clone().into(), after });
     let stack = ServiceBuilder::new().option_layer(timeout).option_layer(retry).service(balance);
@@ -141,8 +141,12 @@ impl Service<Request<Body>> for RouteTimeout {
 }
 
 /// Picks the endpoint and sends; records what happened to it.
+/// One `Arc`: the stack clones its innermost service for every request.
 #[derive(Debug, Clone)]
-pub struct Balance {
+pub struct Balance(Arc<BalanceInner>);
+
+#[derive(Debug)]
+pub struct BalanceInner {
     cluster: Arc<Cluster>,
     pools: Arc<Pools>,
     stats: Arc<ProxyStats>,
@@ -160,7 +164,7 @@ impl Service<Request<Body>> for Balance {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let this = self.clone();
+        let this = Arc::clone(&self.0);
         Box::pin(async move {
             let c = &this.cluster;
             // Only requests that may be retried carry the endpoints tried so far.
@@ -218,7 +222,7 @@ impl Service<Request<Body>> for Balance {
     }
 }
 
-impl Balance {
+impl BalanceInner {
     fn record(
         &self,
         ep: &Arc<EndpointState>,
