@@ -2,6 +2,22 @@
 
 use std::{path::Path, process::Command};
 
+/// A mesh config of one service, `vip:port`, whose one endpoint is
+/// 127.0.0.1:`backend_port`; a `protocol` of `None` leaves the config's default.
+pub fn one_service(
+    name: &str,
+    vip: impl std::fmt::Display,
+    port: u16,
+    protocol: Option<&str>,
+    zero_hop: bool,
+    backend_port: u16,
+) -> String {
+    let protocol = protocol.map(|p| format!(", protocol: {p}")).unwrap_or_default();
+    format!(
+        "services:\n  - {{name: {name}, vips: [{vip}], ports: [{{port: {port}{protocol}, zero_hop: {zero_hop}}}]}}\nendpoints:\n  - {{service: {name}, address: 127.0.0.1, port: {backend_port}}}\n"
+    )
+}
+
 /// What one wrk run measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WrkResult {

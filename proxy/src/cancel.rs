@@ -29,7 +29,7 @@ pub struct Cancelled {
     task: Option<Waker>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Signal {
     /// Set by the token's wakeup: the inner wait must be polled.
     woken: AtomicBool,

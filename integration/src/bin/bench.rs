@@ -299,11 +299,7 @@ fn workers(secs: u32, rounds: u32) -> anyhow::Result<()> {
     let (_backend, backend) = http_process("127.0.0.1:0");
     let vip: SocketAddr = "127.100.0.90:80".parse()?;
     let config = |zero_hop: bool| {
-        format!(
-            "services:\n  - {{name: bench, vips: [{}], ports: [{{port: 80, zero_hop: {zero_hop}}}]}}\nendpoints:\n  - {{service: bench, address: 127.0.0.1, port: {}}}\n",
-            vip.ip(),
-            backend.port()
-        )
+        sluice_integration::bench::one_service("bench", vip.ip(), 80, None, zero_hop, backend.port())
     };
     // (name, proxy workers; None: no node; "0": zero-hop, the proxy unused)
     let modes: [(&str, Option<&str>); 4] = [

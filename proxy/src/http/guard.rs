@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Fed to hyper in place of a refused request: NUL is valid nowhere in HTTP/1.
 const POISON: &[u8] = b"\0\r\n\r\n";
 /// Longest chunk-size line (with extensions) accepted.
-const MAX_CHUNK_LINE: usize = 4096;
+pub(crate) const MAX_CHUNK_LINE: usize = 4096;
 
 /// The verdict of a connection whose request head was too slow.
 pub const HEAD_TIMEOUT: &str = "the request head did not arrive in time";
@@ -232,7 +232,7 @@ impl<S> Guard<S> {
                     Err(reason) => self.refuse(reason),
                 }
             }
-            State::ChunkSize => match chunk_size(&self.line) {
+            State::ChunkSize => match self.line.strip_suffix(b"\r\n").and_then(chunk_size) {
                 Some(n) => {
                     self.out.extend_from_slice(&self.line);
                     self.line.clear();
@@ -329,9 +329,9 @@ fn check_head(head: &[u8]) -> Result<State, &'static str> {
     }
 }
 
-/// `1a;ext=x\r\n` → 26. Hex digits only, at most 16, then optional extensions.
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let line = line.strip_suffix(b"\r\n")?;
+/// `1a;ext=x` (a chunk-size line without its CRLF) → 26. Hex digits only,
+/// at most 16, then optional extensions.
+pub(crate) fn chunk_size(line: &[u8]) -> Option<u64> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 16 {
         return None;

@@ -19,11 +19,15 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 /// Whether a request asks for a protocol upgrade (WebSocket, ...).
 pub fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+    h.contains_key(header::UPGRADE) && connection_has(h, "upgrade")
+}
+
+/// Whether the Connection header lists `token` (case-insensitive).
+pub fn connection_has(h: &HeaderMap, token: &str) -> bool {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// Removes hop-by-hop headers, and those the Connection header names. An

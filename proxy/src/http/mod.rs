@@ -136,7 +136,7 @@ pub(crate) async fn serve(
         let r = tokio::select! {
             biased;
             r = c.as_mut() => r,
-            _ = crate::cancel::Cancelled::new(graceful.clone()) => { c.as_mut().graceful_shutdown(); c.await }
+            _ = crate::cancel::Cancelled::new(graceful) => { c.as_mut().graceful_shutdown(); c.await }
         };
         if let Err(e) = r {
             tracing::debug!(%peer, %orig, error = %e, "HTTP/2 connection ended with an error");
@@ -160,7 +160,7 @@ pub(crate) async fn serve(
         let r = tokio::select! {
             biased;
             r = c.as_mut() => r,
-            _ = crate::cancel::Cancelled::new(graceful.clone()) => {
+            _ = crate::cancel::Cancelled::new(graceful) => {
                 drain_conn.draining.store(true, Relaxed);
                 match tokio::time::timeout(H1_DRAIN_GRACE, c.as_mut()).await {
                     Ok(r) => r,

@@ -136,23 +136,11 @@ impl Pools {
                             tracing::debug!(endpoint = %t.ep.addr, error = %e, "request not sent on a pooled connection; another one");
                             req = back;
                         }
-                        Err(h1::Failure::Unsent(u)) => {
-                            return Err(HttpError::UpstreamReset {
-                                service: t.service.to_string(),
-                                endpoint: t.ep.addr,
-                                reason: u.error.to_string(),
-                            });
-                        }
+                        Err(h1::Failure::Unsent(u)) => return Err(reset(t, u.error.to_string())),
                         Err(h1::Failure::Downstream(reason)) => {
                             return Err(HttpError::BadRequestBody { reason });
                         }
-                        Err(h1::Failure::Upstream(reason)) => {
-                            return Err(HttpError::UpstreamReset {
-                                service: t.service.to_string(),
-                                endpoint: t.ep.addr,
-                                reason,
-                            });
-                        }
+                        Err(h1::Failure::Upstream(reason)) => return Err(reset(t, reason)),
                     }
                 }
             }
@@ -265,21 +253,17 @@ impl Pools {
         ep.freed.notify_waiters();
     }
 
-    /// A connection of its own for an upgrade (it leaves the pool for good).
+    /// A connection of its own for an upgrade (it leaves the pool for good),
+    /// driven by hyper.
     async fn connect_h1_upgrade(&self, t: Target<'_>) -> Result<http1::SendRequest<Body>, HttpError> {
         let conn = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections)
             .ok_or_else(|| overflow(t, "connections", t.limits.max_connections))?;
-        self.handshake_h1(t, conn).await
-    }
-
-    async fn handshake_h1(&self, t: Target<'_>, conn: Held) -> Result<http1::SendRequest<Body>, HttpError> {
         let stream = self.connect(t).await?;
         let (tx, driver) =
             http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| send_error(t, &e))?;
         tokio::spawn(async move {
             let _conn = conn;
-            let r = driver.with_upgrades().await;
-            if let Err(e) = r {
+            if let Err(e) = driver.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream HTTP/1 connection ended");
             }
         });
@@ -366,6 +350,11 @@ fn send_error(t: Target<'_>, e: &hyper::Error) -> HttpError {
     if let Some(s) = std::error::Error::source(e) {
         reason = format!("{reason}: {s}");
     }
+    reset(t, reason)
+}
+
+/// The endpoint failed before answering.
+fn reset(t: Target<'_>, reason: String) -> HttpError {
     HttpError::UpstreamReset { service: t.service.to_string(), endpoint: t.ep.addr, reason }
 }
 

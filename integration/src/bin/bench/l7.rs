@@ -73,10 +73,8 @@ fn pair(dir: &Path, start: crate::bench_report::StartProxy, backend: SocketAddr)
 }
 
 fn sluice(cg: &CgroupGuard, backend: SocketAddr, protocol: &str, vip: &str, extra: &[&str]) -> Front {
-    let config = format!(
-        "services:\n  - {{name: bench, vips: [{vip}], ports: [{{port: 80, protocol: {protocol}}}]}}\nendpoints:\n  - {{service: bench, address: 127.0.0.1, port: {}}}\n",
-        backend.port()
-    );
+    let config =
+        sluice_integration::bench::one_service("bench", vip, 80, Some(protocol), false, backend.port());
     let node = Node::start(NodeOpts {
         test: "benchl7",
         config: &config,

@@ -51,10 +51,7 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
     let (echo, echo_addr): (ChildGuard, SocketAddr) = echo_process(None, "127.0.0.1:0", false);
     let vip = "127.100.0.99";
     let config = |zero_hop: bool| {
-        format!(
-            "services:\n  - {{name: echo, vips: [{vip}], ports: [{{port: 7, protocol: tcp, zero_hop: {zero_hop}}}]}}\nendpoints:\n  - {{service: echo, address: 127.0.0.1, port: {}}}\n",
-            echo_addr.port()
-        )
+        sluice_integration::bench::one_service("echo", vip, 7, Some("tcp"), zero_hop, echo_addr.port())
     };
     // (name, node args and zero-hop; None: no node)
     type Mode<'a> = (&'a str, Option<(&'a [&'a str], bool)>);

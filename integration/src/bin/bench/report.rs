@@ -249,10 +249,8 @@ fn sluice(
         _ => ("tcp", false, "auto"),
     };
     let vip = "127.100.0.77";
-    let config = format!(
-        "services:\n  - {{name: bench, vips: [{vip}], ports: [{{port: 80, protocol: {protocol}, zero_hop: {zero_hop}}}]}}\nendpoints:\n  - {{service: bench, address: 127.0.0.1, port: {}}}\n",
-        backend.port()
-    );
+    let config =
+        sluice_integration::bench::one_service("bench", vip, 80, Some(protocol), zero_hop, backend.port());
     let node = Node::start(NodeOpts {
         test: "benchreport",
         config: &config,

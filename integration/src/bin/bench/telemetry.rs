@@ -22,10 +22,9 @@ struct Mode {
 }
 
 fn node(cg: &CgroupGuard, backend: SocketAddr, vip: &str, telemetry: &str) -> Node {
-    let config = format!(
-        "services:\n  - {{name: bench, vips: [{vip}], ports: [{{port: 80, protocol: http}}]}}\nendpoints:\n  - {{service: bench, address: 127.0.0.1, port: {}}}\n{telemetry}",
-        backend.port()
-    );
+    let config =
+        sluice_integration::bench::one_service("bench", vip, 80, Some("http"), false, backend.port())
+            + telemetry;
     Node::start(NodeOpts {
         test: "benchtel",
         config: &config,

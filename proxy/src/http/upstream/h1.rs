@@ -24,8 +24,8 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::super::{Body, BoxError, DownstreamBodyError};
-use crate::endpoint::Held;
+use super::super::{Body, BoxError};
+use crate::{endpoint::Held, http::guard::MAX_CHUNK_LINE};
 
 /// Largest response head accepted from an endpoint.
 const MAX_HEAD: usize = 64 * 1024;
@@ -134,12 +134,7 @@ impl Conn {
         w.push(b' ');
         w.extend_from_slice(req.uri().path_and_query().map_or("/", |p| p.as_str()).as_bytes());
         w.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in req.headers() {
-            w.extend_from_slice(name.as_str().as_bytes());
-            w.extend_from_slice(b": ");
-            w.extend_from_slice(value.as_bytes());
-            w.extend_from_slice(b"\r\n");
-        }
+        put_fields(w, req.headers());
         let body = req.body();
         let length =
             req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -210,12 +205,7 @@ impl Conn {
                     Err(frame) => {
                         if let (Framing::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
                             self.wbuf.extend_from_slice(b"0\r\n");
-                            for (name, value) in &trailers {
-                                self.wbuf.extend_from_slice(name.as_str().as_bytes());
-                                self.wbuf.extend_from_slice(b": ");
-                                self.wbuf.extend_from_slice(value.as_bytes());
-                                self.wbuf.extend_from_slice(b"\r\n");
-                            }
+                            put_fields(&mut self.wbuf, &trailers);
                             self.wbuf.extend_from_slice(b"\r\n");
                             left = Some(0);
                             break;
@@ -319,6 +309,16 @@ impl Conn {
     }
 }
 
+/// `name: value` lines, for a head or a chunked body's trailers.
+fn put_fields(w: &mut Vec<u8>, fields: &HeaderMap) {
+    for (name, value) in fields {
+        w.extend_from_slice(name.as_str().as_bytes());
+        w.extend_from_slice(b": ");
+        w.extend_from_slice(value.as_bytes());
+        w.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Where a message head ends (after its blank line), if it has: CRLF CRLF,
 /// or the bare LF LF that RFC 9112 §2.2 lets a recipient accept.
 fn head_end(buf: &[u8]) -> Option<usize> {
@@ -363,20 +363,12 @@ fn response_framing(h: &HeaderMap, status: StatusCode, head_request: bool) -> Re
 }
 
 fn keeps_alive(h: &HeaderMap, version: Version) -> bool {
-    let says = |token: &str| {
-        h.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
-    if version == Version::HTTP_11 { !says("close") } else { says("keep-alive") }
+    use crate::http::headers::connection_has;
+    if version == Version::HTTP_11 { !connection_has(h, "close") } else { connection_has(h, "keep-alive") }
 }
 
 fn downstream(e: BoxError) -> Failure {
-    match e.downcast::<DownstreamBodyError>() {
-        Ok(d) => Failure::Downstream(d.to_string()),
-        Err(e) => Failure::Downstream(e.to_string()),
-    }
+    Failure::Downstream(e.to_string())
 }
 
 fn upstream_io(e: io::Error) -> Failure {
@@ -463,6 +455,13 @@ impl Incoming {
         }
     }
 
+    /// The exchange ends without the connection going back (it closes).
+    fn abandon(&mut self) {
+        self.ended = true;
+        self.conn = None;
+        self.in_flight = None;
+    }
+
     /// Reads more into the buffer; `Ok(false)` at EOF.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         let Some(conn) = self.conn.as_mut() else { return Poll::Ready(Ok(false)) };
@@ -494,9 +493,7 @@ impl Incoming {
 
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Polled {
         if self.buf.is_empty() && !ready!(self.poll_fill(cx)).map_err(boxed)? {
-            self.ended = true;
-            self.conn = None;
-            self.in_flight = None;
+            self.abandon();
             return Poll::Ready(None);
         }
         Poll::Ready(Some(Ok(Frame::data(self.buf.split().freeze()))))
@@ -507,12 +504,17 @@ impl Incoming {
             match self.chunk {
                 Chunk::Size => {
                     if let Some(line) = take_line(&mut self.buf) {
-                        let size = chunk_size(&line).map_err(BoxError::from)?;
+                        let size = crate::http::guard::chunk_size(&line).ok_or_else(|| -> BoxError {
+                            format!("invalid chunk size line {:?}", String::from_utf8_lossy(&line)).into()
+                        })?;
                         self.chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
                         continue;
                     }
-                    if self.buf.len() > 4096 {
-                        return Poll::Ready(Some(Err("chunk size line over 4096 bytes".into())));
+                    if self.buf.len() > MAX_CHUNK_LINE {
+                        return Poll::Ready(Some(Err(format!(
+                            "chunk size line over {MAX_CHUNK_LINE} bytes"
+                        )
+                        .into())));
                     }
                 }
                 Chunk::Data(left) => {
@@ -570,15 +572,6 @@ fn take_line(buf: &mut BytesMut) -> Option<Bytes> {
     Some(line)
 }
 
-fn chunk_size(line: &[u8]) -> Result<u64, String> {
-    let hex = line.split(|&b| b == b';').next().unwrap_or_default();
-    let hex = std::str::from_utf8(hex).map_err(|_| "chunk size is not text".to_string())?.trim();
-    if hex.is_empty() || hex.len() > 15 {
-        return Err(format!("invalid chunk size {hex:?}"));
-    }
-    u64::from_str_radix(hex, 16).map_err(|_| format!("invalid chunk size {hex:?}"))
-}
-
 fn trailer(line: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
     let colon = line.iter().position(|&b| b == b':').ok_or("trailer line without a colon")?;
     let name = HeaderName::from_bytes(&line[..colon]).map_err(|_| "invalid trailer name")?;
@@ -603,9 +596,7 @@ impl http_body::Body for Incoming {
         };
         if let Poll::Ready(Some(Err(_))) = &r {
             // A broken exchange: the connection closes.
-            self.ended = true;
-            self.conn = None;
-            self.in_flight = None;
+            self.abandon();
         }
         r
     }
