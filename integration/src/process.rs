@@ -300,11 +300,25 @@ impl RawExchange {
 
 /// Sends `request` as is from inside `cgroup` and reads until the server closes.
 pub fn raw(cgroup: &Path, addr: SocketAddr, request: &[u8], timeout_ms: u64) -> RawExchange {
+    raw_split(cgroup, addr, request, request.len(), 0, timeout_ms)
+}
+
+/// [`raw`], the request sent in two writes: its first `split_at` bytes,
+/// then after `pause_ms` the rest.
+pub fn raw_split(
+    cgroup: &Path,
+    addr: SocketAddr,
+    request: &[u8],
+    split_at: usize,
+    pause_ms: u64,
+    timeout_ms: u64,
+) -> RawExchange {
     use std::io::Write;
     let mut child = Command::new(crate::target_bin("sluice-testkit"))
         .arg("raw")
         .arg("--cgroup")
         .arg(cgroup)
+        .args(["--split-at", &split_at.to_string(), "--pause-ms", &pause_ms.to_string()])
         .args(["--timeout-ms", &timeout_ms.to_string(), &addr.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -174,6 +174,66 @@ fn request_smuggling_shapes_get_400_and_close() {
 }
 
 #[test]
+fn http1_pipelining_head_requests_and_a_switch_to_hyper_mid_connection() {
+    if !privileged("http1_pipelining_head_requests_and_a_switch_to_hyper_mid_connection") {
+        return;
+    }
+    let a = HttpEndpoint::start("a");
+    let config = format!(
+        "services:\n  - {{name: web, vips: [127.100.1.51], ports: [{{port: 80}}]}}\n  - {{name: one, vips: [127.100.1.52], ports: [{{port: 80}}], circuit_breaker: {{max_requests: 1, max_pending_requests: 0}}}}\nendpoints:\n{}{}",
+        endpoints_yaml("web", &[(&a, None)]),
+        endpoints_yaml("one", &[(&a, None)])
+    );
+    let m = mesh("pipelining", &config, &[]);
+    let vip = "127.100.1.51:80".parse().unwrap();
+    // Pipelined in one write: two plain GETs, a POST with a body (served by
+    // hyper from then on), a GET after it, a HEAD that asks to close.
+    let x = raw(
+        m.cg.path(),
+        vip,
+        b"GET /p1 HTTP/1.1\r\nHost: a\r\n\r\nGET /p2 HTTP/1.1\r\nHost: a\r\n\r\nPOST /p3 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /p4 HTTP/1.1\r\nHost: a\r\n\r\nHEAD /p5 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        5000,
+    );
+    let text = x.text();
+    assert!(x.closed_after_ms.is_some(), "closed after the request that asked to: {text}");
+    let order: Vec<usize> = ["path=/p1", "path=/p2", "path=/p3", "path=/p4"]
+        .iter()
+        .map(|p| text.find(p).unwrap_or_else(|| panic!("{p} answered: {text}")))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "answered in order: {text}");
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 5, "{text}");
+    assert!(text.contains("method=POST\npath=/p3\nversion=HTTP/1.1\nbody_len=5\n"), "{text}");
+    // The HEAD response is last, has its length and no body.
+    let last = &text[text.rfind("HTTP/1.1 200").unwrap()..];
+    assert!(last.contains("content-length: "), "{last}");
+    assert!(last.to_ascii_lowercase().contains("connection: close\r\n"), "{last}");
+    assert!(last.ends_with("\r\n\r\n"), "no body after a HEAD response: {last:?}");
+    for response in text.split("HTTP/1.1 200 OK\r\n").skip(1) {
+        assert!(response.contains("\r\ndate: ") || response.starts_with("date: "), "a date: {response}");
+    }
+    assert_eq!(a.requests(), 5);
+    // A head that arrives in two pieces 150 ms apart is still one request.
+    let req = b"GET /split HTTP/1.1\r\nHost: a\r\nX-Test: yes\r\nConnection: close\r\n\r\n";
+    let x = sluice_integration::process::raw_split(m.cg.path(), vip, req, 20, 150, 5000);
+    let text = x.text();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("path=/split") && text.contains("h:x-test=yes"), "{text}");
+    assert!(x.closed_after_ms.is_some(), "{text}");
+    // A client that gives up on a slow request (closes after 200 ms): the
+    // proxy cancels it, so the one request the service allows in flight is
+    // free again long before the endpoint would have answered (3 s).
+    let one = "127.100.1.52:80".parse().unwrap();
+    let x = raw(m.cg.path(), one, b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Delay-Ms: 3000\r\n\r\n", 200);
+    assert!(x.response.is_empty() && x.closed_after_ms.is_none(), "{}", x.text());
+    let freed = std::time::Instant::now();
+    sluice_integration::wait_for("the cancelled request's slot", Duration::from_millis(2000), || {
+        let x = raw(m.cg.path(), one, b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 3000);
+        x.text().starts_with("HTTP/1.1 200").then_some(())
+    });
+    assert!(freed.elapsed() < Duration::from_millis(2500), "freed by the cancel, not by the answer");
+}
+
+#[test]
 fn websocket_upgrade_passes_through() {
     if !privileged("websocket_upgrade_passes_through") {
         return;

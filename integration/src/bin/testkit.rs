@@ -71,6 +71,8 @@ fn main() -> anyhow::Result<()> {
     let count: usize = take_opt(&mut args, "--count").map(|c| c.parse()).transpose()?.unwrap_or(1);
     let secs: u64 = take_opt(&mut args, "--secs").map(|c| c.parse()).transpose()?.unwrap_or(2);
     let pps: u64 = take_opt(&mut args, "--pps").map(|c| c.parse()).transpose()?.unwrap_or(0);
+    let split_at: Option<usize> = take_opt(&mut args, "--split-at").map(|c| c.parse()).transpose()?;
+    let pause_ms: u64 = take_opt(&mut args, "--pause-ms").map(|c| c.parse()).transpose()?.unwrap_or(0);
     let timeout = take_opt(&mut args, "--timeout-ms")
         .map(|c| c.parse().map(std::time::Duration::from_millis))
         .transpose()?
@@ -147,7 +149,7 @@ fn main() -> anyhow::Result<()> {
             let e = std::process::Command::new(&command[0]).args(&command[1..]).exec();
             bail!("exec {}: {e}", command[0])
         }
-        ("raw", [addr]) => raw(addr.parse()?, timeout),
+        ("raw", [addr]) => raw(addr.parse()?, timeout, split_at, std::time::Duration::from_millis(pause_ms)),
         ("pingpong", [addr, size]) => pingpong(addr.parse()?, size.parse()?, secs),
         ("bulk", [addr, bytes]) => bulk(addr.parse()?, bytes.parse()?),
         ("h2-abuse", [mode, addr, n]) => h2_abuse(mode, addr.parse()?, n.parse()?, timeout),
@@ -298,11 +300,24 @@ fn bulk(addr: SocketAddr, bytes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn raw(addr: SocketAddr, timeout: std::time::Duration) -> anyhow::Result<()> {
+/// Sends stdin (in two writes `pause` apart if `split_at` is given), then
+/// prints what comes back until the server closes or `timeout` passes.
+fn raw(
+    addr: SocketAddr,
+    timeout: std::time::Duration,
+    split_at: Option<usize>,
+    pause: std::time::Duration,
+) -> anyhow::Result<()> {
     let mut req = Vec::new();
     std::io::stdin().read_to_end(&mut req)?;
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.write_all(&req)?;
+    s.set_nodelay(true)?;
+    let (first, second) = req.split_at(split_at.unwrap_or(req.len()).min(req.len()));
+    s.write_all(first)?;
+    if !second.is_empty() {
+        std::thread::sleep(pause);
+        s.write_all(second)?;
+    }
     let started = std::time::Instant::now();
     s.set_read_timeout(Some(timeout))?;
     let mut resp = Vec::new();

@@ -99,6 +99,16 @@ impl<S> Guard<S> {
         self
     }
 
+    /// Starts with `bytes` already read from `io` (by the fast path, which
+    /// hands hyper a connection at the head of a request it does not serve).
+    pub fn with_prefix(mut self, bytes: &[u8]) -> Self {
+        if !bytes.is_empty() {
+            self.seen_bytes = true;
+            self.process(bytes);
+        }
+        self
+    }
+
     /// Waiting for more of a head: the deadline, armed once per head.
     fn head_deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(timeout) = self.head_timeout else { return false };
@@ -253,6 +263,12 @@ impl<S> Guard<S> {
             _ => {}
         }
     }
+}
+
+/// Whether a whole request head (ending in CRLF CRLF) passes the checks and
+/// is followed by no body and no tunnel.
+pub(crate) fn plain_head(head: &[u8]) -> bool {
+    matches!(check_head(head), Ok(State::Head))
 }
 
 /// Checks a whole request head (ending in CRLF CRLF); returns the state for

@@ -11,6 +11,7 @@ pub mod headers;
 pub mod replay;
 pub mod retry;
 pub mod router;
+mod server;
 pub mod stack;
 pub mod upstream;
 
@@ -120,8 +121,7 @@ pub(crate) async fn serve(
     let limits = ctx.limits.clone();
     let stats = Arc::clone(&ctx.stats);
     let conn = Arc::new(Conn { peer, orig, source, ctx, draining: Default::default() });
-    let drain_conn = Arc::clone(&conn);
-    let svc = service_fn(move |req| handle(req, Arc::clone(&conn)));
+    let mut drain = crate::cancel::Cancelled::new(graceful);
     if http2_ {
         let c = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -131,41 +131,34 @@ pub(crate) async fn serve(
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
-            .serve_connection(TokioIo::new(stream), svc);
+            .serve_connection(TokioIo::new(stream), service(Arc::clone(&conn)));
         tokio::pin!(c);
         let r = tokio::select! {
             biased;
             r = c.as_mut() => r,
-            _ = crate::cancel::Cancelled::new(graceful) => { c.as_mut().graceful_shutdown(); c.await }
+            _ = &mut drain => { c.as_mut().graceful_shutdown(); c.await }
         };
         if let Err(e) = r {
             tracing::debug!(%peer, %orig, error = %e, "HTTP/2 connection ended with an error");
         }
     } else {
+        let mut stream = stream;
         let verdict = guard::Verdict::default();
-        let io = guard::Guard::new(stream, limits.max_header_bytes, limits.max_headers, Arc::clone(&verdict))
-            .with_head_timeout(limits.header_read_timeout);
-        let mut b = http1::Builder::new();
-        // The head timeout is the guard's (armed only for incomplete heads);
-        // hyper's would arm a timer for every request, ~10% of the L7 path's
-        // CPU in the benchmark.
-        b.writev(false).max_buf_size(limits.max_header_bytes.max(8192));
-        // hyper parses headers into a stack array of 100 unless told another
-        // number (then it allocates per request): only say so when it differs.
-        if limits.max_headers != 100 {
-            b.max_headers(limits.max_headers);
-        }
-        let c = b.serve_connection(TokioIo::new(io), svc).with_upgrades();
-        tokio::pin!(c);
-        let r = tokio::select! {
-            biased;
-            r = c.as_mut() => r,
-            _ = crate::cancel::Cancelled::new(graceful) => {
-                drain_conn.draining.store(true, Relaxed);
-                match tokio::time::timeout(H1_DRAIN_GRACE, c.as_mut()).await {
-                    Ok(r) => r,
-                    Err(_) => { c.as_mut().graceful_shutdown(); c.await }
-                }
+        let r = match server::serve(&mut stream, &conn, &mut drain).await {
+            server::Exit::Closed(refused) => {
+                *verdict.lock().unwrap_or_else(|p| p.into_inner()) = refused;
+                Ok(())
+            }
+            server::Exit::Hyper(read) => {
+                let io = guard::Guard::new(
+                    stream,
+                    limits.max_header_bytes,
+                    limits.max_headers,
+                    Arc::clone(&verdict),
+                )
+                .with_head_timeout(limits.header_read_timeout)
+                .with_prefix(&read);
+                serve_hyper_h1(io, &limits, &conn, &mut drain).await
             }
         };
         let refused = *verdict.lock().unwrap_or_else(|p| p.into_inner());
@@ -190,6 +183,57 @@ pub(crate) async fn serve(
     }
 }
 
+/// hyper's requests go to [`handle`].
+fn service(
+    conn: Arc<Conn>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Tracked>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone {
+    service_fn(move |req: Request<Incoming>| {
+        let req = req.map(|b| b.map_err(|e| Box::new(DownstreamBodyError(e)) as BoxError).boxed_unsync());
+        handle(req, Arc::clone(&conn))
+    })
+}
+
+/// hyper serves the rest of an HTTP/1 connection, behind the guard.
+async fn serve_hyper_h1(
+    io: guard::Guard<TcpStream>,
+    limits: &HttpLimits,
+    conn: &Arc<Conn>,
+    drain: &mut crate::cancel::Cancelled,
+) -> hyper::Result<()> {
+    {
+        let mut b = http1::Builder::new();
+        // The head timeout is the guard's (armed only for incomplete heads);
+        // hyper's would arm a timer for every request, ~10% of the L7 path's
+        // CPU in the benchmark.
+        b.writev(false).max_buf_size(limits.max_header_bytes.max(8192));
+        // hyper parses headers into a stack array of 100 unless told another
+        // number (then it allocates per request): only say so when it differs.
+        if limits.max_headers != 100 {
+            b.max_headers(limits.max_headers);
+        }
+        let c = b.serve_connection(TokioIo::new(io), service(Arc::clone(conn))).with_upgrades();
+        tokio::pin!(c);
+        // The drain may have begun on the fast path (its wait has resolved).
+        let drained = conn.draining.load(Relaxed);
+        tokio::select! {
+            biased;
+            r = c.as_mut() => r,
+            _ = async { if !drained { (&mut *drain).await } } => {
+                conn.draining.store(true, Relaxed);
+                match tokio::time::timeout(H1_DRAIN_GRACE, c.as_mut()).await {
+                    Ok(r) => r,
+                    Err(_) => { c.as_mut().graceful_shutdown(); c.await }
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
         .get(http::header::CONTENT_TYPE)
@@ -197,7 +241,7 @@ pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<Tracked>, Infallible> {
+async fn handle(mut req: Request<Body>, conn: Arc<Conn>) -> Result<Response<Tracked>, Infallible> {
     let stats = &conn.ctx.stats;
     let tel = &conn.ctx.telemetry;
     stats.http_requests.fetch_add(1, Relaxed);
@@ -291,12 +335,9 @@ async fn handle(mut req: Request<Incoming>, conn: Arc<Conn>) -> Result<Response<
         Err(e) => Err(e),
         Ok((svc, i)) => {
             let route = &svc.routes[i];
-            let mut req = req.map(|b| {
-                let b = b.map_err(|e| Box::new(DownstreamBodyError(e)) as BoxError).boxed_unsync();
-                match &request_bytes {
-                    RequestBytes::Counted(n) => Counted::new(b, Arc::clone(n)).boxed_unsync(),
-                    RequestBytes::Known(_) => b,
-                }
+            let mut req = req.map(|b| match &request_bytes {
+                RequestBytes::Counted(n) => Counted::new(b, Arc::clone(n)).boxed_unsync(),
+                RequestBytes::Known(_) => b,
             });
             headers::strip_hop_by_hop(req.headers_mut(), upgrade);
             headers::apply(&route.request_headers, req.headers_mut());

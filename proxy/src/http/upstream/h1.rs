@@ -25,7 +25,10 @@ use tokio::{
 };
 
 use super::super::{Body, BoxError};
-use crate::{endpoint::Held, http::guard::MAX_CHUNK_LINE};
+use crate::{
+    endpoint::Held,
+    http::{guard::MAX_CHUNK_LINE, headers::put_fields},
+};
 
 /// Largest response head accepted from an endpoint.
 const MAX_HEAD: usize = 64 * 1024;
@@ -309,25 +312,21 @@ impl Conn {
     }
 }
 
-/// `name: value` lines, for a head or a chunked body's trailers.
-fn put_fields(w: &mut Vec<u8>, fields: &HeaderMap) {
-    for (name, value) in fields {
-        w.extend_from_slice(name.as_str().as_bytes());
-        w.extend_from_slice(b": ");
-        w.extend_from_slice(value.as_bytes());
-        w.extend_from_slice(b"\r\n");
-    }
-}
-
 /// Where a message head ends (after its blank line), if it has: CRLF CRLF,
 /// or the bare LF LF that RFC 9112 §2.2 lets a recipient accept.
 fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
-    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    // One pass over the line ends (a memmem finder per call costs more than
+    // the search, for heads this short).
+    memchr::memchr_iter(b'\n', buf).find_map(|nl| {
+        let rest = &buf[nl + 1..];
+        if rest.starts_with(b"\n") {
+            Some(nl + 2)
+        } else if nl > 0 && buf[nl - 1] == b'\r' && rest.starts_with(b"\r\n") {
+            Some(nl + 3)
+        } else {
+            None
+        }
+    })
 }
 
 /// RFC 9112 §6.3: how a response body is delimited.

@@ -1,0 +1,69 @@
+use super::*;
+
+#[test]
+fn scan_head_finds_the_end_or_defers() {
+    assert_eq!(scan_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET"), Scan::Complete(27));
+    assert_eq!(scan_head(b"GET / HTTP/1.1\r\nHost: a\r\n"), Scan::Partial);
+    assert_eq!(scan_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r"), Scan::Partial);
+    assert_eq!(scan_head(b""), Scan::Partial);
+    // Bare LF and leading empty lines are the guard's to judge.
+    assert_eq!(scan_head(b"GET / HTTP/1.1\nHost: a\n\n"), Scan::Hyper);
+    assert_eq!(scan_head(b"GET / HTTP/1.1\r\nHost: a\n"), Scan::Hyper);
+    assert_eq!(scan_head(b"\r\nGET / HTTP/1.1\r\n\r\n"), Scan::Hyper);
+}
+
+fn parse(head: &[u8]) -> Option<(Request<Body>, bool)> {
+    request(&Bytes::copy_from_slice(head), 100)
+}
+
+#[test]
+fn plain_requests_are_parsed_once_with_shared_values() {
+    let (req, close) = parse(
+        b"GET /a?b=1 HTTP/1.1\r\nHost: svc\r\nX-Two: 1\r\nX-Two: 2\r\nConnection: keep-alive, Close\r\n\r\n",
+    )
+    .expect("served here");
+    assert!(close);
+    assert_eq!(req.method(), Method::GET);
+    assert_eq!(req.uri().path_and_query().map(|p| p.as_str()), Some("/a?b=1"));
+    assert_eq!(req.version(), Version::HTTP_11);
+    assert_eq!(req.headers()["host"], "svc");
+    assert_eq!(req.headers().get_all("x-two").iter().collect::<Vec<_>>(), ["1", "2"]);
+    assert!(req.body().is_end_stream());
+    let (_, close) =
+        parse(b"DELETE /x HTTP/1.1\r\nHost: svc\r\nContent-Length: 0\r\n\r\n").expect("served here");
+    assert!(!close);
+}
+
+#[test]
+fn other_requests_go_to_hyper() {
+    for head in [
+        &b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"[..],
+        b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
+        b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        assert!(parse(head).is_none(), "{}", String::from_utf8_lossy(head));
+    }
+    // More header fields than the configured limit: hyper answers 431.
+    let head = b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+    assert!(request(&Bytes::from_static(head), 2).is_none());
+    assert!(request(&Bytes::from_static(head), 3).is_some());
+}
+
+#[test]
+fn numbers_and_dates_are_written_as_http_wants() {
+    assert_eq!(itoa(0, &mut [0; 20]), b"0");
+    assert_eq!(itoa(1_048_576, &mut [0; 20]), b"1048576");
+    assert_eq!(itoa(u64::MAX, &mut [0; 20]), u64::MAX.to_string().as_bytes());
+    let mut out = Vec::new();
+    put_date(&mut out);
+    let text = String::from_utf8(out).expect("ASCII");
+    let when = httpdate::parse_http_date(&text).expect("an HTTP date");
+    let skew = SystemTime::now().duration_since(when).unwrap_or_default();
+    assert!(skew.as_secs() <= 2, "{text}");
+}
