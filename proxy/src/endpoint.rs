@@ -31,6 +31,9 @@ pub struct EndpointState {
     ejections: AtomicU32,
     /// Wakes requests waiting for a connection.
     pub(crate) freed: tokio::sync::Notify,
+    /// Requests about to wait on `freed` (or waiting): a connection freed
+    /// while there are none wakes no one, and skips `freed`'s lock.
+    pub(crate) waiters: AtomicU32,
     /// `Some`: it runs on another node, reached over mutual TLS.
     pub remote: Option<Arc<crate::mesh::Remote>>,
 }
@@ -46,6 +49,15 @@ fn ns_since_base(t: Instant) -> u64 {
 }
 
 impl EndpointState {
+    /// A connection went back to the pool or closed: wakes the requests
+    /// waiting for one, if any. (A waiter counts itself in `waiters`
+    /// before it looks at the pool, so this cannot miss it.)
+    pub(crate) fn notify_freed(&self) {
+        if self.waiters.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+
     pub fn new(addr: SocketAddr, version: Option<String>) -> Self {
         Self {
             addr,
@@ -59,6 +71,7 @@ impl EndpointState {
             ejected_until_ns: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             freed: tokio::sync::Notify::new(),
+            waiters: AtomicU32::new(0),
             remote: None,
         }
     }
@@ -153,7 +166,7 @@ impl Drop for Held {
     fn drop(&mut self) {
         Self::counter(&self.ep, self.which).fetch_sub(1, Relaxed);
         if matches!(self.which, Counter::Connection) {
-            self.ep.freed.notify_waiters();
+            self.ep.notify_freed();
         }
     }
 }

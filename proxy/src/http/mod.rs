@@ -263,8 +263,9 @@ async fn handle(mut req: Request<Body>, conn: Arc<Conn>) -> Result<Response<Trac
             client_span: None,
         })
     });
+    // Boxed: a span is large, and only traced requests carry one.
     let server_trace = tel.tracing.as_ref().map(|t| {
-        let st = t.start_server(&req, conn.peer);
+        let st = Box::new(t.start_server(&req, conn.peer));
         req.extensions_mut().insert(Outgoing {
             tracing: Arc::clone(t),
             parent: st.parent.clone(),
@@ -399,7 +400,7 @@ async fn handle(mut req: Request<Body>, conn: Arc<Conn>) -> Result<Response<Trac
         version: attempt.version,
         grpc,
         status,
-        grpc_status: telemetry::grpc_status(resp.headers()),
+        grpc_status: if grpc { telemetry::grpc_status(resp.headers()) } else { None },
         flags,
         error,
         request_bytes,

@@ -111,7 +111,9 @@ pub(super) async fn serve(stream: &mut TcpStream, conn: &Arc<Conn>, drain: &mut 
         };
         head_deadline = None;
         let head_request = req.method() == Method::HEAD;
-        let Some(resp) = respond(stream, &mut buf, conn, req, drain).await else {
+        // Pinned here, so the request's (large) future is not moved again.
+        let handled = pin!(super::handle(req, Arc::clone(conn)));
+        let Some(resp) = respond(stream, &mut buf, conn, handled, drain).await else {
             return Exit::Closed(None);
         };
         let keep_alive = !close
@@ -245,10 +247,9 @@ async fn respond(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     conn: &Arc<Conn>,
-    req: Request<Body>,
+    mut fut: Pin<&mut impl Future<Output = Result<Response<Tracked>, std::convert::Infallible>>>,
     drain: &mut Cancelled,
 ) -> Option<Response<Tracked>> {
-    let mut fut = pin!(super::handle(req, Arc::clone(conn)));
     let mut watch_drain = !conn.draining.load(Relaxed);
     poll_fn(|cx| {
         if let Poll::Ready(Ok(resp)) = fut.as_mut().poll(cx) {

@@ -193,12 +193,19 @@ impl Service<Request<Body>> for Balance {
             };
             let target = Target { service: &c.service, port: c.port, ep: &ep, limits: c.limits };
             let started = c.balancer.uses_latency().then(Instant::now);
-            let sent = this.pools.send(target, proto, req);
             let mut res = match this.per_try {
-                None => sent.await,
-                Some(after) => tokio::time::timeout(after, sent).await.unwrap_or_else(|_| {
-                    Err(HttpError::TryTimeout { service: c.service.to_string(), endpoint: ep.addr, after })
-                }),
+                None => this.pools.send(target, proto, req).await,
+                // Boxed, so the future of a request without a per-try
+                // timeout is not as large as two sends.
+                Some(after) => Box::pin(tokio::time::timeout(after, this.pools.send(target, proto, req)))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(HttpError::TryTimeout {
+                            service: c.service.to_string(),
+                            endpoint: ep.addr,
+                            after,
+                        })
+                    }),
             };
             this.record(&ep, &res, started.map(|s| s.elapsed()));
             if let Some(s) = span.as_mut() {

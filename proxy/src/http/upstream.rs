@@ -193,17 +193,18 @@ impl Pools {
 
     async fn checkout_h1(&self, t: Target<'_>) -> Result<h1::Conn, HttpError> {
         // The common case first: an idle connection, no waiting machinery.
-        if let Some(c) = self.take_idle(t).await {
+        if let Some(c) = self.take_idle(t) {
             return Ok(c);
         }
         let mut _pending: Option<Held> = None;
+        let _waiting = Waiting::new(t.ep);
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
         loop {
             // Registered before looking, so a connection freed meanwhile wakes us.
             let freed = t.ep.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(c) = self.take_idle(t).await {
+            if let Some(c) = self.take_idle(t) {
                 return Ok(c);
             }
             if let Some(held) = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections) {
@@ -226,13 +227,13 @@ impl Pools {
     }
 
     /// A live idle connection, ready for a request.
-    async fn take_idle(&self, t: Target<'_>) -> Option<h1::Conn> {
+    fn take_idle(&self, t: Target<'_>) -> Option<h1::Conn> {
         let key = key(t);
         while let Some(idle) = self.pop_idle(&key) {
             if idle.since.elapsed() > IDLE_TIMEOUT {
                 continue;
             }
-            if idle.conn.reusable().await {
+            if idle.conn.reusable() {
                 return Some(idle.conn);
             }
         }
@@ -250,7 +251,7 @@ impl Pools {
             idle.push(Idle { conn, since: Instant::now() });
         }
         drop(h1);
-        ep.freed.notify_waiters();
+        ep.notify_freed();
     }
 
     /// A connection of its own for an upgrade (it leaves the pool for good),
@@ -322,6 +323,22 @@ pub(crate) fn h2_client() -> http2::Builder<TokioExecutor> {
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20);
     b
+}
+
+/// Counts a request in its endpoint's `waiters` while it lives.
+struct Waiting<'a>(&'a EndpointState);
+
+impl<'a> Waiting<'a> {
+    fn new(ep: &'a EndpointState) -> Self {
+        ep.waiters.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(ep)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn key(t: Target<'_>) -> PoolKey {

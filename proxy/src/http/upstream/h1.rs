@@ -86,19 +86,14 @@ impl Conn {
 
     /// Whether an idle connection may carry another request: nothing (EOF,
     /// a reset, stray bytes) arrived while it sat in the pool. Costs no
-    /// system call unless the kernel reported the socket readable.
-    pub(crate) async fn reusable(&self) -> bool {
-        std::future::poll_fn(|cx| {
-            Poll::Ready(match self.io.poll_read_ready(cx) {
-                Poll::Pending => true,
-                Poll::Ready(Err(_)) => false,
-                Poll::Ready(Ok(())) => {
-                    let mut probe = [0u8; 1];
-                    matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-                }
-            })
-        })
-        .await
+    /// system call unless the kernel reported the socket readable, and
+    /// registers no waker (the readiness the I/O driver recorded is read).
+    pub(crate) fn reusable(&self) -> bool {
+        let probe = self.io.try_io(tokio::io::Interest::READABLE, || {
+            let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            socket2::SockRef::from(&self.io).recv(&mut byte)
+        });
+        matches!(probe, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Sends `req` and reads the response head. The response body owns the
@@ -121,7 +116,9 @@ impl Conn {
                 })));
             }
         } else {
-            self.write_body(body, framing).await?;
+            // Boxed: most requests have no body, and every request's future
+            // is as large as its largest branch (and moved more than once).
+            Box::pin(self.write_body(body, framing)).await?;
         }
         drop(parts);
         let (resp, framing, keep_alive) = self.read_head(head_request).await?;
@@ -293,16 +290,22 @@ impl Conn {
                 ));
             }
             let mut map = HeaderMap::with_capacity(r.headers.len());
+            // Which framing headers there are, noted on the way: most
+            // responses have neither, and then need not be looked up.
+            let (mut has_te, mut has_connection) = (false, false);
             for h in r.headers.iter() {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| Failure::Upstream("invalid header name in the response".into()))?;
+                has_te |= name == header::TRANSFER_ENCODING;
+                has_connection |= name == header::CONNECTION;
                 let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
                     .map_err(|_| Failure::Upstream(format!("invalid value of response header {name}")))?;
                 map.append(name, value);
             }
-            let framing = response_framing(&map, status, head_request)?;
+            let framing = response_framing(&map, status, head_request, has_te)?;
             let version = if r.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-            let keep_alive = framing != Framing::Close && keeps_alive(&map, version);
+            let keep_alive = framing != Framing::Close
+                && if has_connection { keeps_alive(&map, version) } else { version == Version::HTTP_11 };
             let mut resp = Response::new(());
             *resp.status_mut() = status;
             *resp.version_mut() = version;
@@ -330,11 +333,17 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// RFC 9112 §6.3: how a response body is delimited.
-fn response_framing(h: &HeaderMap, status: StatusCode, head_request: bool) -> Result<Framing, Failure> {
+/// `has_te`: whether `h` has Transfer-Encoding (known from the parse).
+fn response_framing(
+    h: &HeaderMap,
+    status: StatusCode,
+    head_request: bool,
+    has_te: bool,
+) -> Result<Framing, Failure> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Empty);
     }
-    if let Some(te) = h.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+    if let Some(te) = has_te.then(|| h.get_all(header::TRANSFER_ENCODING).iter().next_back()).flatten() {
         let chunked = te
             .to_str()
             .ok()

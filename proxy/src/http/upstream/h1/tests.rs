@@ -117,7 +117,7 @@ async fn keep_alive_reuses_the_connection_and_writes_a_plain_head() {
     assert_eq!((p.status.as_u16(), &body[..]), (200, &b"hello"[..]));
     assert_eq!(p.headers["x-a"], "1");
     let c = c.expect("back in the pool after a whole body");
-    assert!(c.reusable().await);
+    assert!(c.reusable());
     let (p, body, _, c) = exchange(c, get("/two")).await;
     assert_eq!((p.status.as_u16(), body.len()), (404, 0));
     assert!(c.is_some());
@@ -237,7 +237,7 @@ async fn a_connection_the_endpoint_closed_is_not_reusable() {
     let mut c = c;
     c.io.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while c.reusable().await {
+    while c.reusable() {
         assert!(std::time::Instant::now() < deadline, "EOF never noticed");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
