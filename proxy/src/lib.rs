@@ -17,6 +17,7 @@
 pub mod authz;
 pub mod balance;
 pub mod cancel;
+pub mod clock;
 pub mod detect;
 pub mod endpoint;
 mod error;

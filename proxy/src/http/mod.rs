@@ -279,7 +279,6 @@ async fn handle(mut req: Request<Body>, conn: Arc<Conn>) -> Result<Response<Trac
         None => RequestBytes::Counted(Arc::default()),
     };
     let table = conn.ctx.routes.load();
-    let mut dialed = None;
     let backend = table.get(conn.orig);
     let denied = match backend {
         Some(b) if !b.authz.is_open() => {
@@ -304,24 +303,21 @@ async fn handle(mut req: Request<Body>, conn: Arc<Conn>) -> Result<Response<Trac
     {
         req.extensions_mut().insert(upstream::SourceIdentity(Arc::clone(s)));
     }
-    let route = match (denied, backend.and_then(|b| b.http.clone())) {
-        (Some(e), svc) => {
-            // Counted under the service refused, as Istio counts RBAC denials.
-            dialed = svc.map(|svc| (Arc::clone(&svc.label), Arc::clone(&svc.namespace)));
-            Err(e)
-        }
+    // The service dialed: its labels count the request when no attempt
+    // did (a denial is counted under the service refused, as Istio counts
+    // RBAC denials).
+    let dialed = backend.and_then(|b| b.http.clone());
+    let route = match (denied, dialed.as_deref()) {
+        (Some(e), _) => Err(e),
         (None, None) => Err(HttpError::ServiceGone { orig: conn.orig }),
-        (None, Some(svc)) => {
-            dialed = Some((Arc::clone(&svc.label), Arc::clone(&svc.namespace)));
-            match svc.select(&req) {
-                None => Err(HttpError::NoRoute {
-                    service: svc.service.clone(),
-                    method: method.to_string(),
-                    path: uri.path().to_string(),
-                }),
-                Some(i) => Ok((Arc::clone(&svc), i)),
-            }
-        }
+        (None, Some(svc)) => match svc.select(&req) {
+            None => Err(HttpError::NoRoute {
+                service: svc.service.clone(),
+                method: method.to_string(),
+                path: uri.path().to_string(),
+            }),
+            Some(i) => Ok((svc, i)),
+        },
     };
     drop(table);
     let route_name = if detail.is_some() {
@@ -396,7 +392,9 @@ async fn handle(mut req: Request<Body>, conn: Arc<Conn>) -> Result<Response<Trac
         telemetry: Arc::clone(tel),
         start,
         peer: conn.peer,
-        service: attempt.service.or(dialed),
+        service: attempt
+            .service
+            .or_else(|| dialed.as_ref().map(|s| (Arc::clone(&s.label), Arc::clone(&s.namespace)))),
         version: attempt.version,
         grpc,
         status,

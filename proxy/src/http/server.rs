@@ -421,12 +421,11 @@ thread_local! {
 }
 
 fn put_date(out: &mut Vec<u8>) {
-    let now = SystemTime::now();
-    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = crate::clock::coarse_unix_secs();
     DATE.with_borrow_mut(|(at, text)| {
         if *at != secs {
             *at = secs;
-            *text = httpdate::fmt_http_date(now);
+            *text = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs));
         }
         out.extend_from_slice(text.as_bytes());
     });

@@ -8,7 +8,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -45,7 +45,8 @@ pub enum Proto {
 #[derive(Debug)]
 struct Idle {
     conn: h1::Conn,
-    since: Instant,
+    /// When it went idle, in [`crate::clock::coarse_ms`].
+    since: u64,
 }
 
 #[derive(Debug, Default)]
@@ -230,7 +231,7 @@ impl Pools {
     fn take_idle(&self, t: Target<'_>) -> Option<h1::Conn> {
         let key = key(t);
         while let Some(idle) = self.pop_idle(&key) {
-            if idle.since.elapsed() > IDLE_TIMEOUT {
+            if crate::clock::coarse_ms().saturating_sub(idle.since) > IDLE_TIMEOUT.as_millis() as u64 {
                 continue;
             }
             if idle.conn.reusable() {
@@ -248,7 +249,7 @@ impl Pools {
         let mut h1 = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = h1.entry(key).or_default();
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push(Idle { conn, since: Instant::now() });
+            idle.push(Idle { conn, since: crate::clock::coarse_ms() });
         }
         drop(h1);
         ep.notify_freed();

@@ -210,26 +210,26 @@ impl Registry {
         response_bytes: u64,
     ) {
         let fast = labels.fast();
-        let found = self.requests.read().unwrap_or_else(|p| p.into_inner()).get(&fast).cloned();
-        let s = match found {
-            Some(s) => s,
-            None => {
-                let mut w = self.requests.write().unwrap_or_else(|p| p.into_inner());
-                Arc::clone(w.entry(fast).or_insert_with(|| {
-                    Arc::new(RequestSeries {
-                        key: labels.owned(),
-                        requests: AtomicU64::new(0),
-                        duration: Histogram::new(&DURATION_BUCKETS_MS, 1000.0),
-                        request_bytes: Histogram::new(&BYTES_BUCKETS, 1.0),
-                        response_bytes: Histogram::new(&BYTES_BUCKETS, 1.0),
-                    })
-                }))
-            }
+        let observe = |s: &RequestSeries| {
+            s.requests.fetch_add(1, Relaxed);
+            s.duration.observe(took.as_micros().min(u128::from(u64::MAX)) as u64);
+            s.request_bytes.observe(request_bytes);
+            s.response_bytes.observe(response_bytes);
         };
-        s.requests.fetch_add(1, Relaxed);
-        s.duration.observe(took.as_micros().min(u128::from(u64::MAX)) as u64);
-        s.request_bytes.observe(request_bytes);
-        s.response_bytes.observe(response_bytes);
+        // Observed under the read lock: no reference count to move.
+        if let Some(s) = self.requests.read().unwrap_or_else(|p| p.into_inner()).get(&fast) {
+            return observe(s);
+        }
+        let mut w = self.requests.write().unwrap_or_else(|p| p.into_inner());
+        observe(w.entry(fast).or_insert_with(|| {
+            Arc::new(RequestSeries {
+                key: labels.owned(),
+                requests: AtomicU64::new(0),
+                duration: Histogram::new(&DURATION_BUCKETS_MS, 1000.0),
+                request_bytes: Histogram::new(&BYTES_BUCKETS, 1.0),
+                response_bytes: Histogram::new(&BYTES_BUCKETS, 1.0),
+            })
+        }));
     }
 
     pub fn tcp(&self, key: TcpKey) -> Arc<TcpSeries> {
