@@ -194,7 +194,9 @@ fn service(
 > + Clone {
     service_fn(move |req: Request<Incoming>| {
         let req = req.map(|b| b.map_err(|e| Box::new(DownstreamBodyError(e)) as BoxError).boxed_unsync());
-        handle(req, Arc::clone(&conn))
+        // Boxed: hyper runs each HTTP/2 stream as a task of its own, and a
+        // task's future is copied on spawn and again when it finishes.
+        Box::pin(handle(req, Arc::clone(&conn)))
     })
 }
 
