@@ -4,8 +4,8 @@
 //! traffic of a benchmark); for them, hyper's dispatcher plus the guard's
 //! second parse of each head cost about a fifth of the L7 path's user CPU.
 //!
-//! Each head is checked by the guard's own rules ([`guard::plain_head`]),
-//! parsed once (httparse, header values sharing the head's bytes), and
+//! Each head is parsed once (httparse, header values sharing the head's
+//! bytes), checked against the guard's rules on the way ([`request`]), and
 //! handed to the same [`super::handle`] hyper's requests go to; the response
 //! is written with one `send` when its body is ready at once. The first
 //! request the fast path does not serve (a body, an upgrade, anything odd or
@@ -99,7 +99,7 @@ pub(super) async fn serve(stream: &mut TcpStream, conn: &Arc<Conn>, drain: &mut 
                 }
             }
         };
-        if end > limits.max_header_bytes || !guard::plain_head(&buf[..end]) {
+        if end > limits.max_header_bytes {
             return Exit::Hyper(buf);
         }
         let head = buf.split_to(end).freeze();
@@ -157,8 +157,12 @@ fn scan_head(buf: &[u8]) -> Scan {
     Scan::Partial
 }
 
-/// The request of a checked head, if the fast path serves it, and whether
-/// the client asked to close after it.
+/// The request of a head, if the fast path serves it, and whether the
+/// client asked to close after it. It serves only heads the guard passes
+/// with no body: httparse refuses bare CR, obs-fold, whitespace before a
+/// colon and lines without one (scan_head, bare LF); here anything with
+/// Transfer-Encoding, a Content-Length other than zero, or CONNECT goes to
+/// hyper and the guard, which refuse or serve it.
 fn request(head: &Bytes, max_headers: usize) -> Option<(Request<Body>, bool)> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
     let mut r = httparse::Request::new(&mut fields);
@@ -170,13 +174,18 @@ fn request(head: &Bytes, max_headers: usize) -> Option<(Request<Body>, bool)> {
     if r.version != Some(1) || !path.starts_with('/') || r.headers.len() > max_headers {
         return None;
     }
-    let method = Method::from_bytes(r.method?.as_bytes()).ok()?;
+    let method = Method::from_bytes(r.method?.as_bytes()).ok().filter(|m| m != Method::CONNECT)?;
     let uri = Uri::from_maybe_shared(head.slice_ref(path.as_bytes())).ok()?;
     let mut headers = HeaderMap::with_capacity(r.headers.len());
     let mut close = false;
     for f in r.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes()).ok()?;
-        if name == header::EXPECT || name == header::TE || name == header::UPGRADE {
+        if name == header::EXPECT
+            || name == header::TE
+            || name == header::UPGRADE
+            || name == header::TRANSFER_ENCODING
+            || (name == header::CONTENT_LENGTH && (f.value.is_empty() || f.value.iter().any(|&b| b != b'0')))
+        {
             return None;
         }
         if name == header::CONNECTION {
