@@ -343,7 +343,7 @@ async fn handle(mut req: Request<Body>, conn: Arc<Conn>) -> Result<Response<Trac
             match route.pick() {
                 None => Err(HttpError::NoEndpoints { service: svc.service.clone(), version: None }),
                 Some(stack) => {
-                    let (r, a) = telemetry::with_attempt(stack::call(stack, req)).await;
+                    let (r, a) = stack.call(req).await;
                     attempt = a;
                     r.map(|mut resp| {
                         headers::apply(&route.response_headers, resp.headers_mut());

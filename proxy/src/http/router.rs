@@ -8,7 +8,7 @@ use http::{HeaderName, Method, Request};
 use regex::Regex;
 use sluice_mesh_config::{HeaderOps, HostMatch, PathMatch, Route, RouteMatch, ValueMatch};
 
-use super::{headers, stack::HttpStack};
+use super::{headers, stack::Stack};
 
 /// The HTTP side of one service port.
 #[derive(Debug)]
@@ -31,7 +31,7 @@ impl HttpService {
 pub struct CompiledRoute {
     pub name: Arc<str>,
     m: RequestMatch,
-    dests: Vec<(u32, HttpStack)>,
+    dests: Vec<(u32, Stack)>,
     total_weight: u64,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
@@ -68,7 +68,7 @@ fn anchored(r: &str) -> Option<Regex> {
 }
 
 impl CompiledRoute {
-    pub fn new(r: &Route, dests: Vec<(u32, HttpStack)>) -> Self {
+    pub fn new(r: &Route, dests: Vec<(u32, Stack)>) -> Self {
         let total_weight = dests.iter().map(|(w, _)| u64::from(*w)).sum();
         Self {
             name: r.name.as_str().into(),
@@ -85,7 +85,7 @@ impl CompiledRoute {
     }
 
     /// A destination by weight.
-    pub fn pick(&self) -> Option<&HttpStack> {
+    pub fn pick(&self) -> Option<&Stack> {
         if self.total_weight == 0 {
             return None;
         }

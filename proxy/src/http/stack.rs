@@ -34,6 +34,33 @@ use crate::{
 
 pub type HttpStack = BoxCloneSyncService<Request<Body>, Response<Body>, HttpError>;
 
+/// A route destination's stack. Most routes use no layer above [`Balance`]
+/// (no retries, no route timeout): theirs is called directly, without the
+/// boxed service's clone and second future box for every request.
+#[derive(Debug, Clone)]
+pub enum Stack {
+    Direct(Balance),
+    Layered(HttpStack),
+}
+
+impl Stack {
+    /// Sends a request through the stack; returns the outcome and what the
+    /// last attempt recorded (for the metrics and the access log).
+    pub fn call(&self, req: Request<Body>) -> BoxFuture<(Result<Response<Body>, HttpError>, Attempt)> {
+        match self {
+            // The attempt comes straight back: no task-local to carry it.
+            Stack::Direct(b) => {
+                let this = Arc::clone(&b.0);
+                Box::pin(async move {
+                    let (res, attempt) = this.send(req).await;
+                    (res, attempt.unwrap_or_default())
+                })
+            }
+            Stack::Layered(s) => Box::pin(crate::telemetry::with_attempt(call(s, req))),
+        }
+    }
+}
+
 /// Which protocol endpoints are spoken to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProto {
@@ -82,7 +109,7 @@ pub fn build(
     pools: Arc<Pools>,
     stats: Arc<ProxyStats>,
     fallback_authority: String,
-) -> HttpStack {
+) -> Stack {
     let per_try = route.retries.as_ref().and_then(|r| r.per_try_timeout);
     // Layers a route does not use are left out: no cost for what is not configured.
     let balance = Balance(Arc::new(BalanceInner {
@@ -94,8 +121,11 @@ pub fn build(
     }));
     let retry = route.retries.as_ref().filter(|r| r.attempts > 1).map(|r| RetryLayer::new(r.clone(), stats));
     let timeout = route.timeout.map(|after| RouteTimeoutLayer { route: route.name.clone().into(), after });
+    if retry.is_none() && timeout.is_none() {
+        return Stack::Direct(balance);
+    }
     let stack = ServiceBuilder::new().option_layer(timeout).option_layer(retry).service(balance);
-    BoxCloneSyncService::new(stack)
+    Stack::Layered(BoxCloneSyncService::new(stack))
 }
 
 #[derive(Debug, Clone)]
@@ -163,66 +193,13 @@ impl Service<Request<Body>> for Balance {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let this = Arc::clone(&self.0);
         Box::pin(async move {
-            let c = &this.cluster;
-            // Only requests that may be retried carry the endpoints tried so far.
-            let tried = req.extensions().get::<Tried>().cloned();
-            let earlier = tried.as_ref().map(Tried::list).unwrap_or_default();
-            let Some(ep) = c.balancer.pick(&c.endpoints, req.headers(), &earlier) else {
-                return Err(HttpError::NoEndpoints {
-                    service: c.service.to_string(),
-                    version: c.version.clone(),
-                });
-            };
-            if let Some(t) = &tried {
-                t.push(ep.addr);
-            }
-            let proto = match c.upstream {
-                UpstreamProto::Fixed(p) => p,
-                UpstreamProto::Downstream if req.version() == Version::HTTP_2 => Proto::Http2,
-                UpstreamProto::Downstream => Proto::Http1,
-            };
-            headers::for_upstream(&mut req, proto, &this.fallback_authority);
-            let mut span = match req.extensions_mut().remove::<Outgoing>() {
-                None => None,
-                Some(o) => {
-                    o.tracing.start_attempt(&o.parent, o.b3_single, &mut req, ep.addr, earlier.len() as u32)
-                }
-            };
-            let target = Target { service: &c.service, port: c.port, ep: &ep, limits: c.limits };
-            let started = c.balancer.uses_latency().then(Instant::now);
-            let mut res = match this.per_try {
-                None => this.pools.send(target, proto, req).await,
-                // Boxed, so the future of a request without a per-try
-                // timeout is not as large as two sends.
-                Some(after) => Box::pin(tokio::time::timeout(after, this.pools.send(target, proto, req)))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(HttpError::TryTimeout {
-                            service: c.service.to_string(),
-                            endpoint: ep.addr,
-                            after,
-                        })
-                    }),
-            };
-            this.record(&ep, &res, started.map(|s| s.elapsed()));
-            if let Some(s) = span.as_mut() {
-                match &res {
-                    Ok(r) => trace::finish_http(s, r.status().as_u16(), None, false),
-                    Err(e) => trace::finish_failed(s, e.reason(), &e.to_string()),
-                }
-            }
-            if let Ok(r) = res.as_mut() {
-                record_attempt(Attempt {
-                    service: Some((Arc::clone(&c.service), Arc::clone(&c.namespace))),
-                    endpoint: Some(ep.addr),
-                    version: ep.label.clone(),
-                });
-                if let Some(s) = span {
-                    r.extensions_mut().insert(SpanSlot::new(s));
-                }
+            // Layers above may retry: the last attempt is carried out by a task-local.
+            let (res, attempt) = this.send(req).await;
+            if let Some(a) = attempt {
+                record_attempt(a);
             }
             res
         })
@@ -230,6 +207,65 @@ impl Service<Request<Body>> for Balance {
 }
 
 impl BalanceInner {
+    /// One attempt: picks the endpoint, sends, records what happened to
+    /// it; returns the outcome and, for a response, the attempt's labels.
+    async fn send(&self, mut req: Request<Body>) -> (Result<Response<Body>, HttpError>, Option<Attempt>) {
+        let c = &self.cluster;
+        // Only requests that may be retried carry the endpoints tried so far.
+        let tried = req.extensions().get::<Tried>().cloned();
+        let earlier = tried.as_ref().map(Tried::list).unwrap_or_default();
+        let Some(ep) = c.balancer.pick(&c.endpoints, req.headers(), &earlier) else {
+            let e = HttpError::NoEndpoints { service: c.service.to_string(), version: c.version.clone() };
+            return (Err(e), None);
+        };
+        if let Some(t) = &tried {
+            t.push(ep.addr);
+        }
+        let proto = match c.upstream {
+            UpstreamProto::Fixed(p) => p,
+            UpstreamProto::Downstream if req.version() == Version::HTTP_2 => Proto::Http2,
+            UpstreamProto::Downstream => Proto::Http1,
+        };
+        headers::for_upstream(&mut req, proto, &self.fallback_authority);
+        let mut span = match req.extensions_mut().remove::<Outgoing>() {
+            None => None,
+            Some(o) => {
+                o.tracing.start_attempt(&o.parent, o.b3_single, &mut req, ep.addr, earlier.len() as u32)
+            }
+        };
+        let target = Target { service: &c.service, port: c.port, ep: &ep, limits: c.limits };
+        let started = c.balancer.uses_latency().then(Instant::now);
+        let mut res = match self.per_try {
+            None => self.pools.send(target, proto, req).await,
+            // Boxed, so the future of a request without a per-try
+            // timeout is not as large as two sends.
+            Some(after) => Box::pin(tokio::time::timeout(after, self.pools.send(target, proto, req)))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(HttpError::TryTimeout { service: c.service.to_string(), endpoint: ep.addr, after })
+                }),
+        };
+        self.record(&ep, &res, started.map(|s| s.elapsed()));
+        if let Some(s) = span.as_mut() {
+            match &res {
+                Ok(r) => trace::finish_http(s, r.status().as_u16(), None, false),
+                Err(e) => trace::finish_failed(s, e.reason(), &e.to_string()),
+            }
+        }
+        let mut attempt = None;
+        if let Ok(r) = res.as_mut() {
+            attempt = Some(Attempt {
+                service: Some((Arc::clone(&c.service), Arc::clone(&c.namespace))),
+                endpoint: Some(ep.addr),
+                version: ep.label.clone(),
+            });
+            if let Some(s) = span {
+                r.extensions_mut().insert(SpanSlot::new(s));
+            }
+        }
+        (res, attempt)
+    }
+
     fn record(
         &self,
         ep: &Arc<EndpointState>,
