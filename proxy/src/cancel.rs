@@ -71,7 +71,8 @@ impl Future for Cancelled {
             *this.signal.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.clone());
             this.task = Some(w);
         }
-        if this.signal.woken.swap(false, Ordering::AcqRel) {
+        // A plain load first: the swap (a locked instruction) only when woken.
+        if this.signal.woken.load(Ordering::Acquire) && this.signal.woken.swap(false, Ordering::AcqRel) {
             let mut inner_cx = Context::from_waker(&this.waker);
             return this.inner.as_mut().poll(&mut inner_cx);
         }
