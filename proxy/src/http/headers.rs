@@ -117,16 +117,6 @@ pub fn for_upstream<B>(req: &mut Request<B>, proto: Proto, fallback_authority: &
     }
 }
 
-/// `name: value` lines, for a message head or a chunked body's trailers.
-pub(crate) fn put_fields(w: &mut Vec<u8>, fields: &HeaderMap) {
-    for (name, value) in fields {
-        w.extend_from_slice(name.as_str().as_bytes());
-        w.extend_from_slice(b": ");
-        w.extend_from_slice(value.as_bytes());
-        w.extend_from_slice(b"\r\n");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ pub mod router;
 mod server;
 pub mod stack;
 pub mod upstream;
+mod wire;
 
 use std::{
     convert::Infallible,

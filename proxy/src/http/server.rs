@@ -29,19 +29,22 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Empty};
 use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
 
-use super::{Body, Conn, H1_DRAIN_GRACE, guard};
+use super::{
+    Body, Conn, H1_DRAIN_GRACE, guard,
+    headers::connection_has,
+    wire::{COALESCE, put_content_length, put_data, put_fields},
+};
 use crate::{cancel::Cancelled, telemetry::Tracked};
 
 /// Most header fields a head may have to be parsed here (httparse's array
 /// lives on the stack); more go to hyper, which applies the configured limit.
 const MAX_FAST_HEADERS: usize = 100;
-/// Response bytes gathered before a `send`.
-const WRITE_BUF: usize = 64 * 1024;
 
 /// How a connection left the fast path.
 #[derive(Debug)]
@@ -127,7 +130,7 @@ pub(super) async fn serve(stream: &mut TcpStream, conn: &Arc<Conn>, drain: &mut 
                 return Exit::Closed(None);
             }
         }
-        if out.capacity() > WRITE_BUF * 2 {
+        if out.capacity() > 4 * COALESCE {
             out = Vec::with_capacity(1024);
         }
     }
@@ -177,7 +180,7 @@ fn request(head: &Bytes, max_headers: usize) -> Option<(Request<Body>, bool)> {
     let method = Method::from_bytes(r.method?.as_bytes()).ok().filter(|m| m != Method::CONNECT)?;
     let uri = Uri::from_maybe_shared(head.slice_ref(path.as_bytes())).ok()?;
     let mut headers = HeaderMap::with_capacity(r.headers.len());
-    let mut close = false;
+    let mut has_connection = false;
     for f in r.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes()).ok()?;
         if name == header::EXPECT
@@ -188,18 +191,14 @@ fn request(head: &Bytes, max_headers: usize) -> Option<(Request<Body>, bool)> {
         {
             return None;
         }
-        if name == header::CONNECTION {
-            for token in f.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return None;
-                }
-            }
-        }
+        has_connection |= name == header::CONNECTION;
         headers.append(name, HeaderValue::from_maybe_shared(head.slice_ref(f.value)).ok()?);
     }
+    // Looked up only when there is one (most requests have none).
+    if has_connection && connection_has(&headers, "upgrade") {
+        return None;
+    }
+    let close = has_connection && connection_has(&headers, "close");
     let mut req = Request::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -306,7 +305,7 @@ async fn write_response(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    super::headers::put_fields(out, &parts.headers);
+    put_fields(out, &parts.headers);
     if !keep_alive && !parts.headers.contains_key(header::CONNECTION) {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -327,9 +326,7 @@ async fn write_response(
         out.extend_from_slice(b"content-length: 0\r\n");
         Framing::Length(0)
     } else if let Some(n) = body.size_hint().exact() {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa(n, &mut [0; 20]));
-        out.extend_from_slice(b"\r\n");
+        put_content_length(out, n);
         Framing::Length(n)
     } else {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -340,16 +337,16 @@ async fn write_response(
         stream.write_all(out).await?;
         return Ok(true);
     }
-    let mut body = pin!(body);
+    let mut body = body;
     let mut left = match framing {
         Framing::Length(n) => n,
         _ => u64::MAX,
     };
     let whole = loop {
         // What is ready goes out with the head; a wait sends what is gathered.
-        let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
-            Poll::Ready(f) => f,
-            Poll::Pending => {
+        let frame = match body.frame().now_or_never() {
+            Some(f) => f,
+            None => {
                 if !out.is_empty() {
                     stream.write_all(out).await?;
                     out.clear();
@@ -391,37 +388,6 @@ async fn write_response(
         out.clear();
     }
     Ok(whole)
-}
-
-/// Appends one data frame (chunk-framed if `chunked`); large ones are sent
-/// from their own buffer, not copied.
-async fn put_data(stream: &mut TcpStream, out: &mut Vec<u8>, data: &Bytes, chunked: bool) -> io::Result<()> {
-    if chunked {
-        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-    }
-    if out.len() + data.len() > WRITE_BUF {
-        stream.write_all(out).await?;
-        out.clear();
-        stream.write_all(data).await?;
-    } else {
-        out.extend_from_slice(data);
-    }
-    if chunked {
-        out.extend_from_slice(b"\r\n");
-    }
-    Ok(())
-}
-
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 thread_local! {

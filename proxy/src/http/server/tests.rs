@@ -70,10 +70,7 @@ fn other_requests_go_to_hyper() {
 }
 
 #[test]
-fn numbers_and_dates_are_written_as_http_wants() {
-    assert_eq!(itoa(0, &mut [0; 20]), b"0");
-    assert_eq!(itoa(1_048_576, &mut [0; 20]), b"1048576");
-    assert_eq!(itoa(u64::MAX, &mut [0; 20]), u64::MAX.to_string().as_bytes());
+fn dates_are_written_as_http_wants() {
     let mut out = Vec::new();
     put_date(&mut out);
     let text = String::from_utf8(out).expect("ASCII");

@@ -27,15 +27,16 @@ use tokio::{
 use super::super::{Body, BoxError};
 use crate::{
     endpoint::Held,
-    http::{guard::MAX_CHUNK_LINE, headers::put_fields},
+    http::{
+        guard::MAX_CHUNK_LINE,
+        wire::{put_content_length, put_data, put_fields},
+    },
 };
 
 /// Largest response head accepted from an endpoint.
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head.
 const MAX_HEADERS: usize = 128;
-/// Body bytes gathered into one write with the head (or between flushes).
-const COALESCE: usize = 16 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// One keep-alive connection to an endpoint.
@@ -147,7 +148,7 @@ impl Conn {
             }
             (Some(n), ..) => Framing::Length(n),
             (None, false, Some(n)) => {
-                w.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+                put_content_length(w, n);
                 Framing::Length(n)
             }
             (None, false, None) => {
@@ -189,18 +190,9 @@ impl Conn {
                         if data.is_empty() {
                             continue;
                         }
-                        if framing == Framing::Chunked {
-                            self.wbuf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                        }
-                        if self.wbuf.len() + data.len() > COALESCE {
-                            self.flush().await?;
-                            self.io.write_all(&data).await.map_err(upstream_io)?;
-                        } else {
-                            self.wbuf.extend_from_slice(&data);
-                        }
-                        if framing == Framing::Chunked {
-                            self.wbuf.extend_from_slice(b"\r\n");
-                        }
+                        put_data(&mut self.io, &mut self.wbuf, &data, framing == Framing::Chunked)
+                            .await
+                            .map_err(upstream_io)?;
                     }
                     Err(frame) => {
                         if let (Framing::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
