@@ -6,7 +6,10 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicU32, AtomicU64,
+            Ordering::{Relaxed, SeqCst},
+        },
     },
     time::{Duration, Instant},
 };
@@ -33,7 +36,7 @@ pub struct EndpointState {
     pub(crate) freed: tokio::sync::Notify,
     /// Requests about to wait on `freed` (or waiting): a connection freed
     /// while there are none wakes no one, and skips `freed`'s lock.
-    pub(crate) waiters: AtomicU32,
+    waiters: AtomicU32,
     /// `Some`: it runs on another node, reached over mutual TLS.
     pub remote: Option<Arc<crate::mesh::Remote>>,
 }
@@ -53,9 +56,16 @@ impl EndpointState {
     /// waiting for one, if any. (A waiter counts itself in `waiters`
     /// before it looks at the pool, so this cannot miss it.)
     pub(crate) fn notify_freed(&self) {
-        if self.waiters.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        if self.waiters.load(SeqCst) > 0 {
             self.freed.notify_waiters();
         }
+    }
+
+    /// Counts a request as waiting for a connection while the guard lives;
+    /// taken before it first looks at the pool.
+    pub(crate) fn waiting(&self) -> Waiting<'_> {
+        self.waiters.fetch_add(1, SeqCst);
+        Waiting(self)
     }
 
     pub fn new(addr: SocketAddr, version: Option<String>) -> Self {
@@ -128,6 +138,15 @@ impl EndpointState {
 pub(crate) struct Held {
     ep: Arc<EndpointState>,
     which: Counter,
+}
+
+/// See [`EndpointState::waiting`].
+pub(crate) struct Waiting<'a>(&'a EndpointState);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, SeqCst);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -110,7 +110,7 @@ const H1_DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// closes when idle. Closing an idle HTTP/1 connection at once would race a
 /// request already on the wire, which the client would see as an error.
 pub(crate) async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     http2_: bool,
     peer: SocketAddr,
     orig: SocketAddr,
@@ -143,7 +143,6 @@ pub(crate) async fn serve(
             tracing::debug!(%peer, %orig, error = %e, "HTTP/2 connection ended with an error");
         }
     } else {
-        let mut stream = stream;
         let verdict = guard::Verdict::default();
         let r = match server::serve(&mut stream, &conn, &mut drain).await {
             server::Exit::Closed(refused) => {
@@ -159,7 +158,7 @@ pub(crate) async fn serve(
                 )
                 .with_head_timeout(limits.header_read_timeout)
                 .with_prefix(&read);
-                serve_hyper_h1(io, &limits, &conn, &mut drain).await
+                serve_hyper_h1(io, &conn, &mut drain).await
             }
         };
         let refused = *verdict.lock().unwrap_or_else(|p| p.into_inner());
@@ -204,34 +203,32 @@ fn service(
 /// hyper serves the rest of an HTTP/1 connection, behind the guard.
 async fn serve_hyper_h1(
     io: guard::Guard<TcpStream>,
-    limits: &HttpLimits,
     conn: &Arc<Conn>,
     drain: &mut crate::cancel::Cancelled,
 ) -> hyper::Result<()> {
-    {
-        let mut b = http1::Builder::new();
-        // The head timeout is the guard's (armed only for incomplete heads);
-        // hyper's would arm a timer for every request, ~10% of the L7 path's
-        // CPU in the benchmark.
-        b.writev(false).max_buf_size(limits.max_header_bytes.max(8192));
-        // hyper parses headers into a stack array of 100 unless told another
-        // number (then it allocates per request): only say so when it differs.
-        if limits.max_headers != 100 {
-            b.max_headers(limits.max_headers);
-        }
-        let c = b.serve_connection(TokioIo::new(io), service(Arc::clone(conn))).with_upgrades();
-        tokio::pin!(c);
-        // The drain may have begun on the fast path (its wait has resolved).
-        let drained = conn.draining.load(Relaxed);
-        tokio::select! {
-            biased;
-            r = c.as_mut() => r,
-            _ = async { if !drained { (&mut *drain).await } } => {
-                conn.draining.store(true, Relaxed);
-                match tokio::time::timeout(H1_DRAIN_GRACE, c.as_mut()).await {
-                    Ok(r) => r,
-                    Err(_) => { c.as_mut().graceful_shutdown(); c.await }
-                }
+    let limits = &conn.ctx.limits;
+    let mut b = http1::Builder::new();
+    // The head timeout is the guard's (armed only for incomplete heads);
+    // hyper's would arm a timer for every request, ~10% of the L7 path's
+    // CPU in the benchmark.
+    b.writev(false).max_buf_size(limits.max_header_bytes.max(8192));
+    // hyper parses headers into a stack array of 100 unless told another
+    // number (then it allocates per request): only say so when it differs.
+    if limits.max_headers != 100 {
+        b.max_headers(limits.max_headers);
+    }
+    let c = b.serve_connection(TokioIo::new(io), service(Arc::clone(conn))).with_upgrades();
+    tokio::pin!(c);
+    // The drain may have begun on the fast path (its wait has resolved).
+    let drained = conn.draining.load(Relaxed);
+    tokio::select! {
+        biased;
+        r = c.as_mut() => r,
+        _ = async { if !drained { (&mut *drain).await } } => {
+            conn.draining.store(true, Relaxed);
+            match tokio::time::timeout(H1_DRAIN_GRACE, c.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => { c.as_mut().graceful_shutdown(); c.await }
             }
         }
     }

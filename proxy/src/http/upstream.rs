@@ -198,7 +198,7 @@ impl Pools {
             return Ok(c);
         }
         let mut _pending: Option<Held> = None;
-        let _waiting = Waiting::new(t.ep);
+        let _waiting = t.ep.waiting();
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
         loop {
             // Registered before looking, so a connection freed meanwhile wakes us.
@@ -324,22 +324,6 @@ pub(crate) fn h2_client() -> http2::Builder<TokioExecutor> {
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20);
     b
-}
-
-/// Counts a request in its endpoint's `waiters` while it lives.
-struct Waiting<'a>(&'a EndpointState);
-
-impl<'a> Waiting<'a> {
-    fn new(ep: &'a EndpointState) -> Self {
-        ep.waiters.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Self(ep)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiters.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 fn key(t: Target<'_>) -> PoolKey {
