@@ -30,10 +30,31 @@ use crate::{
 };
 
 mod h1;
+mod h2;
 
 /// Idle HTTP/1 connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// Why an exchange with an endpoint failed; `E` is the protocol's error.
+#[derive(Debug)]
+pub(crate) enum Failure<E> {
+    /// Nothing reached the endpoint (the connection was already gone or
+    /// closing): the request comes back and may go out on another connection.
+    Unsent(Box<Unsent<E>>),
+    /// The client's request body failed.
+    Downstream(String),
+    /// The endpoint failed, closed, reset the stream or broke the protocol.
+    Upstream(String),
+}
+
+/// A request that never reached the endpoint, with its in-flight count.
+#[derive(Debug)]
+pub(crate) struct Unsent<E> {
+    pub req: Request<Body>,
+    pub in_flight: Option<Held>,
+    pub error: E,
+}
 
 /// Which protocol to speak to an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +72,7 @@ struct Idle {
 
 #[derive(Debug, Default)]
 struct H2Slot {
-    tx: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    conn: tokio::sync::Mutex<Option<h2::Conn>>,
 }
 
 /// Service, endpoint and the worker thread. A connection is registered with
@@ -130,27 +151,43 @@ impl Pools {
                     let give_back = move |c: h1::Conn| pools.give_back(key, c, &ep);
                     match conn.send(req, in_flight.take(), give_back).await {
                         Ok(resp) => return Ok(resp),
-                        Err(h1::Failure::Unsent(u)) if unsent_tries < 3 => {
+                        Err(Failure::Unsent(u)) if unsent_tries < 3 => {
                             unsent_tries += 1;
-                            let h1::Unsent { req: back, in_flight: held, error: e } = *u;
+                            let Unsent { req: back, in_flight: held, error: e } = *u;
                             in_flight = held;
                             tracing::debug!(endpoint = %t.ep.addr, error = %e, "request not sent on a pooled connection; another one");
                             req = back;
                         }
-                        Err(h1::Failure::Unsent(u)) => return Err(reset(t, u.error.to_string())),
-                        Err(h1::Failure::Downstream(reason)) => {
+                        Err(Failure::Unsent(u)) => return Err(reset(t, u.error.to_string())),
+                        Err(Failure::Downstream(reason)) => {
                             return Err(HttpError::BadRequestBody { reason });
                         }
-                        Err(h1::Failure::Upstream(reason)) => return Err(reset(t, reason)),
+                        Err(Failure::Upstream(reason)) => return Err(reset(t, reason)),
                     }
                 }
             }
             Proto::Http2 => {
                 Box::pin(async move {
-                    let mut tx = self.h2(t).await?;
-                    tx.ready().await.map_err(|e| send_error(t, &e))?;
-                    let resp = tx.send_request(req).await.map_err(|e| send_error(t, &e))?;
-                    Ok(wrap(resp, in_flight))
+                    // A connection that is closing (GOAWAY) opens no stream:
+                    // the request goes out on a new one.
+                    let (mut req, mut in_flight, mut unsent_tries) = (req, Some(in_flight), 0);
+                    loop {
+                        let conn = self.h2(t).await?;
+                        match conn.send(req, in_flight).await {
+                            Ok(resp) => return Ok(resp),
+                            Err(Failure::Unsent(u)) if unsent_tries < 3 => {
+                                unsent_tries += 1;
+                                tracing::debug!(endpoint = %t.ep.addr, error = %u.error, "no stream on the endpoint's HTTP/2 connection; a new one");
+                                req = u.req;
+                                in_flight = u.in_flight;
+                            }
+                            Err(Failure::Unsent(u)) => return Err(reset(t, format!("http2 error: {}", u.error))),
+                            Err(Failure::Downstream(reason)) => {
+                                return Err(HttpError::BadRequestBody { reason });
+                            }
+                            Err(Failure::Upstream(reason)) => return Err(reset(t, reason)),
+                        }
+                    }
                 })
                 .await
             }
@@ -272,27 +309,22 @@ impl Pools {
         Ok(tx)
     }
 
-    async fn h2(&self, t: Target<'_>) -> Result<http2::SendRequest<Body>, HttpError> {
+    async fn h2(&self, t: Target<'_>) -> Result<h2::Conn, HttpError> {
         let slot = Arc::clone(self.h2.lock().unwrap_or_else(|p| p.into_inner()).entry(key(t)).or_default());
-        let mut guard = slot.tx.lock().await;
-        if let Some(tx) = guard.as_ref()
-            && !tx.is_closed()
+        let mut guard = slot.conn.lock().await;
+        if let Some(c) = guard.as_ref()
+            && !c.is_closed()
         {
-            return Ok(tx.clone());
+            return Ok(c.clone());
         }
-        let conn = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections)
+        let held = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections)
             .ok_or_else(|| overflow(t, "connections", t.limits.max_connections))?;
         let stream = self.connect(t).await?;
-        let (tx, driver) =
-            h2_client().handshake(TokioIo::new(stream)).await.map_err(|e| send_error(t, &e))?;
-        tokio::spawn(async move {
-            let _conn = conn;
-            if let Err(e) = driver.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
-        *guard = Some(tx.clone());
-        Ok(tx)
+        let c = h2::Conn::handshake(stream, held)
+            .await
+            .map_err(|e| reset(t, format!("http2 handshake failed: {e}")))?;
+        *guard = Some(c.clone());
+        Ok(c)
     }
 
     async fn connect(&self, t: Target<'_>) -> Result<tokio::net::TcpStream, HttpError> {
@@ -314,8 +346,9 @@ impl Pools {
     }
 }
 
-/// The HTTP/2 client settings of every upstream connection (to endpoints
-/// and to other nodes): keep-alive pings, 1 MiB stream and 4 MiB connection windows.
+/// The HTTP/2 client settings of connections to other nodes (endpoints get
+/// [`h2::Conn`]'s, the same): keep-alive pings, 1 MiB stream and 4 MiB
+/// connection windows.
 pub(crate) fn h2_client() -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())

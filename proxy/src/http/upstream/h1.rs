@@ -50,25 +50,8 @@ pub(crate) struct Conn {
     _held: Held,
 }
 
-/// Why an exchange failed.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    /// Nothing reached the endpoint (the connection was already gone): the
-    /// request comes back and may go out on another connection.
-    Unsent(Box<Unsent>),
-    /// The client's request body failed.
-    Downstream(String),
-    /// The endpoint failed, closed or broke the protocol.
-    Upstream(String),
-}
-
-/// A request that never reached the endpoint, with its in-flight count.
-#[derive(Debug)]
-pub(crate) struct Unsent {
-    pub req: Request<Body>,
-    pub in_flight: Option<Held>,
-    pub error: io::Error,
-}
+type Failure = super::Failure<io::Error>;
+type Unsent = super::Unsent<io::Error>;
 
 /// How a message body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,384 @@
+//! HTTP/2 to endpoints with the h2 crate, the stream opened and its response
+//! awaited by the request's own task.
+//!
+//! hyper's HTTP/2 client passes every request through a channel to a
+//! dispatch task, which opens the stream and then spawns one more task per
+//! request to await the response and hand it back through a oneshot: two
+//! hops and a task per request that a proxy's request task can do itself.
+//! Here the connection's task only reads and writes the socket (and pings
+//! an idle endpoint); a request body that is not complete when the stream
+//! opens gets a task of its own to stream it, as it must outlive the wait
+//! for the response head.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::{Buf, Bytes};
+use h2::{Reason, RecvStream, SendStream, client::SendRequest};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::net::TcpStream;
+
+use super::super::{Body, BoxError, headers};
+use crate::endpoint::Held;
+
+/// A ping goes to an endpoint after this long, and the connection is closed
+/// if the answer takes longer than [`KEEP_ALIVE_TIMEOUT`].
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest response header list accepted from an endpoint (as HTTP/1.1's head).
+const MAX_HEADER_LIST: u32 = 64 * 1024;
+
+/// One multiplexed connection to an endpoint; clones share it.
+#[derive(Debug, Clone)]
+pub(crate) struct Conn {
+    tx: SendRequest<Bytes>,
+    /// Set once the connection can open no more streams: its task ended,
+    /// or the endpoint sent GOAWAY.
+    closed: Arc<AtomicBool>,
+}
+
+type Failure = super::Failure<h2::Error>;
+type Unsent = super::Unsent<h2::Error>;
+
+impl Conn {
+    /// The HTTP/2 handshake on `io`; the connection's task keeps `held`
+    /// (its count against `max_connections`) until it ends.
+    pub(crate) async fn handshake(io: TcpStream, held: Held) -> Result<Self, h2::Error> {
+        let (tx, conn) = h2::client::Builder::new()
+            .enable_push(false)
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .max_send_buffer_size(1 << 20)
+            .handshake::<_, Bytes>(io)
+            .await?;
+        let closed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(drive(conn, Arc::clone(&closed), held));
+        Ok(Self { tx, closed })
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    /// Sends `req` (its URI already absolute) and awaits the response head.
+    /// The response body keeps `in_flight` until it ends.
+    pub(crate) async fn send(
+        &self,
+        req: Request<Body>,
+        in_flight: Option<Held>,
+    ) -> Result<Response<Body>, Failure> {
+        let mut tx = self.tx.clone();
+        // Waits while the endpoint's limit of concurrent streams is reached;
+        // fails when the connection can open no more streams.
+        if let Err(error) = std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
+            self.closed.store(true, Relaxed);
+            return Err(Failure::Unsent(Box::new(Unsent { req, in_flight, error })));
+        }
+        let (mut parts, body) = req.into_parts();
+        // Connection-specific fields are malformed in HTTP/2 (RFC 9113
+        // §8.2.2); the handler already dropped them, bar an upgrade's.
+        if parts.headers.contains_key(header::CONNECTION) || parts.headers.contains_key(header::UPGRADE) {
+            headers::strip_hop_by_hop(&mut parts.headers, false);
+        }
+        let eos = body.is_end_stream();
+        if let Some(len) = body.size_hint().exact()
+            && (len != 0 || has_payload_semantics(&parts.method))
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        let (response, stream) = match tx.send_request(Request::from_parts(parts, ()), eos) {
+            Ok(r) => r,
+            Err(e) => {
+                // Not the request's fault (its headers): the connection's.
+                if e.is_io() || e.reason().is_some() {
+                    self.closed.store(true, Relaxed);
+                }
+                return Err(Failure::Upstream(describe(&e)));
+            }
+        };
+        let mut body_failed = None;
+        if !eos {
+            let mut pipe = Pipe { body, tx: stream, waiting: None, failed: None };
+            // Most bodies are already complete: sent now, with no task.
+            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut pipe).poll(cx))).await {
+                Poll::Ready(Err(PipeError::Downstream(reason))) => return Err(Failure::Downstream(reason)),
+                // The response (or its absence) says what happened.
+                Poll::Ready(_) => {}
+                Poll::Pending => {
+                    let failed = Arc::new(OnceLock::new());
+                    pipe.failed = Some(Arc::clone(&failed));
+                    body_failed = Some(failed);
+                    tokio::spawn(async move {
+                        if let Err(PipeError::Upstream(e)) = pipe.await {
+                            tracing::debug!(error = %e, "request body to the endpoint stopped");
+                        }
+                    });
+                }
+            }
+        }
+        let resp = match response.await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(match body_failed.as_ref().and_then(|f| f.get()) {
+                    Some(reason) => Failure::Downstream(reason.clone()),
+                    None => Failure::Upstream(describe(&e)),
+                });
+            }
+        };
+        let length = content_length(resp.headers());
+        Ok(resp.map(|recv| Incoming::new(recv, length, in_flight).boxed_unsync()))
+    }
+}
+
+/// Whether a request with this method means something by a body (a
+/// `content-length: 0` is then worth sending).
+fn has_payload_semantics(m: &Method) -> bool {
+    !matches!(*m, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT)
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn describe(e: &h2::Error) -> String {
+    format!("http2 error: {e}")
+}
+
+/// Runs the connection, pinging the endpoint when it has been quiet for
+/// [`KEEP_ALIVE_INTERVAL`]; marks it closed when it ends.
+async fn drive(mut conn: h2::client::Connection<TcpStream, Bytes>, closed: Arc<AtomicBool>, held: Held) {
+    let _held = held;
+    let mut ping = conn.ping_pong();
+    let timer = tokio::time::sleep(KEEP_ALIVE_INTERVAL);
+    tokio::pin!(timer);
+    let mut awaiting_pong = false;
+    let r = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = Pin::new(&mut conn).poll(cx) {
+            return Poll::Ready(r.map_err(|e| describe(&e)));
+        }
+        let Some(ping) = ping.as_mut() else { return Poll::Pending };
+        loop {
+            if awaiting_pong {
+                match ping.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => {
+                        awaiting_pong = false;
+                        timer.as_mut().reset(tokio::time::Instant::now() + KEEP_ALIVE_INTERVAL);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(describe(&e))),
+                    Poll::Pending => {}
+                }
+            }
+            ready!(timer.as_mut().poll(cx));
+            if awaiting_pong {
+                return Poll::Ready(Err(format!("no answer to a keep-alive ping in {KEEP_ALIVE_TIMEOUT:?}")));
+            }
+            if let Err(e) = ping.send_ping(h2::Ping::opaque()) {
+                return Poll::Ready(Err(describe(&e)));
+            }
+            awaiting_pong = true;
+            timer.as_mut().reset(tokio::time::Instant::now() + KEEP_ALIVE_TIMEOUT);
+        }
+    })
+    .await;
+    closed.store(true, Relaxed);
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+    }
+}
+
+#[derive(Debug)]
+enum PipeError {
+    /// The client's body failed (the stream was reset with CANCEL).
+    Downstream(String),
+    /// The endpoint reset the stream or the connection failed.
+    Upstream(String),
+}
+
+/// Streams a request body into its HTTP/2 stream, within the flow-control
+/// window the endpoint grants.
+struct Pipe {
+    body: Body,
+    tx: SendStream<Bytes>,
+    /// A chunk read from the body, waiting for window.
+    waiting: Option<(Bytes, bool)>,
+    /// Where a spawned pipe leaves the client's body error for the request
+    /// task, which sees only the reset.
+    failed: Option<Arc<OnceLock<String>>>,
+}
+
+impl Pipe {
+    fn downstream(&mut self, e: &BoxError) -> PipeError {
+        self.tx.send_reset(Reason::CANCEL);
+        let reason = e.to_string();
+        if let Some(f) = &self.failed {
+            let _ = f.set(reason.clone());
+        }
+        PipeError::Downstream(reason)
+    }
+}
+
+impl Future for Pipe {
+    type Output = Result<(), PipeError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = &mut *self;
+        loop {
+            // Stop early when the endpoint resets the stream (it may answer
+            // before reading the whole body).
+            match me.tx.poll_reset(cx) {
+                Poll::Ready(Ok(reason)) => {
+                    return Poll::Ready(Err(PipeError::Upstream(format!("reset: {reason}"))));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(PipeError::Upstream(describe(&e)))),
+                Poll::Pending => {}
+            }
+            if me.waiting.is_some() {
+                // h2 sends what the window allows and buffers the rest of
+                // the chunk; wait for some window first, claiming only one
+                // byte of it meanwhile (claiming the whole chunk would hold
+                // window that other streams could use).
+                while me.tx.capacity() == 0 {
+                    match ready!(me.tx.poll_capacity(cx)) {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Poll::Ready(Err(PipeError::Upstream(describe(&e)))),
+                        None => {
+                            return Poll::Ready(Err(PipeError::Upstream(
+                                "the stream closed while sending".into(),
+                            )));
+                        }
+                    }
+                }
+                let Some((chunk, eos)) = me.waiting.take() else { continue };
+                if let Err(e) = me.tx.send_data(chunk, eos) {
+                    return Poll::Ready(Err(PipeError::Upstream(describe(&e))));
+                }
+                if eos {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            match ready!(Pin::new(&mut me.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let eos = me.body.is_end_stream();
+                        if data.is_empty() {
+                            if eos {
+                                return Poll::Ready(
+                                    me.tx
+                                        .send_data(data, true)
+                                        .map_err(|e| PipeError::Upstream(describe(&e))),
+                                );
+                            }
+                            continue;
+                        }
+                        me.tx.reserve_capacity(1);
+                        me.waiting = Some((data, eos));
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            me.tx.reserve_capacity(0);
+                            return Poll::Ready(
+                                me.tx.send_trailers(trailers).map_err(|e| PipeError::Upstream(describe(&e))),
+                            );
+                        }
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Err(me.downstream(&e))),
+                None => {
+                    return Poll::Ready(
+                        me.tx.send_data(Bytes::new(), true).map_err(|e| PipeError::Upstream(describe(&e))),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A response body from an endpoint; the exchange (its in-flight count)
+/// ends when the body does.
+#[derive(Debug)]
+struct Incoming {
+    recv: RecvStream,
+    /// DATA frames are over; trailers (if any) come next.
+    data_done: bool,
+    /// Bytes still to come, when the response declared its length.
+    remaining: Option<u64>,
+    in_flight: Option<Held>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body failed: http2 error: {0}")]
+pub struct UpstreamBodyError(h2::Error);
+
+impl Incoming {
+    fn new(recv: RecvStream, length: Option<u64>, in_flight: Option<Held>) -> Self {
+        let done = recv.is_end_stream();
+        Self { recv, data_done: done, remaining: length, in_flight: if done { None } else { in_flight } }
+    }
+}
+
+impl http_body::Body for Incoming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let me = &mut *self;
+        if !me.data_done {
+            match ready!(me.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // The window opens again as the client takes the data.
+                    let _ = me.recv.flow_control().release_capacity(data.remaining());
+                    if let Some(r) = &mut me.remaining {
+                        *r = r.saturating_sub(data.len() as u64);
+                    }
+                    if me.recv.is_end_stream() {
+                        me.in_flight = None;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => {
+                    me.in_flight = None;
+                    return Poll::Ready(Some(Err(Box::new(UpstreamBodyError(e)))));
+                }
+                None => me.data_done = true,
+            }
+        }
+        let r = ready!(me.recv.poll_trailers(cx));
+        me.in_flight = None;
+        Poll::Ready(match r {
+            Ok(Some(t)) => Some(Ok(Frame::trailers(t))),
+            Ok(None) => None,
+            Err(e) => Some(Err(Box::new(UpstreamBodyError(e)))),
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None if self.recv.is_end_stream() => SizeHint::with_exact(0),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
