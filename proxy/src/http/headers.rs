@@ -33,8 +33,10 @@ pub fn connection_has(h: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers, and those the Connection header names. An
 /// upgrade keeps `Upgrade` and `Connection: upgrade`, which it needs.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages have none of these: one pass over the names decides.
-    let any = h.keys().any(|n| HOP_BY_HOP.contains(n) || n == header::TE || n == header::UPGRADE);
+    // Most messages have none of these (gRPC's `te: trailers` may cross):
+    // one pass over the names decides.
+    let any = h.keys().any(|n| HOP_BY_HOP.contains(n) || n == header::UPGRADE)
+        || h.get(header::TE).is_some_and(|v| v != "trailers");
     if !any && !keep_upgrade {
         return;
     }
@@ -85,13 +87,24 @@ pub fn authority(req: &Request<impl Sized>) -> Option<String> {
 /// Puts the request-target and Host in the form `proto` needs: origin-form
 /// and a Host header for HTTP/1.1, an absolute URI for HTTP/2.
 pub fn for_upstream<B>(req: &mut Request<B>, proto: Proto, fallback_authority: &str) {
-    // Already in HTTP/1.1 form (the common case): nothing to rewrite.
-    if proto == Proto::Http1
-        && req.version() == Version::HTTP_11
-        && req.uri().scheme().is_none()
-        && req.headers().contains_key(header::HOST)
-    {
-        return;
+    // Already in the form `proto` needs (the common case): nothing to rewrite.
+    match proto {
+        Proto::Http1
+            if req.version() == Version::HTTP_11
+                && req.uri().scheme().is_none()
+                && req.headers().contains_key(header::HOST) =>
+        {
+            return;
+        }
+        Proto::Http2
+            if req.version() == Version::HTTP_2
+                && req.uri().scheme() == Some(&http::uri::Scheme::HTTP)
+                && req.uri().authority().is_some()
+                && !req.headers().contains_key(header::HOST) =>
+        {
+            return;
+        }
+        _ => {}
     }
     let authority = authority(req).unwrap_or_else(|| fallback_authority.to_string());
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
@@ -156,5 +169,16 @@ mod tests {
         let mut r = Request::builder().uri("/x").body(()).unwrap();
         for_upstream(&mut r, Proto::Http1, "127.100.0.1:80");
         assert_eq!(r.headers()[header::HOST], "127.100.0.1:80");
+        // An HTTP/2 request's own target is kept but for its scheme: the
+        // hop to the endpoint is plaintext.
+        let mut r = Request::builder()
+            .uri("https://svc.local/g?x")
+            .version(Version::HTTP_2)
+            .header(header::HOST, "other")
+            .body(())
+            .unwrap();
+        for_upstream(&mut r, Proto::Http2, "127.100.0.1:80");
+        assert_eq!(r.uri(), "http://svc.local/g?x");
+        assert!(!r.headers().contains_key(header::HOST));
     }
 }

@@ -209,14 +209,36 @@ pub(crate) fn nginx(dir: &Path, s: Scenario, backend: SocketAddr, pinned: bool) 
     spawn_proxy(cmd, port, pinned)
 }
 
+/// haproxy as Sluice's L7 path works: HTTP/2 clients' requests go to the
+/// backend over HTTP/2 (`proto h2`), HTTP/1.1 clients' over HTTP/1.1.
 pub(crate) fn haproxy(dir: &Path, s: Scenario, backend: SocketAddr, pinned: bool) -> anyhow::Result<Front> {
+    haproxy_with(dir, s, backend, pinned, matches!(s, Scenario::H2 | Scenario::Grpc))
+}
+
+/// haproxy speaking HTTP/1.1 to the backend whatever the client speaks.
+pub(crate) fn haproxy_http1_upstream(
+    dir: &Path,
+    s: Scenario,
+    backend: SocketAddr,
+    pinned: bool,
+) -> anyhow::Result<Front> {
+    haproxy_with(dir, s, backend, pinned, false)
+}
+
+fn haproxy_with(
+    dir: &Path,
+    s: Scenario,
+    backend: SocketAddr,
+    pinned: bool,
+    h2_upstream: bool,
+) -> anyhow::Result<Front> {
     let port = free_port()?;
-    let (mode, bind, server) = match s {
-        Scenario::H1 => ("http", "", ""),
-        Scenario::H2 => ("http", " proto h2", ""),
-        Scenario::Grpc => ("http", " proto h2", " proto h2"),
-        Scenario::TcpRr | Scenario::TcpBulk => ("tcp", "", ""),
+    let (mode, bind) = match s {
+        Scenario::H1 => ("http", ""),
+        Scenario::H2 | Scenario::Grpc => ("http", " proto h2"),
+        Scenario::TcpRr | Scenario::TcpBulk => ("tcp", ""),
     };
+    let server = if h2_upstream { " proto h2" } else { "" };
     let reuse = if mode == "http" { "  http-reuse always\n" } else { "" };
     let conf = format!(
         "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n{reuse}frontend fe\n  bind 127.0.0.1:{port}{bind}\n  default_backend be\nbackend be\n  server s1 {backend}{server}\n"
@@ -587,7 +609,7 @@ fn report(
     )?;
     writeln!(
         o,
-        "- Modes: **direct** (client to backend); **Sluice L7** (`protocol: http`, `grpc`; for TCP the proxy's userspace copy, `protocol: tcp`); **zero-hop** (`zero_hop: true`: connect4 sends the connection straight to the backend; HTTP goes through as bytes); **spliced** (`protocol: tcp`, `--splice auto`: sk_skb moves the payload between the proxy's sockets in the kernel); **nginx** and **haproxy** (Debian packages, one worker/thread, keep-alive upstream: `proxy_pass` HTTP/1.1, `grpc_pass`, `stream` for TCP; haproxy `http-reuse always`, `proto h2` for gRPC upstream, `mode tcp`). Every Sluice node runs 1 worker."
+        "- Modes: **direct** (client to backend); **Sluice L7** (`protocol: http`, `grpc`; for TCP the proxy's userspace copy, `protocol: tcp`); **zero-hop** (`zero_hop: true`: connect4 sends the connection straight to the backend; HTTP goes through as bytes); **spliced** (`protocol: tcp`, `--splice auto`: sk_skb moves the payload between the proxy's sockets in the kernel); **nginx** and **haproxy** (Debian packages, one worker/thread, keep-alive upstream: `proxy_pass` HTTP/1.1, `grpc_pass`, `stream` for TCP; haproxy `http-reuse always`, `proto h2` upstream for HTTP/2 and gRPC clients as Sluice speaks HTTP/2 to the backend for them, `mode tcp`; nginx has no HTTP/2 upstream but `grpc_pass`, so its HTTP/2 row goes to the backend over HTTP/1.1). Every Sluice node runs 1 worker."
     )?;
     writeln!(
         o,
