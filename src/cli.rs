@@ -10,6 +10,7 @@ use crate::Failure;
 #[command(name = "sluice", version, about = "Sidecarless service-mesh data plane for Linux")]
 pub(crate) struct Cli {
     /// Log filter (tracing EnvFilter syntax); SLUICE_LOG overrides it.
+    /// Release builds log down to `debug` (trace-level events are compiled out).
     #[arg(long, global = true, default_value = "info")]
     pub log: String,
     /// Logs as JSON lines.
