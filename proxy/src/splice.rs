@@ -155,8 +155,18 @@ async fn pump(
     // the stream parser retries under memory pressure).
     let mut last = (0u64, Instant::now());
     let moved = loop {
-        let arrived = s.received(src.as_fd()).unwrap_or(0).saturating_sub(consumed_before + 1);
-        let queued = s.queued(dst.as_fd()).unwrap_or(u64::MAX).saturating_sub(queued_before);
+        // Without both counts there is no telling whether the data is all
+        // there: a reset, never a FIN that might truncate the stream.
+        let (received, queued) = match (s.received(src.as_fd()), s.queued(dst.as_fd())) {
+            (Ok(r), Ok(q)) => (r, q),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = SockRef::from(dst).set_linger(Some(Duration::ZERO));
+                tracing::error!(error = %e, "cannot count a spliced connection's bytes; resetting it instead of risking a truncated stream");
+                return Err(io::Error::new(e.kind(), format!("cannot count the spliced bytes: {e}")));
+            }
+        };
+        let arrived = received.saturating_sub(consumed_before + 1);
+        let queued = queued.saturating_sub(queued_before);
         if queued >= arrived {
             break queued;
         }

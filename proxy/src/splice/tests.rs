@@ -49,3 +49,65 @@ async fn the_loop_copies_what_reaches_it_and_propagates_eof_and_reset() {
     let e = self_test(&s).await.unwrap_err();
     assert!(e.contains("did not stay in the kernel"), "{e}");
 }
+
+/// Counts that work until the pair is spliced, then fail.
+#[derive(Default)]
+struct CountsFail(NoKernel, std::sync::atomic::AtomicBool);
+
+impl Splice for CountsFail {
+    fn splice(&self, a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<SpliceIds> {
+        self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.splice(a, b)
+    }
+    fn redirected(&self, from: u64) -> u64 {
+        self.0.redirected(from)
+    }
+    fn queued(&self, fd: BorrowedFd<'_>) -> io::Result<u64> {
+        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::other("the socket went away"));
+        }
+        self.0.queued(fd)
+    }
+    fn unread(&self, fd: BorrowedFd<'_>) -> io::Result<u64> {
+        self.0.unread(fd)
+    }
+    fn received(&self, fd: BorrowedFd<'_>) -> io::Result<u64> {
+        self.0.received(fd)
+    }
+    fn release(&self, ids: SpliceIds) {
+        self.0.release(ids)
+    }
+}
+
+#[tokio::test]
+async fn a_stream_whose_bytes_cannot_be_counted_ends_in_a_reset_not_a_clean_eof() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = CountsFail::default();
+    let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(l1.local_addr().unwrap()).await.unwrap();
+    let (pa, _) = l1.accept().await.unwrap();
+    let pb = TcpStream::connect(l2.local_addr().unwrap()).await.unwrap();
+    let (mut endpoint, _) = l2.accept().await.unwrap();
+    let spliced = async move {
+        let r = run(&pa, &pb, &s, &mut || {}).await;
+        drop((pa, pb));
+        r
+    };
+    let drive = async {
+        client.write_all(b"payload").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let r = endpoint.read_to_end(&mut got).await;
+        // Ends the other direction too, whatever happened.
+        let _ = endpoint.shutdown().await;
+        r
+    };
+    let both = async { tokio::join!(spliced, drive) };
+    let (spliced, endpoint_saw) =
+        tokio::time::timeout(Duration::from_secs(10), both).await.expect("no stall");
+    let err = spliced.expect_err("the splice cannot vouch for the data");
+    assert!(err.to_string().contains("cannot count the spliced bytes"), "{err}");
+    let e = endpoint_saw.expect_err("the endpoint must see a reset, not a clean end");
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+}
