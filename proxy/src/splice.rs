@@ -100,6 +100,14 @@ pub async fn run(
         pump(a, ids.a, base_a.consumed, b, base_b.queued, s),
         pump(b, ids.b, base_b.consumed, a, base_a.queued, s)
     );
+    if result.is_err() {
+        // Both ends learn that the connection failed. A FIN on the side the
+        // failed direction does not write to would end that side's stream
+        // cleanly, and an echo's answer cut short would pass for a whole one.
+        for sock in [a, b] {
+            let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
+        }
+    }
     let out = result
         .map(|(up, down)| Spliced {
             kernel_up: up.kernel,
@@ -141,11 +149,8 @@ async fn pump(
                 user += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                // A reset: the other side gets one too (RST on close).
-                let _ = SockRef::from(dst).set_linger(Some(Duration::ZERO));
-                return Err(e);
-            }
+            // A reset: the other side gets one too ([`run`] closes both with RST).
+            Err(e) => return Err(e),
         }
     }
     // EOF seen. Everything that arrived on src after the splice (its FIN
@@ -160,7 +165,6 @@ async fn pump(
         let (received, queued) = match (s.received(src.as_fd()), s.queued(dst.as_fd())) {
             (Ok(r), Ok(q)) => (r, q),
             (Err(e), _) | (_, Err(e)) => {
-                let _ = SockRef::from(dst).set_linger(Some(Duration::ZERO));
                 tracing::error!(error = %e, "cannot count a spliced connection's bytes; resetting it instead of risking a truncated stream");
                 return Err(io::Error::new(e.kind(), format!("cannot count the spliced bytes: {e}")));
             }
@@ -176,7 +180,6 @@ async fn pump(
             // The kernel lost or stranded data (seen under heavy concurrency
             // on some kernels). A FIN now would truncate the stream silently;
             // a reset tells both ends the connection failed.
-            let _ = SockRef::from(dst).set_linger(Some(Duration::ZERO));
             let missing = arrived - queued;
             tracing::error!(
                 arrived,

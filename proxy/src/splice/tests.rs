@@ -98,16 +98,22 @@ async fn a_stream_whose_bytes_cannot_be_counted_ends_in_a_reset_not_a_clean_eof(
         client.write_all(b"payload").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
-        let r = endpoint.read_to_end(&mut got).await;
-        // Ends the other direction too, whatever happened.
+        let at_endpoint = endpoint.read_to_end(&mut got).await;
+        // The endpoint answers and ends its side, as an echo does.
+        let _ = endpoint.write_all(b"answer").await;
         let _ = endpoint.shutdown().await;
-        r
+        let mut got = Vec::new();
+        (at_endpoint, client.read_to_end(&mut got).await)
     };
     let both = async { tokio::join!(spliced, drive) };
-    let (spliced, endpoint_saw) =
+    let (spliced, (endpoint_saw, client_saw)) =
         tokio::time::timeout(Duration::from_secs(10), both).await.expect("no stall");
     let err = spliced.expect_err("the splice cannot vouch for the data");
     assert!(err.to_string().contains("cannot count the spliced bytes"), "{err}");
+    // Both ends see the failure: a clean end on either would pass a cut
+    // stream off as a whole one.
     let e = endpoint_saw.expect_err("the endpoint must see a reset, not a clean end");
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+    let e = client_saw.expect_err("the client must see a reset, not a clean end");
     assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
 }
