@@ -56,6 +56,9 @@ impl Conn {
     pub(crate) async fn handshake(io: TcpStream, held: Held) -> Result<Self, h2::Error> {
         let (tx, conn) = h2::client::Builder::new()
             .enable_push(false)
+            // Streams opened before the endpoint's SETTINGS say its limit:
+            // the 100 that RFC 9113 asks every endpoint to allow at least.
+            .initial_max_send_streams(100)
             .initial_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .max_header_list_size(MAX_HEADER_LIST)

@@ -109,7 +109,7 @@ async fn conn(addr: SocketAddr) -> (Conn, Arc<EndpointState>) {
 }
 
 fn in_flight(ep: &Arc<EndpointState>) -> Option<Held> {
-    Some(Held::try_take(ep, Counter::InFlight, 100).unwrap())
+    Some(Held::try_take(ep, Counter::InFlight, 1000).unwrap())
 }
 
 fn request(method: &str, body: Body) -> Request<Body> {
@@ -235,4 +235,39 @@ async fn a_failing_request_body_resets_the_stream_and_blames_the_client() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(log.lock().unwrap().iter().any(|l| l == "reset Some(CANCEL)"), "{:?}", log.lock().unwrap());
+}
+
+#[tokio::test]
+async fn streams_beyond_the_endpoints_limit_wait_instead_of_being_refused() {
+    // An endpoint allowing 100 concurrent streams, each answered after a
+    // while; 150 requests at once on a fresh connection, before the
+    // endpoint's SETTINGS arrive.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        // SETTINGS come late: the client opens streams before it knows the limit.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut conn =
+            h2::server::Builder::new().max_concurrent_streams(100).handshake::<_, Bytes>(s).await.unwrap();
+        while let Some(Ok((_req, mut respond))) = conn.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = respond.send_response(Response::new(()), true);
+            });
+        }
+    });
+    let (c, ep) = conn(addr).await;
+    let sends = (0..150).map(|_| {
+        let (c, held) = (c.clone(), in_flight(&ep));
+        tokio::spawn(async move {
+            c.send(request("GET", crate::http::error::empty()), held).await.map(|r| r.status())
+        })
+    });
+    for r in futures_util::future::join_all(sends).await {
+        match r.unwrap() {
+            Ok(status) => assert_eq!(status, 200),
+            Err(f) => panic!("{f:?}"),
+        }
+    }
 }
