@@ -142,27 +142,14 @@ impl Pools {
                 // A pooled connection can go away between checkout and send
                 // (the endpoint closed it). A request that never reached it
                 // goes out on another connection: always safe.
-                let mut req = req;
-                let mut unsent_tries = 0;
-                let mut in_flight = Some(in_flight);
+                let (mut req, mut in_flight, mut unsent_tries) = (req, Some(in_flight), 0);
                 loop {
                     let conn = self.checkout_h1(t).await?;
                     let (pools, key, ep) = (Arc::clone(self), key(t), Arc::clone(t.ep));
                     let give_back = move |c: h1::Conn| pools.give_back(key, c, &ep);
-                    match conn.send(req, in_flight.take(), give_back).await {
+                    match conn.send(req, in_flight, give_back).await {
                         Ok(resp) => return Ok(resp),
-                        Err(Failure::Unsent(u)) if unsent_tries < 3 => {
-                            unsent_tries += 1;
-                            let Unsent { req: back, in_flight: held, error: e } = *u;
-                            in_flight = held;
-                            tracing::debug!(endpoint = %t.ep.addr, error = %e, "request not sent on a pooled connection; another one");
-                            req = back;
-                        }
-                        Err(Failure::Unsent(u)) => return Err(reset(t, u.error.to_string())),
-                        Err(Failure::Downstream(reason)) => {
-                            return Err(HttpError::BadRequestBody { reason });
-                        }
-                        Err(Failure::Upstream(reason)) => return Err(reset(t, reason)),
+                        Err(f) => (req, in_flight) = after_failure(t, f, &mut unsent_tries)?,
                     }
                 }
             }
@@ -175,17 +162,7 @@ impl Pools {
                         let conn = self.h2(t).await?;
                         match conn.send(req, in_flight).await {
                             Ok(resp) => return Ok(resp),
-                            Err(Failure::Unsent(u)) if unsent_tries < 3 => {
-                                unsent_tries += 1;
-                                tracing::debug!(endpoint = %t.ep.addr, error = %u.error, "no stream on the endpoint's HTTP/2 connection; a new one");
-                                req = u.req;
-                                in_flight = u.in_flight;
-                            }
-                            Err(Failure::Unsent(u)) => return Err(reset(t, format!("http2 error: {}", u.error))),
-                            Err(Failure::Downstream(reason)) => {
-                                return Err(HttpError::BadRequestBody { reason });
-                            }
-                            Err(Failure::Upstream(reason)) => return Err(reset(t, reason)),
+                            Err(f) => (req, in_flight) = after_failure(t, f, &mut unsent_tries)?,
                         }
                     }
                 })
@@ -365,6 +342,25 @@ fn key(t: Target<'_>) -> PoolKey {
         static WORKER: std::thread::ThreadId = std::thread::current().id();
     }
     (Arc::clone(t.service), t.ep.addr, WORKER.with(|w| *w))
+}
+
+/// After a failed exchange: the request back, to go out on another
+/// connection (it never reached the endpoint; up to 3 times), or the error.
+fn after_failure<E: std::fmt::Display>(
+    t: Target<'_>,
+    f: Failure<E>,
+    unsent_tries: &mut u32,
+) -> Result<(Request<Body>, Option<Held>), HttpError> {
+    match f {
+        Failure::Unsent(u) if *unsent_tries < 3 => {
+            *unsent_tries += 1;
+            tracing::debug!(endpoint = %t.ep.addr, error = %u.error, "request not sent on its connection; another one");
+            Ok((u.req, u.in_flight))
+        }
+        Failure::Unsent(u) => Err(reset(t, u.error.to_string())),
+        Failure::Downstream(reason) => Err(HttpError::BadRequestBody { reason }),
+        Failure::Upstream(reason) => Err(reset(t, reason)),
+    }
 }
 
 fn overflow(t: Target<'_>, what: &'static str, max: u32) -> HttpError {

@@ -47,8 +47,9 @@ pub(crate) struct Conn {
     closed: Arc<AtomicBool>,
 }
 
-type Failure = super::Failure<h2::Error>;
-type Unsent = super::Unsent<h2::Error>;
+type Failure = super::Failure<String>;
+/// The error, described (`http2 error: ...`).
+type Unsent = super::Unsent<String>;
 
 impl Conn {
     /// The HTTP/2 handshake on `io`; the connection's task keeps `held`
@@ -84,9 +85,9 @@ impl Conn {
         let mut tx = self.tx.clone();
         // Waits while the endpoint's limit of concurrent streams is reached;
         // fails when the connection can open no more streams.
-        if let Err(error) = std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
+        if let Err(e) = std::future::poll_fn(|cx| tx.poll_ready(cx)).await {
             self.closed.store(true, Relaxed);
-            return Err(Failure::Unsent(Box::new(Unsent { req, in_flight, error })));
+            return Err(Failure::Unsent(Box::new(Unsent { req, in_flight, error: describe(&e) })));
         }
         let (mut parts, body) = req.into_parts();
         // Connection-specific fields are malformed in HTTP/2 (RFC 9113
@@ -323,7 +324,7 @@ struct Incoming {
 
 #[derive(Debug, thiserror::Error)]
 #[error("upstream response body failed: http2 error: {0}")]
-pub struct UpstreamBodyError(h2::Error);
+struct UpstreamBodyError(h2::Error);
 
 impl Incoming {
     fn new(recv: RecvStream, length: Option<u64>, in_flight: Option<Held>) -> Self {
