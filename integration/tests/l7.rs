@@ -406,3 +406,41 @@ fn http2_stream_limit_and_rapid_reset_are_enforced() {
     assert!(r.contains("goaway=11"), "{r}");
     assert!(a.requests() - before < 100, "{} requests reached the endpoint", a.requests() - before);
 }
+
+/// `sluice-bench l7`'s reference row, `sluice-testkit h2-forward`, forwards
+/// for real (so its figure is a forwarder's): request bodies intact, the
+/// endpoint's answers back, every stream over one HTTP/2 connection to it.
+#[test]
+fn the_benchmarks_bare_h2_forwarder_forwards_requests_intact() {
+    use std::{net::SocketAddr, process::Command};
+    let ep = HttpEndpoint::start("bare");
+    let (_forwarder, addr): (_, SocketAddr) = sluice_integration::process::spawn_listening(
+        Command::new(sluice_integration::target_bin("sluice-testkit")).args([
+            "h2-forward",
+            &ep.addr.to_string(),
+            "127.0.0.1:0",
+        ]),
+    );
+    // Larger than the endpoint's 64 KiB default window: the forwarder
+    // must follow WINDOW_UPDATEs.
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, &body).unwrap();
+    let url = format!("http://{addr}/up?n=1");
+    for _ in 0..3 {
+        let out = Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "-H", "x-check: 7", "--data-binary"])
+            .arg(format!("@{}", file.display()))
+            .arg(&url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("method=POST\npath=/up?n=1\nversion=HTTP/2.0\n"), "{text}");
+        assert!(text.contains(&format!("body_len=300000\nbody_sha={}\n", sha256_hex(&body))), "{text}");
+        assert!(text.contains("h:x-check=7"), "{text}");
+    }
+    assert_eq!(ep.requests(), 3);
+    assert_eq!(ep.connections(), 1, "one upstream connection for every stream");
+}

@@ -38,6 +38,11 @@
 //! `sluice-testkit hello LISTEN`
 //!     a benchmark backend: hyper, one thread, HTTP/1.1 keep-alive and h2c,
 //!     answers every request with 200 "hello world\n".
+//! `sluice-testkit h2-forward UPSTREAM LISTEN`
+//!     a benchmark reference, not a proxy: h2c in, every stream forwarded as
+//!     it came over one HTTP/2 connection to UPSTREAM, on the h2 crate alone
+//!     (one thread; no routing, limits, retries or telemetry; bodies passed
+//!     on without waiting for window). What the HTTP/2 library costs.
 //! `sluice-testkit http LISTEN`
 //!     a minimal HTTP/1.1 server (keep-alive, `Connection: close`) answering 200 "ok".
 
@@ -135,6 +140,7 @@ fn main() -> anyhow::Result<()> {
         ("hold", [addr]) => hold(addr.parse()?, timeout),
         ("http", [listen]) => http(listen.parse()?),
         ("hello", [listen]) => hello(listen.parse()?),
+        ("h2-forward", [upstream, listen]) => h2_forward(upstream.parse()?, listen.parse()?),
         ("get", [addr, path]) => {
             let mut s = TcpStream::connect_timeout(&addr.parse()?, timeout)?;
             s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
@@ -159,27 +165,134 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Binds `listen`, prints `listening ADDR`, and serves every connection
+/// with `serve` on a task of its own, on one thread.
+async fn accept_each<F, Fut>(listen: SocketAddr, serve: F) -> anyhow::Result<()>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind(listen).await?;
+    println!("listening {}", l.local_addr()?);
+    std::io::stdout().flush()?;
+    loop {
+        let Ok((s, _)) = l.accept().await else { continue };
+        let _ = s.set_nodelay(true);
+        tokio::spawn(serve(s));
+    }
+}
+
+/// Runs `f` on a current-thread runtime (the backend and the forwarder
+/// are one thread each, as the proxies they stand beside).
+fn run_on_one_thread(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+}
+
 fn hello(listen: SocketAddr) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async move {
-        let l = tokio::net::TcpListener::bind(listen).await?;
-        println!("listening {}", l.local_addr()?);
-        std::io::stdout().flush()?;
-        loop {
-            let Ok((s, _)) = l.accept().await else { continue };
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from_static(b"hello world\n"),
-                    )))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
+    run_on_one_thread(accept_each(listen, |s| async move {
+        let svc = hyper::service::service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from_static(b"hello world\n"),
+            )))
+        });
+        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+            .await;
+    }))
+}
+
+fn h2_forward(upstream: SocketAddr, listen: SocketAddr) -> anyhow::Result<()> {
+    run_on_one_thread(async move {
+        let up = tokio::net::TcpStream::connect(upstream).await?;
+        up.set_nodelay(true)?;
+        // The windows Sluice uses, both ways.
+        let (client, conn) = h2::client::Builder::new()
+            .initial_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake::<_, bytes::Bytes>(up)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                eprintln!("upstream connection: {e}");
+            }
+        });
+        accept_each(listen, |s| {
+            let client = client.clone();
+            async move {
+                let Ok(mut c) = h2::server::Builder::new()
+                    .initial_window_size(1 << 20)
+                    .initial_connection_window_size(4 << 20)
+                    .max_concurrent_streams(1024)
+                    .handshake::<_, bytes::Bytes>(s)
+                    .await
+                else {
+                    return;
+                };
+                while let Some(Ok((req, respond))) = c.accept().await {
+                    tokio::spawn(forward_stream(client.clone(), req, respond));
+                }
+            }
+        })
+        .await
     })
+}
+
+/// One stream: the request out as it came, the response back.
+async fn forward_stream(
+    client: h2::client::SendRequest<bytes::Bytes>,
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+) {
+    let (parts, body) = req.into_parts();
+    let eos = body.is_end_stream();
+    let result = async {
+        let mut client = client.ready().await?;
+        let (resp, tx) = client.send_request(http::Request::from_parts(parts, ()), eos)?;
+        if !eos {
+            tokio::spawn(copy_body(body, tx));
+        }
+        let (parts, body) = resp.await?.into_parts();
+        let eos = body.is_end_stream();
+        let tx = respond.send_response(http::Response::from_parts(parts, ()), eos)?;
+        if !eos {
+            copy_body(body, tx).await;
+        }
+        Ok::<_, h2::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        eprintln!("stream: {e}");
+        respond.send_reset(h2::Reason::INTERNAL_ERROR);
+    }
+}
+
+/// DATA and trailers from one stream into another; a failure resets the
+/// stream written to.
+async fn copy_body(mut from: h2::RecvStream, mut to: h2::SendStream<bytes::Bytes>) {
+    let mut ended = false;
+    while let Some(chunk) = from.data().await {
+        let Ok(chunk) = chunk else {
+            to.send_reset(h2::Reason::CANCEL);
+            return;
+        };
+        let _ = from.flow_control().release_capacity(chunk.len());
+        ended = from.is_end_stream();
+        if to.send_data(chunk, ended).is_err() {
+            return;
+        }
+    }
+    if ended {
+        return;
+    }
+    match from.trailers().await {
+        Ok(Some(t)) => {
+            let _ = to.send_trailers(t);
+        }
+        Ok(None) => {
+            let _ = to.send_data(bytes::Bytes::new(), true);
+        }
+        Err(_) => to.send_reset(h2::Reason::CANCEL),
+    }
 }
 
 /// One HTTP/2 frame: length, type, flags, stream id, payload.

@@ -2,8 +2,11 @@
 //! Sluice's L7 path, nginx and haproxy (one worker each, keep-alive
 //! upstream), and straight to the backend, in one run. For h2c, Sluice and
 //! haproxy are measured both speaking HTTP/2 to the backend (like for like:
-//! Sluice's default) and HTTP/1.1 (as nginx must). Rounds alternate the
-//! targets; the table shows medians.
+//! Sluice's default) and HTTP/1.1 (as nginx must); and for h2c, the h2
+//! crate forwarding streams with nothing else (`sluice-testkit h2-forward`):
+//! what the HTTP/2 library alone costs, so the distance from it to Sluice is
+//! what Sluice's own per-request work costs. Rounds alternate the targets;
+//! the table shows medians.
 
 use std::{
     net::SocketAddr,
@@ -41,6 +44,7 @@ struct Front {
     /// nginx or haproxy: one for each protocol, as the report sets them up.
     _fronts: Vec<crate::bench_report::Front>,
     _node: Option<Node>,
+    _child: Option<sluice_integration::process::ChildGuard>,
 }
 
 /// Stops a server with SIGTERM and waits for it: nginx's master then ends
@@ -71,7 +75,7 @@ fn pair(dir: &Path, start: crate::bench_report::StartProxy, backend: SocketAddr)
         std::fs::create_dir_all(&d)?;
         fronts.push(start(&d, s, backend, false)?);
     }
-    Ok(Front { h1: fronts[0].addr, h2: fronts[1].addr, _fronts: fronts, _node: None })
+    Ok(Front { h1: fronts[0].addr, h2: fronts[1].addr, _fronts: fronts, _node: None, _child: None })
 }
 
 fn sluice(cg: &CgroupGuard, backend: SocketAddr, protocol: &str, vip: &str, extra: &[&str]) -> Front {
@@ -88,7 +92,20 @@ fn sluice(cg: &CgroupGuard, backend: SocketAddr, protocol: &str, vip: &str, extr
     });
     let addr: SocketAddr =
         format!("{vip}:80").parse().unwrap_or_else(|_| SocketAddr::from(([127, 100, 0, 95], 80)));
-    Front { h1: addr, h2: addr, _fronts: Vec::new(), _node: Some(node) }
+    Front { h1: addr, h2: addr, _fronts: Vec::new(), _node: Some(node), _child: None }
+}
+
+/// `sluice-testkit h2-forward` to the backend: the h2 crate with nothing
+/// of a proxy around it, for h2c only.
+fn bare_h2(backend: SocketAddr) -> Front {
+    let (guard, addr) = sluice_integration::process::spawn_listening::<SocketAddr>(
+        Command::new(sluice_integration::target_bin("sluice-testkit")).args([
+            "h2-forward",
+            &backend.to_string(),
+            "127.0.0.1:0",
+        ]),
+    );
+    Front { h1: addr, h2: addr, _fronts: Vec::new(), _node: None, _child: Some(guard) }
 }
 
 /// h2load from inside `cgroup`: requests/s and latency percentiles from its
@@ -187,9 +204,14 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
         "nginx",
         "haproxy",
         "haproxy (h2→http1 upstream)",
+        "h2 crate, bare forwarder",
     ];
     println!("backend: sluice-testkit hello (hyper, 1 thread); every proxy: 1 worker, keep-alive upstream");
     println!("h2c to the backend: HTTP/2 from sluice and haproxy, HTTP/1.1 from nginx and the h2→http1 rows");
+    println!(
+        "h2 crate, bare forwarder: `sluice-testkit h2-forward`, h2c only: each stream forwarded as it came over one HTTP/2 \
+         connection, on the h2 crate alone (no routing, limits or telemetry): the HTTP/2 library's floor"
+    );
     println!(
         "HTTP/1.1: wrk -t1 -c32 -d{secs}s --latency; h2c: h2load -c8 -m16 -D{secs} (p50/p99 from its request log)"
     );
@@ -205,7 +227,7 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
                 bail!("interrupted; cleaned up");
             }
             let front = match i {
-                0 => Front { h1: backend, h2: backend, _fronts: Vec::new(), _node: None },
+                0 => Front { h1: backend, h2: backend, _fronts: Vec::new(), _node: None, _child: None },
                 1 => sluice(&cg, backend, "http", "127.100.0.95", &[]),
                 2 => sluice(&cg, backend, "http1", "127.100.0.96", &[]),
                 // Its self-test fails on this kernel (a half-close stall that
@@ -213,9 +235,10 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
                 3 => sluice(&cg, backend, "http", "127.100.0.94", &["--sk-msg", "unsafe-no-self-test"]),
                 4 => pair(&dir, crate::bench_report::nginx, backend)?,
                 5 => pair(&dir, crate::bench_report::haproxy, backend)?,
-                _ => pair(&dir, crate::bench_report::haproxy_http1_upstream, backend)?,
+                6 => pair(&dir, crate::bench_report::haproxy_http1_upstream, backend)?,
+                _ => bare_h2(backend),
             };
-            // The last row differs from haproxy's only for HTTP/2 clients.
+            // The last two rows differ from haproxy's only for HTTP/2 clients.
             if i < 6 {
                 let r1 = wrk(cg.path(), &format!("http://{}/", front.h1), 1, 32, secs, false)
                     .map_err(anyhow::Error::msg)?;
