@@ -260,8 +260,8 @@ async fn forward_stream(
         Ok::<_, h2::Error>(())
     }
     .await;
-    if let Err(e) = result {
-        eprintln!("stream: {e}");
+    // Quietly: load generators reset their streams when a run ends.
+    if result.is_err() {
         respond.send_reset(h2::Reason::INTERNAL_ERROR);
     }
 }
