@@ -238,7 +238,9 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
                 6 => pair(&dir, crate::bench_report::haproxy_http1_upstream, backend)?,
                 _ => bare_h2(backend),
             };
-            // The last two rows differ from haproxy's only for HTTP/2 clients.
+            // The last two rows are h2c only: for HTTP/1.1 clients haproxy
+            // with an HTTP/1.1 upstream is the "haproxy" row, and the bare
+            // forwarder speaks only h2c.
             if i < 6 {
                 let r1 = wrk(cg.path(), &format!("http://{}/", front.h1), 1, 32, secs, false)
                     .map_err(anyhow::Error::msg)?;
