@@ -72,7 +72,17 @@ struct Idle {
 
 #[derive(Debug, Default)]
 struct H2Slot {
-    conn: tokio::sync::Mutex<Option<h2::Conn>>,
+    /// The connection requests go out on, while it can open streams.
+    open: Mutex<Option<h2::Conn>>,
+    /// Held while a connection is being opened, so only one is.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl H2Slot {
+    fn open(&self) -> Option<h2::Conn> {
+        let c = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        c.as_ref().filter(|c| !c.is_closed()).cloned()
+    }
 }
 
 /// Service, endpoint and the worker thread. A connection is registered with
@@ -288,11 +298,14 @@ impl Pools {
 
     async fn h2(&self, t: Target<'_>) -> Result<h2::Conn, HttpError> {
         let slot = Arc::clone(self.h2.lock().unwrap_or_else(|p| p.into_inner()).entry(key(t)).or_default());
-        let mut guard = slot.conn.lock().await;
-        if let Some(c) = guard.as_ref()
-            && !c.is_closed()
-        {
-            return Ok(c.clone());
+        // The common case takes no async lock: through one, the request's
+        // task was polled three times per request instead of two (callgrind).
+        if let Some(c) = slot.open() {
+            return Ok(c);
+        }
+        let _opening = slot.opening.lock().await;
+        if let Some(c) = slot.open() {
+            return Ok(c);
         }
         let held = Held::try_take(t.ep, Counter::Connection, t.limits.max_connections)
             .ok_or_else(|| overflow(t, "connections", t.limits.max_connections))?;
@@ -300,7 +313,7 @@ impl Pools {
         let c = h2::Conn::handshake(stream, held)
             .await
             .map_err(|e| reset(t, format!("http2 handshake failed: {e}")))?;
-        *guard = Some(c.clone());
+        *slot.open.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
         Ok(c)
     }
 

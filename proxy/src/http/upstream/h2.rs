@@ -78,11 +78,11 @@ impl Conn {
     /// Sends `req` (its URI already absolute) and awaits the response head.
     /// The response body keeps `in_flight` until it ends.
     pub(crate) async fn send(
-        &self,
+        self,
         req: Request<Body>,
         in_flight: Option<Held>,
     ) -> Result<Response<Body>, Failure> {
-        let mut tx = self.tx.clone();
+        let mut tx = self.tx;
         // Waits while the endpoint's limit of concurrent streams is reached;
         // fails when the connection can open no more streams.
         if let Err(e) = std::future::poll_fn(|cx| tx.poll_ready(cx)).await {

@@ -145,7 +145,7 @@ async fn bodies_and_trailers_cross_in_both_directions_within_flow_control() {
     let (c, ep) = conn(addr).await;
     // Larger than the endpoint's 64 KiB windows: sent as WINDOW_UPDATEs allow.
     let n = 3 * 1024 * 1024 + 7;
-    let resp = c.send(request("POST", slow_body(n)), in_flight(&ep)).await.unwrap();
+    let resp = c.clone().send(request("POST", slow_body(n)), in_flight(&ep)).await.unwrap();
     assert_eq!(resp.headers()["x-request-length"], n.to_string().as_str());
     assert_eq!(ep.in_flight.load(Relaxed), 1, "in flight until the body ends");
     let collected = resp.into_body().collect().await.unwrap();
@@ -159,6 +159,7 @@ async fn bodies_and_trailers_cross_in_both_directions_within_flow_control() {
 
     // A whole body is sent with the headers' content-length; GET has none.
     let resp = c
+        .clone()
         .send(
             request("PUT", Full::new(Bytes::from_static(b"abc")).map_err(|e| match e {}).boxed_unsync()),
             in_flight(&ep),
@@ -168,7 +169,7 @@ async fn bodies_and_trailers_cross_in_both_directions_within_flow_control() {
     assert_eq!(resp.headers()["x-request-length"], "3");
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"abc");
-    let resp = c.send(request("GET", crate::http::error::empty()), in_flight(&ep)).await.unwrap();
+    let resp = c.clone().send(request("GET", crate::http::error::empty()), in_flight(&ep)).await.unwrap();
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes().len(), 0);
     let log = log.lock().unwrap();
     let put = log.iter().find(|l| l.starts_with("PUT")).unwrap();
@@ -181,14 +182,14 @@ async fn bodies_and_trailers_cross_in_both_directions_within_flow_control() {
 async fn a_connection_closing_with_goaway_gives_the_request_back() {
     let (addr, _) = endpoint(Script::AnswerThenGoAway).await;
     let (c, ep) = conn(addr).await;
-    let resp = c.send(request("GET", crate::http::error::empty()), in_flight(&ep)).await.unwrap();
+    let resp = c.clone().send(request("GET", crate::http::error::empty()), in_flight(&ep)).await.unwrap();
     assert_eq!(resp.headers()["content-length"], "2");
     assert_eq!(resp.body().size_hint().exact(), Some(2));
     assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"ok");
     // The GOAWAY arrives; the next request is refused before it is sent.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let unsent = loop {
-        match c.send(request("GET", crate::http::error::empty()), in_flight(&ep)).await {
+        match c.clone().send(request("GET", crate::http::error::empty()), in_flight(&ep)).await {
             Err(Failure::Unsent(u)) => break u,
             Ok(_) | Err(Failure::Upstream(_)) => {}
             Err(f) => panic!("{f:?}"),
@@ -207,7 +208,7 @@ async fn a_connection_closing_with_goaway_gives_the_request_back() {
 async fn an_endpoint_reset_is_an_upstream_failure() {
     let (addr, _) = endpoint(Script::Refuse).await;
     let (c, ep) = conn(addr).await;
-    match c.send(request("GET", crate::http::error::empty()), in_flight(&ep)).await {
+    match c.clone().send(request("GET", crate::http::error::empty()), in_flight(&ep)).await {
         Err(Failure::Upstream(reason)) => assert!(reason.contains("refused"), "{reason}"),
         other => panic!("{:?}", other.map(|_| ())),
     }
@@ -225,7 +226,7 @@ async fn a_failing_request_body_resets_the_stream_and_blames_the_client() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         f
     });
-    match c.send(request("POST", StreamBody::new(s).boxed_unsync()), in_flight(&ep)).await {
+    match c.clone().send(request("POST", StreamBody::new(s).boxed_unsync()), in_flight(&ep)).await {
         Err(Failure::Downstream(reason)) => assert!(reason.contains("client went away"), "{reason}"),
         other => panic!("{:?}", other.map(|_| ())),
     }
@@ -261,7 +262,7 @@ async fn streams_beyond_the_endpoints_limit_wait_instead_of_being_refused() {
     let sends = (0..150).map(|_| {
         let (c, held) = (c.clone(), in_flight(&ep));
         tokio::spawn(async move {
-            c.send(request("GET", crate::http::error::empty()), held).await.map(|r| r.status())
+            c.clone().send(request("GET", crate::http::error::empty()), held).await.map(|r| r.status())
         })
     });
     for r in futures_util::future::join_all(sends).await {
