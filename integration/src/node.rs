@@ -56,6 +56,15 @@ impl Node {
 
     /// [`Node::start`] with more environment variables for the node.
     pub fn start_env(o: NodeOpts<'_>, env: &[(&str, &str)]) -> Self {
+        Self::start_with(o, env, None)
+    }
+
+    /// [`Node::start`] running another `sluice` binary (a PGO build, in a benchmark).
+    pub fn start_bin(o: NodeOpts<'_>, bin: &Path) -> Self {
+        Self::start_with(o, &[], Some(bin))
+    }
+
+    fn start_with(o: NodeOpts<'_>, env: &[(&str, &str)], bin: Option<&Path>) -> Self {
         let instance = crate::unique(o.test).trim_start_matches("sluice-").to_string();
         let dir = std::env::temp_dir().join(format!("sluice-{instance}"));
         std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -69,7 +78,7 @@ impl Node {
         if let Some(ns) = o.netns {
             argv.extend(ns.nsenter());
         }
-        argv.push(target_bin("sluice").display().to_string());
+        argv.push(bin.map_or_else(|| target_bin("sluice"), Path::to_path_buf).display().to_string());
         argv.extend(["node", "--config"].map(String::from));
         argv.push(dir.0.join("mesh.yaml").display().to_string());
         argv.push("--cgroup".into());

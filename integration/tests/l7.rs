@@ -444,3 +444,33 @@ fn the_benchmarks_bare_h2_forwarder_forwards_requests_intact() {
     assert_eq!(ep.requests(), 3);
     assert_eq!(ep.connections(), 1, "one upstream connection for every stream");
 }
+
+/// `sluice-bench pgo-train`, the load `scripts/build-pgo.sh` trains a
+/// profile-guided build with, sends both loads through both service
+/// protocols without a failed request, and stops each node with SIGTERM
+/// (an instrumented binary writes its profile only on a clean exit).
+#[test]
+fn the_pgo_training_load_goes_through_sluice_and_stops_nodes_cleanly() {
+    if !privileged("the_pgo_training_load_goes_through_sluice_and_stops_nodes_cleanly") {
+        return;
+    }
+    let out = std::process::Command::new(sluice_integration::target_bin("sluice-bench"))
+        .args(["pgo-train", "--secs", "1"])
+        .env("SLUICE_TEST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for protocol in ["http", "http1"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("service protocol {protocol}: ")))
+            .unwrap_or_else(|| panic!("no line for {protocol}:\n{text}"));
+        let rates: Vec<f64> = line
+            .split(", ")
+            .filter_map(|p| p.strip_suffix(" req/s")?.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert_eq!(rates.len(), 2, "{line}");
+        assert!(rates.iter().all(|r| *r > 0.0), "{line}");
+    }
+}

@@ -14,9 +14,10 @@
 //! userspace copy, sk_skb splice, zero-hop), latency and bulk throughput,
 //! pinned to one CPU and unpinned (see `bench/paths.rs`).
 //!
-//! `sluice-bench l7 [--secs N] [--rounds N]`: HTTP/1.1 (wrk) and h2c
-//! (h2load) through Sluice's L7 path vs nginx, haproxy and direct (see
-//! `bench_l7.rs`).
+//! `sluice-bench l7 [--secs N] [--rounds N] [--pgo SLUICE_BINARY]`:
+//! HTTP/1.1 (wrk) and h2c (h2load) through Sluice's L7 path vs nginx,
+//! haproxy and direct; with `--pgo`, a profile-guided build of sluice as
+//! one more row (see `bench/l7.rs`).
 //!
 //! `sluice-bench telemetry [--secs N] [--rounds N]`: the L7 path with
 //! tracing off, tracing at 100% (OTLP/gRPC to rotel) and JSON access logs
@@ -25,6 +26,9 @@
 //! `sluice-bench mesh [--secs N] [--rounds N]`: node a to an endpoint on
 //! node b (namespaces on a bridge), direct plaintext vs through both
 //! proxies over mutual TLS (see `bench/mesh.rs`).
+//!
+//! `sluice-bench pgo-train [--secs N]`: the L7 load a profile-guided build
+//! of Sluice is trained on (see `bench/pgo.rs` and `scripts/build-pgo.sh`).
 //!
 //! `sluice-bench report [--secs N] [--rounds N] [--out DIR]`: every
 //! scenario (HTTP/1.1, HTTP/2, gRPC unary, TCP request/response, TCP bulk)
@@ -44,6 +48,8 @@ mod bench_l7;
 mod bench_mesh;
 #[path = "bench/paths.rs"]
 mod bench_paths;
+#[path = "bench/pgo.rs"]
+mod bench_pgo;
 #[path = "bench/report.rs"]
 mod bench_report;
 #[path = "bench/telemetry.rs"]
@@ -75,6 +81,16 @@ fn main() -> anyhow::Result<()> {
         }
         None => "docs".to_string(),
     };
+    let pgo = match args.iter().position(|a| a == "--pgo") {
+        Some(i) => {
+            let v =
+                args.get(i + 1).ok_or_else(|| anyhow::anyhow!("--pgo needs the path of a sluice binary"))?;
+            let v = std::path::PathBuf::from(v);
+            args.drain(i..i + 2);
+            Some(v)
+        }
+        None => None,
+    };
     let mut opt = |name: &str, default: u32| -> anyhow::Result<u32> {
         Ok(match args.iter().position(|a| a == name) {
             Some(i) => {
@@ -99,12 +115,13 @@ fn main() -> anyhow::Result<()> {
         Some("workers") => workers(secs, rounds),
         Some("policy") => policy(packets, rounds),
         Some("paths") => bench_paths::run(secs, rounds, stopped),
-        Some("l7") => bench_l7::run(secs, rounds, stopped),
+        Some("l7") => bench_l7::run(secs, rounds, pgo.as_deref(), stopped),
         Some("telemetry") => bench_telemetry::run(secs, rounds, stopped),
         Some("mesh") => bench_mesh::run(secs, rounds, stopped),
+        Some("pgo-train") => bench_pgo::run(secs, stopped),
         Some("report") => bench_report::run(secs, rounds, std::path::Path::new(&out), stopped),
         _ => bail!(
-            "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] | report [--secs N] [--rounds N] [--out DIR] | policy [--packets N] [--rounds N]"
+            "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] (l7: [--pgo SLUICE_BINARY]) | report [--secs N] [--rounds N] [--out DIR] | policy [--packets N] [--rounds N] | pgo-train [--secs N]"
         ),
     }
 }

@@ -78,18 +78,32 @@ fn pair(dir: &Path, start: crate::bench_report::StartProxy, backend: SocketAddr)
     Ok(Front { h1: fronts[0].addr, h2: fronts[1].addr, _fronts: fronts, _node: None, _child: None })
 }
 
-fn sluice(cg: &CgroupGuard, backend: SocketAddr, protocol: &str, vip: &str, extra: &[&str]) -> Front {
+/// A node serving one HTTP service on `vip`; `bin` runs another `sluice`
+/// binary than the one beside the bench (a PGO build).
+fn sluice(
+    cg: &CgroupGuard,
+    backend: SocketAddr,
+    protocol: &str,
+    vip: &str,
+    extra: &[&str],
+    bin: Option<&Path>,
+) -> Front {
     let config =
         sluice_integration::bench::one_service("bench", vip, 80, Some(protocol), false, backend.port());
-    let node = Node::start(NodeOpts {
+    let args = [&["--workers", "1"][..], extra].concat();
+    let opts = NodeOpts {
         test: "benchl7",
         config: &config,
         cgroup: cg.path(),
         netns: None,
         // sk_msg needs both ends of the app <-> proxy pair in the mesh cgroup.
         node_in_cgroup: extra.contains(&"--sk-msg"),
-        args: &[&["--workers", "1"][..], extra].concat(),
-    });
+        args: &args,
+    };
+    let node = match bin {
+        Some(b) => Node::start_bin(opts, b),
+        None => Node::start(opts),
+    };
     let addr: SocketAddr =
         format!("{vip}:80").parse().unwrap_or_else(|_| SocketAddr::from(([127, 100, 0, 95], 80)));
     Front { h1: addr, h2: addr, _fronts: Vec::new(), _node: Some(node), _child: None }
@@ -180,7 +194,11 @@ pub(crate) fn h2load_run(mut cmd: Command, url: &str, secs: u32, log: &Path) -> 
     })
 }
 
-pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> {
+const PGO_ROW: &str = "sluice, PGO build";
+
+/// `pgo`: a profile-guided build of sluice (`scripts/build-pgo.sh`),
+/// measured as one more row beside the plain build.
+pub fn run(secs: u32, rounds: u32, pgo: Option<&Path>, stopped: fn() -> bool) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark attaches eBPF programs: run it as root");
     }
@@ -196,7 +214,12 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
     let (_backend, backend) = hello_process("127.0.0.1:0");
     // For h2c, "sluice" and "haproxy" speak HTTP/2 to the backend; the
     // "h2→http1" rows and nginx (which has no HTTP/2 upstream) HTTP/1.1.
-    let targets = [
+    if let Some(p) = pgo
+        && !p.is_file()
+    {
+        bail!("--pgo {}: no such file (build it with sudo ./scripts/build-pgo.sh)", p.display());
+    }
+    let mut targets = vec![
         "direct",
         "sluice",
         "sluice (h2→http1 upstream)",
@@ -206,6 +229,10 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
         "haproxy (h2→http1 upstream)",
         "h2 crate, bare forwarder",
     ];
+    if let Some(p) = pgo {
+        targets.insert(2, PGO_ROW);
+        println!("{PGO_ROW}: {} (scripts/build-pgo.sh), the same source as the \"sluice\" row", p.display());
+    }
     println!("backend: sluice-testkit hello (hyper, 1 thread); every proxy: 1 worker, keep-alive upstream");
     println!("h2c to the backend: HTTP/2 from sluice and haproxy, HTTP/1.1 from nginx and the h2→http1 rows");
     println!(
@@ -226,22 +253,29 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
             if stopped() {
                 bail!("interrupted; cleaned up");
             }
-            let front = match i {
-                0 => Front { h1: backend, h2: backend, _fronts: Vec::new(), _node: None, _child: None },
-                1 => sluice(&cg, backend, "http", "127.100.0.95", &[]),
-                2 => sluice(&cg, backend, "http1", "127.100.0.96", &[]),
+            let front = match *name {
+                "direct" => {
+                    Front { h1: backend, h2: backend, _fronts: Vec::new(), _node: None, _child: None }
+                }
+                "sluice" => sluice(&cg, backend, "http", "127.100.0.95", &[], None),
+                PGO_ROW => sluice(&cg, backend, "http", "127.100.0.93", &[], pgo),
+                "sluice (h2→http1 upstream)" => sluice(&cg, backend, "http1", "127.100.0.96", &[], None),
                 // Its self-test fails on this kernel (a half-close stall that
                 // wrk and h2load never trigger): measured with it skipped.
-                3 => sluice(&cg, backend, "http", "127.100.0.94", &["--sk-msg", "unsafe-no-self-test"]),
-                4 => pair(&dir, crate::bench_report::nginx, backend)?,
-                5 => pair(&dir, crate::bench_report::haproxy, backend)?,
-                6 => pair(&dir, crate::bench_report::haproxy_http1_upstream, backend)?,
+                "sluice + sk_msg (forced)" => {
+                    sluice(&cg, backend, "http", "127.100.0.94", &["--sk-msg", "unsafe-no-self-test"], None)
+                }
+                "nginx" => pair(&dir, crate::bench_report::nginx, backend)?,
+                "haproxy" => pair(&dir, crate::bench_report::haproxy, backend)?,
+                "haproxy (h2→http1 upstream)" => {
+                    pair(&dir, crate::bench_report::haproxy_http1_upstream, backend)?
+                }
                 _ => bare_h2(backend),
             };
-            // The last two rows are h2c only: for HTTP/1.1 clients haproxy
-            // with an HTTP/1.1 upstream is the "haproxy" row, and the bare
+            // Two rows are h2c only: for HTTP/1.1 clients haproxy with an
+            // HTTP/1.1 upstream is the "haproxy" row, and the bare
             // forwarder speaks only h2c.
-            if i < 6 {
+            if !matches!(*name, "haproxy (h2→http1 upstream)" | "h2 crate, bare forwarder") {
                 let r1 = wrk(cg.path(), &format!("http://{}/", front.h1), 1, 32, secs, false)
                     .map_err(anyhow::Error::msg)?;
                 eprintln!("round {round} {name}: h1 {:.0} req/s", r1.requests_per_sec);
