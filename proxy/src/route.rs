@@ -57,7 +57,9 @@ impl Backend {
 /// One immutable version of the table.
 #[derive(Debug, Default)]
 pub struct Table {
-    by_addr: HashMap<SocketAddr, Arc<Backend>>,
+    /// Looked up for every connection and request: a fast hash (the keys
+    /// are the config's VIPs, not chosen by clients).
+    by_addr: rustc_hash::FxHashMap<SocketAddr, Arc<Backend>>,
     by_service: HashMap<(String, u16), Arc<Backend>>,
 }
 
@@ -189,7 +191,7 @@ impl Table {
         // One backend per service port, shared by all of the service's VIPs, so
         // round robin is fair across VIPs.
         let mut backends: HashMap<(usize, usize), Arc<Backend>> = HashMap::new();
-        let mut by_addr = HashMap::new();
+        let mut by_addr = rustc_hash::FxHashMap::default();
         for (addr, sa) in config.service_addrs() {
             let svc = &config.services[sa.service];
             let port = &svc.ports[sa.port];
