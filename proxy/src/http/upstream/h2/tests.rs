@@ -262,7 +262,7 @@ async fn streams_beyond_the_endpoints_limit_wait_instead_of_being_refused() {
     let sends = (0..150).map(|_| {
         let (c, held) = (c.clone(), in_flight(&ep));
         tokio::spawn(async move {
-            c.clone().send(request("GET", crate::http::error::empty()), held).await.map(|r| r.status())
+            c.send(request("GET", crate::http::error::empty()), held).await.map(|r| r.status())
         })
     });
     for r in futures_util::future::join_all(sends).await {
