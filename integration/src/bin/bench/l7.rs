@@ -88,6 +88,22 @@ fn sluice(
     extra: &[&str],
     bin: Option<&Path>,
 ) -> Front {
+    let node = start_node(cg, backend, protocol, vip, extra, bin);
+    let addr: SocketAddr =
+        format!("{vip}:80").parse().unwrap_or_else(|_| SocketAddr::from(([127, 100, 0, 95], 80)));
+    Front { h1: addr, h2: addr, _fronts: Vec::new(), _node: Some(node), _child: None }
+}
+
+/// A one-worker node with the service `bench` (port 80 of `vip`, the
+/// backend its one endpoint) speaking `protocol`.
+pub(crate) fn start_node(
+    cg: &CgroupGuard,
+    backend: SocketAddr,
+    protocol: &str,
+    vip: &str,
+    extra: &[&str],
+    bin: Option<&Path>,
+) -> Node {
     let config =
         sluice_integration::bench::one_service("bench", vip, 80, Some(protocol), false, backend.port());
     let args = [&["--workers", "1"][..], extra].concat();
@@ -100,13 +116,10 @@ fn sluice(
         node_in_cgroup: extra.contains(&"--sk-msg"),
         args: &args,
     };
-    let node = match bin {
+    match bin {
         Some(b) => Node::start_bin(opts, b),
         None => Node::start(opts),
-    };
-    let addr: SocketAddr =
-        format!("{vip}:80").parse().unwrap_or_else(|_| SocketAddr::from(([127, 100, 0, 95], 80)));
-    Front { h1: addr, h2: addr, _fronts: Vec::new(), _node: Some(node), _child: None }
+    }
 }
 
 /// `sluice-testkit h2-forward` to the backend: the h2 crate with nothing
@@ -270,7 +283,8 @@ pub fn run(secs: u32, rounds: u32, pgo: Option<&Path>, stopped: fn() -> bool) ->
                 "haproxy (h2→http1 upstream)" => {
                     pair(&dir, crate::bench_report::haproxy_http1_upstream, backend)?
                 }
-                _ => bare_h2(backend),
+                "h2 crate, bare forwarder" => bare_h2(backend),
+                other => bail!("no such target: {other}"),
             };
             // Two rows are h2c only: for HTTP/1.1 clients haproxy with an
             // HTTP/1.1 upstream is the "haproxy" row, and the bare

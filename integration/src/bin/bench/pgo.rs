@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use nix::sys::signal::Signal;
-use sluice_integration::{CgroupGuard, Node, bench::wrk, node::NodeOpts, process::hello_process};
+use sluice_integration::{CgroupGuard, bench::wrk, process::hello_process};
 
 pub fn run(secs: u32, stopped: fn() -> bool) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -26,16 +26,7 @@ pub fn run(secs: u32, stopped: fn() -> bool) -> anyhow::Result<()> {
         if stopped() {
             bail!("interrupted; cleaned up");
         }
-        let config =
-            sluice_integration::bench::one_service("pgo", vip, 80, Some(protocol), false, backend.port());
-        let mut node = Node::start(NodeOpts {
-            test: "pgo",
-            config: &config,
-            cgroup: cg.path(),
-            netns: None,
-            node_in_cgroup: false,
-            args: &["--workers", "1"],
-        });
+        let mut node = crate::bench_l7::start_node(&cg, backend, protocol, vip, &[], None);
         let url = format!("http://{vip}/");
         let h1 = wrk(cg.path(), &url, 1, 32, secs, false).map_err(anyhow::Error::msg)?;
         let h2 = crate::bench_l7::h2load(cg.path(), &url, secs, &dir.join("h2load.log"))?;
