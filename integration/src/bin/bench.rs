@@ -30,7 +30,7 @@
 //! `sluice-bench pgo-train [--secs N]`: the L7 load a profile-guided build
 //! of Sluice is trained on (see `bench/pgo.rs` and `scripts/build-pgo.sh`).
 //!
-//! `sluice-bench report [--secs N] [--rounds N] [--out DIR]`: every
+//! `sluice-bench report [--secs N] [--rounds N] [--out DIR] [--pgo SLUICE_BINARY]`: every
 //! scenario (HTTP/1.1, HTTP/2, gRPC unary, TCP request/response, TCP bulk)
 //! through every mode (direct, Sluice L7, zero-hop, spliced, nginx,
 //! haproxy), pinned and unpinned; writes DIR/BENCHMARKS.md and
@@ -119,9 +119,11 @@ fn main() -> anyhow::Result<()> {
         Some("telemetry") => bench_telemetry::run(secs, rounds, stopped),
         Some("mesh") => bench_mesh::run(secs, rounds, stopped),
         Some("pgo-train") => bench_pgo::run(secs, stopped),
-        Some("report") => bench_report::run(secs, rounds, std::path::Path::new(&out), stopped),
+        Some("report") => {
+            bench_report::run(secs, rounds, std::path::Path::new(&out), pgo.as_deref(), stopped)
+        }
         _ => bail!(
-            "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] (l7: [--pgo SLUICE_BINARY]) | report [--secs N] [--rounds N] [--out DIR] | policy [--packets N] [--rounds N] | pgo-train [--secs N]"
+            "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] (l7: [--pgo SLUICE_BINARY]) | report [--secs N] [--rounds N] [--out DIR] [--pgo SLUICE_BINARY] | policy [--packets N] [--rounds N] | pgo-train [--secs N]"
         ),
     }
 }

@@ -1,10 +1,12 @@
-//! `sluice-bench report [--secs N] [--rounds N] [--out DIR]`: the benchmark
-//! report. Five scenarios (HTTP/1.1 keep-alive, HTTP/2 multiplexed, gRPC
-//! unary, TCP request/response, TCP bulk) through six modes (direct, Sluice
-//! L7 or its proxy copy for TCP, Sluice zero-hop, Sluice spliced, nginx,
-//! haproxy), unpinned and pinned to one CPU, in one run: rounds alternate
-//! the modes, the tables show medians. Writes `DIR/BENCHMARKS.md` (the
-//! machine, the exact commands, the tables) and `DIR/benchmarks.png`.
+//! `sluice-bench report [--secs N] [--rounds N] [--out DIR] [--pgo BIN]`:
+//! the benchmark report. Five scenarios (HTTP/1.1 keep-alive, HTTP/2
+//! multiplexed, gRPC unary, TCP request/response, TCP bulk) through six
+//! modes (direct, Sluice L7 or its proxy copy for TCP, Sluice zero-hop,
+//! Sluice spliced, nginx, haproxy), unpinned and pinned to one CPU, in one
+//! run: rounds alternate the modes, the tables show medians. With `--pgo`,
+//! a profile-guided build of sluice (`scripts/build-pgo.sh`) is a seventh
+//! mode for the HTTP scenarios. Writes `DIR/BENCHMARKS.md` (the machine,
+//! the exact commands, the tables) and `DIR/benchmarks.png`.
 
 use std::{
     fmt::Write as _,
@@ -74,14 +76,16 @@ impl Scenario {
 enum Mode {
     Direct,
     Sluice,
+    /// Sluice L7 from a profile-guided build (HTTP scenarios, with `--pgo`).
+    SluicePgo,
     ZeroHop,
     Splice,
     Nginx,
     Haproxy,
 }
 
-const MODES: [Mode; 6] =
-    [Mode::Direct, Mode::Sluice, Mode::ZeroHop, Mode::Splice, Mode::Nginx, Mode::Haproxy];
+const MODES: [Mode; 7] =
+    [Mode::Direct, Mode::Sluice, Mode::SluicePgo, Mode::ZeroHop, Mode::Splice, Mode::Nginx, Mode::Haproxy];
 
 impl Mode {
     fn name(self, s: Scenario) -> &'static str {
@@ -89,6 +93,7 @@ impl Mode {
             (Mode::Direct, _) => "direct",
             (Mode::Sluice, false) => "Sluice L7",
             (Mode::Sluice, true) => "Sluice proxy (L4 copy)",
+            (Mode::SluicePgo, _) => "Sluice L7, PGO build",
             (Mode::ZeroHop, _) => "Sluice zero-hop (kernel)",
             (Mode::Splice, _) => "Sluice spliced (sk_skb)",
             (Mode::Nginx, _) => "nginx",
@@ -256,9 +261,10 @@ fn sluice(
     m: Mode,
     backend: SocketAddr,
     pinned: bool,
+    pgo: Option<&Path>,
 ) -> anyhow::Result<Front> {
     let (protocol, zero_hop, splice) = match m {
-        Mode::Sluice => (
+        Mode::Sluice | Mode::SluicePgo => (
             match s {
                 Scenario::H1 | Scenario::H2 => "http",
                 Scenario::Grpc => "grpc",
@@ -273,14 +279,19 @@ fn sluice(
     let vip = "127.100.0.77";
     let config =
         sluice_integration::bench::one_service("bench", vip, 80, Some(protocol), zero_hop, backend.port());
-    let node = Node::start(NodeOpts {
+    let opts = NodeOpts {
         test: "benchreport",
         config: &config,
         cgroup: cg.path(),
         netns: None,
         node_in_cgroup: false,
         args: &["--workers", "1", "--splice", splice],
-    });
+    };
+    let node = match (m, pgo) {
+        (Mode::SluicePgo, Some(bin)) => Node::start_bin(opts, bin),
+        (Mode::SluicePgo, None) => bail!("the PGO mode needs --pgo"),
+        _ => Node::start(opts),
+    };
     let pid = node.pid();
     if let Some(p) = pid {
         pin(p, pinned).map_err(anyhow::Error::msg)?;
@@ -295,10 +306,13 @@ fn front(
     m: Mode,
     backend: SocketAddr,
     pinned: bool,
+    pgo: Option<&Path>,
 ) -> anyhow::Result<Front> {
     match m {
         Mode::Direct => Ok(Front { addr: backend, pid: None, _guard: None, _node: None }),
-        Mode::Sluice | Mode::ZeroHop | Mode::Splice => sluice(cg, s, m, backend, pinned),
+        Mode::Sluice | Mode::SluicePgo | Mode::ZeroHop | Mode::Splice => {
+            sluice(cg, s, m, backend, pinned, pgo)
+        }
         Mode::Nginx => nginx(dir, s, backend, pinned),
         Mode::Haproxy => haproxy(dir, s, backend, pinned),
     }
@@ -438,9 +452,22 @@ fn drive(
 // ---------------------------------------------------------------------------
 // The run
 
-pub fn run(secs: u32, rounds: u32, out: &Path, stopped: fn() -> bool) -> anyhow::Result<()> {
+/// `pgo`: a profile-guided build of sluice (`scripts/build-pgo.sh`), run
+/// as one more mode for the HTTP scenarios.
+pub fn run(
+    secs: u32,
+    rounds: u32,
+    out: &Path,
+    pgo: Option<&Path>,
+    stopped: fn() -> bool,
+) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark attaches eBPF programs: run it as root");
+    }
+    if let Some(p) = pgo
+        && !p.is_file()
+    {
+        bail!("--pgo {}: no such file (build it with sudo ./scripts/build-pgo.sh)", p.display());
     }
     let cg = CgroupGuard::new("benchreport");
     let dir: PathBuf = std::env::temp_dir().join(format!("sluice-benchreport-{}", std::process::id()));
@@ -461,7 +488,11 @@ pub fn run(secs: u32, rounds: u32, out: &Path, stopped: fn() -> bool) -> anyhow:
                     if stopped() {
                         bail!("interrupted; cleaned up");
                     }
-                    let f = front(&cg, &dir, *s, *m, backend_for(&b, *s), pinned)?;
+                    // The profile was trained on HTTP: the mode is the L7 path's.
+                    if *m == Mode::SluicePgo && (pgo.is_none() || s.tcp()) {
+                        continue;
+                    }
+                    let f = front(&cg, &dir, *s, *m, backend_for(&b, *s), pinned, pgo)?;
                     let splice_on = f._node.as_ref().is_some_and(|n| {
                         n.metric("sluice_fast_path_enabled{path=\"splice\"}").is_some_and(|v| v > 0.0)
                     });
@@ -497,7 +528,7 @@ pub fn run(secs: u32, rounds: u32, out: &Path, stopped: fn() -> bool) -> anyhow:
         pin(*pid, false).map_err(anyhow::Error::msg)?;
     }
     std::fs::create_dir_all(out)?;
-    let md = report(&results, secs, rounds, started)?;
+    let md = report(&results, secs, rounds, started, pgo)?;
     std::fs::write(out.join("BENCHMARKS.md"), &md)?;
     chart(&results, &out.join("benchmarks.png"))?;
     println!("{md}");
@@ -558,6 +589,7 @@ fn report(
     secs: u32,
     rounds: u32,
     started: std::time::SystemTime,
+    pgo: Option<&Path>,
 ) -> anyhow::Result<String> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -580,7 +612,12 @@ fn report(
     )?;
     writeln!(
         o,
-        "## Reproduce\n\n```sh\n./scripts/install-deps.sh --bench\ncargo build --release --workspace --bins\nsudo target/release/sluice-bench report --secs {secs} --rounds {rounds} --out docs\n```\n"
+        "## Reproduce\n\n```sh\n./scripts/install-deps.sh --bench\ncargo build --release --workspace --bins\nsudo target/release/sluice-bench report --secs {secs} --rounds {rounds} --out docs{}\n```\n",
+        if pgo.is_some() {
+            " \\\n  --pgo target/pgo/x86_64-unknown-linux-gnu/release/sluice   # after: sudo ./scripts/build-pgo.sh"
+        } else {
+            ""
+        }
     )?;
     writeln!(o, "## Machine\n")?;
     writeln!(o, "| | |\n|---|---|")?;
@@ -611,6 +648,12 @@ fn report(
         o,
         "- Modes: **direct** (client to backend); **Sluice L7** (`protocol: http`, `grpc`; for TCP the proxy's userspace copy, `protocol: tcp`); **zero-hop** (`zero_hop: true`: connect4 sends the connection straight to the backend; HTTP goes through as bytes); **spliced** (`protocol: tcp`, `--splice auto`: sk_skb moves the payload between the proxy's sockets in the kernel); **nginx** and **haproxy** (Debian packages, one worker/thread, keep-alive upstream: `proxy_pass` HTTP/1.1, `grpc_pass`, `stream` for TCP; haproxy `http-reuse always`, `proto h2` upstream for HTTP/2 and gRPC clients as Sluice speaks HTTP/2 to the backend for them, `mode tcp`; nginx has no HTTP/2 upstream but `grpc_pass`, so its HTTP/2 row goes to the backend over HTTP/1.1). Every Sluice node runs 1 worker."
     )?;
+    if pgo.is_some() {
+        writeln!(
+            o,
+            "- **Sluice L7, PGO build**: the same source built by `scripts/build-pgo.sh` (profile-guided: trained on this benchmark's own kind of HTTP/1.1 and h2c load, so an upper bound for other traffic); the other Sluice rows are `cargo build --release`, what the demo and the image run. HTTP scenarios only."
+        )?;
+    }
     writeln!(
         o,
         "- **Pinned**: client, backend and proxy on CPU 0 (`taskset`); **unpinned**: free on all cores. {rounds} rounds alternate the modes; the tables show medians (errors: the sum)."
@@ -632,6 +675,9 @@ fn report(
         for (pi, pin) in ["unpinned", "pinned"].iter().enumerate() {
             let direct = cell(&results[pi][si][0]).rate;
             for (mi, m) in MODES.iter().enumerate() {
+                if results[pi][si][mi].is_empty() {
+                    continue;
+                }
                 let c = cell(&results[pi][si][mi]);
                 let mut name = m.name(*s).to_string();
                 if *m == Mode::Splice && c.splice_off > 0 {
@@ -687,8 +733,13 @@ fn chart(results: &[Vec<Vec<Vec<Sample>>>], path: &Path) -> anyhow::Result<()> {
     let colors = [RGBColor(52, 101, 164), RGBColor(245, 121, 0)];
     for (si, s) in SCENARIOS.iter().enumerate() {
         let area = &panels[si];
-        let rates: Vec<[f64; 2]> = (0..MODES.len())
-            .map(|mi| [cell(&results[0][si][mi]).rate, cell(&results[1][si][mi]).rate])
+        // The modes this scenario ran (the PGO build only with --pgo, only for HTTP).
+        let shown: Vec<usize> = (0..MODES.len())
+            .filter(|&mi| !results[0][si][mi].is_empty() || !results[1][si][mi].is_empty())
+            .collect();
+        let rates: Vec<[f64; 2]> = shown
+            .iter()
+            .map(|&mi| [cell(&results[0][si][mi]).rate, cell(&results[1][si][mi]).rate])
             .collect();
         let max =
             rates.iter().flatten().filter(|v| !v.is_nan()).fold(0.0f64, |a, b| a.max(*b)).max(1e-9) * 1.15;
@@ -697,11 +748,11 @@ fn chart(results: &[Vec<Vec<Vec<Sample>>>], path: &Path) -> anyhow::Result<()> {
             .margin(12)
             .x_label_area_size(70)
             .y_label_area_size(70)
-            .build_cartesian_2d(-0.5f64..MODES.len() as f64 - 0.5, 0f64..max)
+            .build_cartesian_2d(-0.5f64..shown.len() as f64 - 0.5, 0f64..max)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let labels: Vec<&str> = MODES
+        let labels: Vec<&str> = shown
             .iter()
-            .map(|m| match m {
+            .map(|&mi| match MODES[mi] {
                 Mode::Direct => "direct",
                 Mode::Sluice => {
                     if s.tcp() {
@@ -710,6 +761,7 @@ fn chart(results: &[Vec<Vec<Vec<Sample>>>], path: &Path) -> anyhow::Result<()> {
                         "Sluice L7"
                     }
                 }
+                Mode::SluicePgo => "PGO",
                 Mode::ZeroHop => "zero-hop",
                 Mode::Splice => "spliced",
                 Mode::Nginx => "nginx",
@@ -718,7 +770,7 @@ fn chart(results: &[Vec<Vec<Vec<Sample>>>], path: &Path) -> anyhow::Result<()> {
             .collect();
         c.configure_mesh()
             .disable_x_mesh()
-            .x_labels(MODES.len() + 1)
+            .x_labels(shown.len() + 1)
             .x_label_formatter(&|x| {
                 let i = x.round();
                 if (x - i).abs() < 0.01 && i >= 0.0 {
@@ -743,17 +795,20 @@ fn chart(results: &[Vec<Vec<Vec<Sample>>>], path: &Path) -> anyhow::Result<()> {
         }
     }
     let notes = &panels[5];
-    for (i, line) in [
+    let pgo_mode = MODES.iter().position(|m| *m == Mode::SluicePgo);
+    let pgo_ran = pgo_mode.is_some_and(|mi| results.iter().any(|p| p.iter().any(|s| !s[mi].is_empty())));
+    let mut lines = vec![
         "direct: client to backend, no proxy",
         "Sluice L7 / copy: through the node's proxy (1 worker)",
         "zero-hop: connect4 sends the connection to the backend",
         "spliced: sk_skb moves payload between proxy sockets",
         "nginx, haproxy: 1 worker, keep-alive upstream",
         "Tables, latencies, CPU and memory: BENCHMARKS.md",
-    ]
-    .iter()
-    .enumerate()
-    {
+    ];
+    if pgo_ran {
+        lines.insert(2, "PGO: Sluice L7 from scripts/build-pgo.sh");
+    }
+    for (i, line) in lines.iter().enumerate() {
         notes
             .draw(&Text::new(*line, (20, 40 + 30 * i as i32), ("sans-serif", 15).into_font()))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
