@@ -46,17 +46,14 @@ pub enum Stack {
 impl Stack {
     /// Sends a request through the stack; returns the outcome and what the
     /// last attempt recorded (for the metrics and the access log).
-    pub fn call(&self, req: Request<Body>) -> BoxFuture<(Result<Response<Body>, HttpError>, Attempt)> {
+    pub async fn call(&self, req: Request<Body>) -> (Result<Response<Body>, HttpError>, Attempt) {
         match self {
             // The attempt comes straight back: no task-local to carry it.
             Stack::Direct(b) => {
-                let this = Arc::clone(&b.0);
-                Box::pin(async move {
-                    let (res, attempt) = this.send(req).await;
-                    (res, attempt.unwrap_or_default())
-                })
+                let (res, attempt) = b.0.send(req).await;
+                (res, attempt.unwrap_or_default())
             }
-            Stack::Layered(s) => Box::pin(crate::telemetry::with_attempt(call(s, req))),
+            Stack::Layered(s) => crate::telemetry::with_attempt(call(s, req)).await,
         }
     }
 }
