@@ -59,9 +59,10 @@ impl Node {
         Self::start_with(o, env, None)
     }
 
-    /// [`Node::start`] running another `sluice` binary (a PGO build, in a benchmark).
-    pub fn start_bin(o: NodeOpts<'_>, bin: &Path) -> Self {
-        Self::start_with(o, &[], Some(bin))
+    /// [`Node::start`] running `bin` when given (a PGO build, in a
+    /// benchmark), else the `sluice` beside the tests.
+    pub fn start_bin(o: NodeOpts<'_>, bin: Option<&Path>) -> Self {
+        Self::start_with(o, &[], bin)
     }
 
     fn start_with(o: NodeOpts<'_>, env: &[(&str, &str)], bin: Option<&Path>) -> Self {

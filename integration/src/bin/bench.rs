@@ -70,36 +70,29 @@ fn stopped() -> bool {
     STOP.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+/// Removes `name VALUE` from `args`; the value, if the option was given.
+fn take_value(args: &mut Vec<String>, name: &str, what: &str) -> anyhow::Result<Option<String>> {
+    let Some(i) = args.iter().position(|a| a == name) else { return Ok(None) };
+    let v = args.get(i + 1).ok_or_else(|| anyhow::anyhow!("{name} needs {what}"))?.clone();
+    args.drain(i..i + 2);
+    Ok(Some(v))
+}
+
 fn main() -> anyhow::Result<()> {
     ctrlc::set_handler(|| STOP.store(true, std::sync::atomic::Ordering::SeqCst))?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let out = match args.iter().position(|a| a == "--out") {
-        Some(i) => {
-            let v = args.get(i + 1).ok_or_else(|| anyhow::anyhow!("--out needs a folder"))?.clone();
-            args.drain(i..i + 2);
-            v
-        }
-        None => "docs".to_string(),
-    };
-    let pgo = match args.iter().position(|a| a == "--pgo") {
-        Some(i) => {
-            let v =
-                args.get(i + 1).ok_or_else(|| anyhow::anyhow!("--pgo needs the path of a sluice binary"))?;
-            let v = std::path::PathBuf::from(v);
-            args.drain(i..i + 2);
-            Some(v)
-        }
-        None => None,
-    };
+    let out = take_value(&mut args, "--out", "a folder")?.unwrap_or_else(|| "docs".to_string());
+    let pgo = take_value(&mut args, "--pgo", "the path of a sluice binary")?.map(std::path::PathBuf::from);
+    if let Some(p) = &pgo
+        && !p.is_file()
+    {
+        bail!("--pgo {}: no such file (build it with sudo ./scripts/build-pgo.sh)", p.display());
+    }
     let mut opt = |name: &str, default: u32| -> anyhow::Result<u32> {
-        Ok(match args.iter().position(|a| a == name) {
-            Some(i) => {
-                let v = args.get(i + 1).ok_or_else(|| anyhow::anyhow!("{name} needs a value"))?.parse()?;
-                args.drain(i..i + 2);
-                v
-            }
-            None => default,
-        })
+        match take_value(&mut args, name, "a value")? {
+            Some(v) => v.parse().map_err(|e| anyhow::anyhow!("{name} {v}: {e} (a whole number is needed)")),
+            None => Ok(default),
+        }
     };
     let secs = opt("--secs", 10)?;
     let rounds = opt("--rounds", 3)?;

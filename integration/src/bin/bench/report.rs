@@ -287,11 +287,11 @@ fn sluice(
         node_in_cgroup: false,
         args: &["--workers", "1", "--splice", splice],
     };
-    let node = match (m, pgo) {
-        (Mode::SluicePgo, Some(bin)) => Node::start_bin(opts, bin),
-        (Mode::SluicePgo, None) => bail!("the PGO mode needs --pgo"),
-        _ => Node::start(opts),
+    let bin = match m {
+        Mode::SluicePgo => Some(pgo.context("the PGO mode needs --pgo")?),
+        _ => None,
     };
+    let node = Node::start_bin(opts, bin);
     let pid = node.pid();
     if let Some(p) = pid {
         pin(p, pinned).map_err(anyhow::Error::msg)?;
@@ -463,11 +463,6 @@ pub fn run(
 ) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark attaches eBPF programs: run it as root");
-    }
-    if let Some(p) = pgo
-        && !p.is_file()
-    {
-        bail!("--pgo {}: no such file (build it with sudo ./scripts/build-pgo.sh)", p.display());
     }
     let cg = CgroupGuard::new("benchreport");
     let dir: PathBuf = std::env::temp_dir().join(format!("sluice-benchreport-{}", std::process::id()));
