@@ -37,10 +37,12 @@ pub(crate) fn wait_listening(port: u16) -> anyhow::Result<()> {
     bail!("nothing listens on 127.0.0.1:{port}")
 }
 
-/// A reverse proxy under test: HTTP/1.1 and h2c front ports.
+/// A reverse proxy under test: HTTP/1.1 and h2c front ports, and the
+/// process serving each (none for "direct").
 struct Front {
     h1: SocketAddr,
     h2: SocketAddr,
+    pids: [Option<u32>; 2],
     /// nginx or haproxy: one for each protocol, as the report sets them up.
     _fronts: Vec<crate::bench_report::Front>,
     _node: Option<Node>,
@@ -75,7 +77,14 @@ fn pair(dir: &Path, start: crate::bench_report::StartProxy, backend: SocketAddr)
         std::fs::create_dir_all(&d)?;
         fronts.push(start(&d, s, backend, false)?);
     }
-    Ok(Front { h1: fronts[0].addr, h2: fronts[1].addr, _fronts: fronts, _node: None, _child: None })
+    Ok(Front {
+        h1: fronts[0].addr,
+        h2: fronts[1].addr,
+        pids: [fronts[0].pid, fronts[1].pid],
+        _fronts: fronts,
+        _node: None,
+        _child: None,
+    })
 }
 
 /// A node serving one HTTP service on `vip`; `bin` runs another `sluice`
@@ -91,7 +100,8 @@ fn sluice(
     let node = start_node(cg, backend, protocol, vip, extra, bin);
     let addr: SocketAddr =
         format!("{vip}:80").parse().unwrap_or_else(|_| SocketAddr::from(([127, 100, 0, 95], 80)));
-    Front { h1: addr, h2: addr, _fronts: Vec::new(), _node: Some(node), _child: None }
+    let pid = node.pid();
+    Front { h1: addr, h2: addr, pids: [pid, pid], _fronts: Vec::new(), _node: Some(node), _child: None }
 }
 
 /// A one-worker node with the service `bench` (port 80 of `vip`, the
@@ -129,7 +139,8 @@ fn bare_h2(backend: SocketAddr) -> Front {
             "127.0.0.1:0",
         ]),
     );
-    Front { h1: addr, h2: addr, _fronts: Vec::new(), _node: None, _child: Some(guard) }
+    let pid = Some(guard.0.id());
+    Front { h1: addr, h2: addr, pids: [pid, pid], _fronts: Vec::new(), _node: None, _child: Some(guard) }
 }
 
 /// h2load from inside `cgroup`: requests/s and latency percentiles from its
@@ -221,7 +232,8 @@ pub fn run(secs: u32, rounds: u32, pgo: Option<&Path>, stopped: fn() -> bool) ->
     let dir: PathBuf = std::env::temp_dir().join(format!("sluice-benchl7-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = Cleanup(dir.clone());
-    let (_backend, backend) = hello_process("127.0.0.1:0");
+    let (backend_guard, backend) = hello_process("127.0.0.1:0");
+    let backend_pid = backend_guard.0.id();
     // For h2c, "sluice" and "haproxy" speak HTTP/2 to the backend; the
     // "h2→http1" rows and nginx (which has no HTTP/2 upstream) HTTP/1.1.
     let mut targets = vec![
@@ -251,17 +263,26 @@ pub fn run(secs: u32, rounds: u32, pgo: Option<&Path>, stopped: fn() -> bool) ->
         "{rounds} rounds alternating the targets; medians. cores: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let mut h1: Vec<Vec<WrkResult>> = vec![Vec::new(); targets.len()];
-    let mut h2: Vec<Vec<WrkResult>> = vec![Vec::new(); targets.len()];
+    println!(
+        "CPU µs/req: user+system CPU time of the proxy's processes (nginx's worker included) and of the backend, \
+         over the whole load run, divided by req/s × the run's wall time (so the load generator's warm-up counts on both sides)"
+    );
+    let mut h1: Vec<Vec<(WrkResult, Cpu)>> = vec![Vec::new(); targets.len()];
+    let mut h2: Vec<Vec<(WrkResult, Cpu)>> = vec![Vec::new(); targets.len()];
     for round in 0..rounds {
         for (i, name) in targets.iter().enumerate() {
             if stopped() {
                 bail!("interrupted; cleaned up");
             }
             let front = match *name {
-                "direct" => {
-                    Front { h1: backend, h2: backend, _fronts: Vec::new(), _node: None, _child: None }
-                }
+                "direct" => Front {
+                    h1: backend,
+                    h2: backend,
+                    pids: [None, None],
+                    _fronts: Vec::new(),
+                    _node: None,
+                    _child: None,
+                },
                 "sluice" => sluice(&cg, backend, "http", "127.100.0.95", &[], None),
                 PGO_ROW => sluice(&cg, backend, "http", "127.100.0.93", &[], pgo),
                 "sluice (h2→http1 upstream)" => sluice(&cg, backend, "http1", "127.100.0.96", &[], None),
@@ -282,25 +303,72 @@ pub fn run(secs: u32, rounds: u32, pgo: Option<&Path>, stopped: fn() -> bool) ->
             // HTTP/1.1 upstream is the "haproxy" row, and the bare
             // forwarder speaks only h2c.
             if !matches!(*name, "haproxy (h2→http1 upstream)" | "h2 crate, bare forwarder") {
-                let r1 = wrk(cg.path(), &format!("http://{}/", front.h1), 1, 32, secs, false)
-                    .map_err(anyhow::Error::msg)?;
+                let (r1, c1) = with_cpu(front.pids[0], backend_pid, || {
+                    wrk(cg.path(), &format!("http://{}/", front.h1), 1, 32, secs, false)
+                        .map_err(anyhow::Error::msg)
+                })?;
                 eprintln!("round {round} {name}: h1 {:.0} req/s", r1.requests_per_sec);
-                h1[i].push(r1);
+                h1[i].push((r1, c1));
             }
             let log = dir.join(format!("h2load-{round}-{i}.log"));
-            let r2 = h2load(cg.path(), &format!("http://{}/", front.h2), secs, &log)?;
+            let (r2, c2) = with_cpu(front.pids[1], backend_pid, || {
+                h2load(cg.path(), &format!("http://{}/", front.h2), secs, &log)
+            })?;
             eprintln!("round {round} {name}: h2 {:.0} req/s", r2.requests_per_sec);
-            h2[i].push(r2);
+            h2[i].push((r2, c2));
         }
     }
     for (title, results) in [("HTTP/1.1 keep-alive (wrk)", &h1), ("HTTP/2 h2c (h2load)", &h2)] {
         println!("\n{title}");
-        println!("{:<28} {:>12} {:>9} {:>9} {:>7}", "target", "req/s", "p50 ms", "p99 ms", "errors");
+        println!(
+            "{:<28} {:>12} {:>9} {:>9} {:>7} {:>13} {:>15}",
+            "target", "req/s", "p50 ms", "p99 ms", "errors", "proxy CPU µs", "backend CPU µs"
+        );
         for (name, runs) in targets.iter().zip(results.iter()).filter(|(_, r)| !r.is_empty()) {
-            println!("{}", sluice_integration::bench::row(name, 28, runs));
+            let load: Vec<WrkResult> = runs.iter().map(|(r, _)| *r).collect();
+            let m = |f: fn(&Cpu) -> f64| {
+                sluice_integration::bench::median(runs.iter().map(|(_, c)| f(c)).collect())
+            };
+            println!(
+                "{} {:>13} {:>15.2}",
+                sluice_integration::bench::row(name, 28, &load),
+                // "direct" has no proxy.
+                match m(|c| c.proxy_us) {
+                    v if v.is_nan() => "–".to_string(),
+                    v => format!("{v:.2}"),
+                },
+                m(|c| c.backend_us)
+            );
         }
     }
     Ok(())
+}
+
+/// CPU time per request of one load run (µs).
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    /// NaN when there is no proxy ("direct").
+    proxy_us: f64,
+    backend_us: f64,
+}
+
+/// Runs `load`, measuring the CPU time `proxy`'s and `backend`'s process
+/// trees spend meanwhile, per request: req/s times the wall time of the
+/// run gives the requests (the load generator's warm-up included, as the
+/// CPU time includes it).
+fn with_cpu(
+    proxy: Option<u32>,
+    backend: u32,
+    load: impl FnOnce() -> anyhow::Result<WrkResult>,
+) -> anyhow::Result<(WrkResult, Cpu)> {
+    use crate::bench_report::proc_cpu;
+    let (p0, b0, t0) = (proc_cpu(proxy), proc_cpu(Some(backend)), std::time::Instant::now());
+    let r = load()?;
+    let (p1, b1, wall) = (proc_cpu(proxy), proc_cpu(Some(backend)), t0.elapsed().as_secs_f64());
+    let requests = r.requests_per_sec * wall;
+    let per_req = |s: f64| if requests > 0.0 { s * 1e6 / requests } else { f64::NAN };
+    let proxy_us = if proxy.is_some() { per_req(p1 - p0) } else { f64::NAN };
+    Ok((r, Cpu { proxy_us, backend_us: per_req(b1 - b0) }))
 }
 
 pub(crate) struct Cleanup(pub PathBuf);
@@ -308,5 +376,32 @@ pub(crate) struct Cleanup(pub PathBuf);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A busy "proxy" is charged its CPU time per request; an idle
+    /// "backend" next to nothing; no proxy is no figure.
+    #[test]
+    fn cpu_per_request_is_the_processes_cpu_over_the_requests() {
+        let mut busy = Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+        let mut idle = Command::new("sleep").arg("30").spawn().unwrap();
+        let load = || {
+            std::thread::sleep(std::time::Duration::from_millis(600));
+            Ok(WrkResult { requests_per_sec: 1000.0, p50_ms: 0.0, p90_ms: 0.0, p99_ms: 0.0, errors: 0 })
+        };
+        let measured = with_cpu(Some(busy.id()), idle.id(), load);
+        let none = with_cpu(None, idle.id(), load);
+        let _ = (busy.kill(), idle.kill(), busy.wait(), idle.wait());
+        let (r, cpu) = measured.unwrap();
+        assert_eq!(r.requests_per_sec, 1000.0);
+        // A spinning process over 0.6 s of 600 requests: up to 1 ms of CPU
+        // each (less when other tests share the cores; never more).
+        assert!(cpu.proxy_us > 100.0 && cpu.proxy_us < 1100.0, "{cpu:?}");
+        assert!(cpu.backend_us < 50.0, "{cpu:?}");
+        assert!(none.unwrap().1.proxy_us.is_nan());
     }
 }

@@ -125,7 +125,7 @@ struct Sample {
 pub(crate) struct Front {
     pub(crate) addr: SocketAddr,
     /// The proxy's main process (its children are counted too).
-    pid: Option<u32>,
+    pub(crate) pid: Option<u32>,
     _guard: Option<TermGuard>,
     _node: Option<Node>,
 }
@@ -326,7 +326,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// User + system CPU seconds of `pid`'s tree.
-fn proc_cpu(pid: Option<u32>) -> f64 {
+pub(crate) fn proc_cpu(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return 0.0 };
     process_tree(pid)
         .into_iter()
