@@ -229,9 +229,7 @@ pub fn run(secs: u32, rounds: u32, pgo: Option<&Path>, stopped: fn() -> bool) ->
         );
     }
     let cg = CgroupGuard::new("benchl7");
-    let dir: PathBuf = std::env::temp_dir().join(format!("sluice-benchl7-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let _cleanup = Cleanup(dir.clone());
+    let (dir, _cleanup) = scratch_dir("benchl7")?;
     let (backend_guard, backend) = hello_process("127.0.0.1:0");
     let backend_pid = backend_guard.0.id();
     // For h2c, "sluice" and "haproxy" speak HTTP/2 to the backend; the
@@ -371,7 +369,16 @@ fn with_cpu(
     Ok((r, Cpu { proxy_us, backend_us: per_req(b1 - b0) }))
 }
 
-pub(crate) struct Cleanup(pub PathBuf);
+/// Removes a scratch folder when dropped.
+pub(crate) struct Cleanup(PathBuf);
+
+/// A scratch folder `sluice-NAME-PID` in the temp dir, created now and
+/// removed when the returned guard drops.
+pub(crate) fn scratch_dir(name: &str) -> anyhow::Result<(PathBuf, Cleanup)> {
+    let dir = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok((dir.clone(), Cleanup(dir)))
+}
 
 impl Drop for Cleanup {
     fn drop(&mut self) {

@@ -91,9 +91,7 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
     let mut h2: Vec<Vec<WrkResult>> = vec![Vec::new(); names.len()];
     let mut ping: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); names.len()];
     let mut bulk: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
-    let dir = std::env::temp_dir().join(format!("sluice-benchmesh-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let _cleanup = crate::bench_l7::Cleanup(dir.clone());
+    let (dir, _cleanup) = crate::bench_l7::scratch_dir("benchmesh")?;
     for round in 0..rounds {
         for (i, name) in names.iter().enumerate() {
             if stopped() {

@@ -6,8 +6,6 @@
 //! `SLUICE_SLUICE_BIN`) exits cleanly and writes its profile. A run with
 //! failed requests is an error: a profile of error paths would be the wrong one.
 
-use std::path::PathBuf;
-
 use anyhow::bail;
 use nix::sys::signal::Signal;
 use sluice_integration::{CgroupGuard, bench::wrk, process::hello_process};
@@ -17,9 +15,7 @@ pub fn run(secs: u32, stopped: fn() -> bool) -> anyhow::Result<()> {
         bail!("training attaches Sluice's eBPF programs to a test cgroup: run it as root");
     }
     let cg = CgroupGuard::new("pgo");
-    let dir: PathBuf = std::env::temp_dir().join(format!("sluice-pgo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let _cleanup = crate::bench_l7::Cleanup(dir.clone());
+    let (dir, _cleanup) = crate::bench_l7::scratch_dir("pgo")?;
     let (_backend, backend) = hello_process("127.0.0.1:0");
     println!("training {} with {secs} s of each load", sluice_integration::target_bin("sluice").display());
     for (protocol, vip) in [("http", "127.100.0.97"), ("http1", "127.100.0.98")] {

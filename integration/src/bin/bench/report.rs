@@ -11,7 +11,7 @@
 use std::{
     fmt::Write as _,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
 };
 
@@ -465,9 +465,7 @@ pub fn run(
         bail!("the benchmark attaches eBPF programs: run it as root");
     }
     let cg = CgroupGuard::new("benchreport");
-    let dir: PathBuf = std::env::temp_dir().join(format!("sluice-benchreport-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let _cleanup = crate::bench_l7::Cleanup(dir.clone());
+    let (dir, _cleanup) = crate::bench_l7::scratch_dir("benchreport")?;
     let b = backends(&dir)?;
     let started = std::time::SystemTime::now();
     // results[pinned][scenario][mode]

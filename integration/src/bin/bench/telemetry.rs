@@ -5,7 +5,7 @@
 //! in one run; rounds alternate; medians. Spans started vs exported are
 //! read from the node's metrics, so a run whose exporter fell behind shows it.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::net::SocketAddr;
 
 use anyhow::bail;
 use sluice_integration::{
@@ -40,9 +40,7 @@ pub fn run(secs: u32, rounds: u32, stopped: fn() -> bool) -> anyhow::Result<()> 
         bail!("the benchmark attaches eBPF programs: run it as root");
     }
     let cg = CgroupGuard::new("benchtel");
-    let dir: PathBuf = std::env::temp_dir().join(format!("sluice-benchtel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let _cleanup = crate::bench_l7::Cleanup(dir.clone());
+    let (dir, _cleanup) = crate::bench_l7::scratch_dir("benchtel")?;
     let rotel = Rotel::start_quiet();
     let (_backend, backend) = hello_process("127.0.0.1:0");
     let log = dir.join("access.log");
