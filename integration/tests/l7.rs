@@ -407,6 +407,140 @@ fn http2_stream_limit_and_rapid_reset_are_enforced() {
     assert!(a.requests() - before < 100, "{} requests reached the endpoint", a.requests() - before);
 }
 
+/// HTTP/2 clients that give up: a RST_STREAM (CANCEL) or a closed
+/// connection cancels the request at the proxy, so the one request the
+/// service allows in flight is free again long before the endpoint would
+/// have answered (3 s).
+#[test]
+fn http2_streams_reset_or_dropped_by_the_client_cancel_their_requests() {
+    if !privileged("http2_streams_reset_or_dropped_by_the_client_cancel_their_requests") {
+        return;
+    }
+    let a = HttpEndpoint::start("a");
+    let config = format!(
+        "services:\n  - {{name: one, vips: [127.100.1.140], ports: [{{port: 80, protocol: http2}}], circuit_breaker: {{max_requests: 1, max_pending_requests: 0}}}}\nendpoints:\n{}",
+        endpoints_yaml("one", &[(&a, None)])
+    );
+    let m = mesh("h2_cancel", &config, &[]);
+    let url = "http://127.100.1.140/next";
+    let free_again = |what: &str| {
+        let t = std::time::Instant::now();
+        sluice_integration::wait_for(what, Duration::from_millis(2000), || {
+            let out = run_in(
+                m.cg.path(),
+                "curl",
+                &[
+                    "-s",
+                    "--http2-prior-knowledge",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "3",
+                    url,
+                ],
+            );
+            (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
+        });
+        t.elapsed()
+    };
+    // RST_STREAM 300 ms after the request, the connection kept open.
+    let mut reset = sluice_integration::process::ChildGuard(
+        std::process::Command::new(sluice_integration::target_bin("sluice-testkit"))
+            .args(["h2-abuse", "--cgroup"])
+            .arg(m.cg.path())
+            .args(["--timeout-ms", "4000", "cancel", "127.100.1.140:80", "1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    sluice_integration::wait_for("the request at the endpoint", Duration::from_millis(2000), || {
+        (a.requests() == 1).then_some(())
+    });
+    // Taken: a second request is refused while the first is in flight.
+    let busy = curl(m.cg.path(), &["--http2-prior-knowledge", url]);
+    assert_eq!(busy.status, 503, "{busy:?}");
+    let waited = free_again("the reset request's slot");
+    assert!(waited < Duration::from_millis(2500), "freed by the reset, not by the answer: {waited:?}");
+    assert!(reset.0.try_wait().unwrap().is_none(), "the resetting client still holds its connection");
+    let _ = reset.0.kill();
+    // The client closes its connection (curl gives up after 300 ms).
+    let before = a.requests();
+    let out = run_in(
+        m.cg.path(),
+        "curl",
+        &["-s", "--http2-prior-knowledge", "-H", "x-delay-ms: 3000", "--max-time", "0.3", url],
+    );
+    assert!(!out.status.success(), "curl gave up");
+    assert_eq!(a.requests(), before + 1, "the request reached the endpoint");
+    let waited = free_again("the dropped request's slot");
+    assert!(waited < Duration::from_millis(2500), "freed by the close, not by the answer: {waited:?}");
+}
+
+/// A node that stops drains HTTP/2 clients: GOAWAY at once, and the
+/// stream in flight still gets its whole response.
+#[test]
+fn http2_drain_sends_goaway_and_finishes_the_streams_in_flight() {
+    if !privileged("http2_drain_sends_goaway_and_finishes_the_streams_in_flight") {
+        return;
+    }
+    let a = HttpEndpoint::start("a");
+    let config = format!(
+        "services:\n  - {{name: web, vips: [127.100.1.141], ports: [{{port: 80}}]}}\nendpoints:\n{}",
+        endpoints_yaml("web", &[(&a, None)])
+    );
+    let mut m = mesh("h2_drain", &config, &[]);
+    let client = sluice_integration::process::spawn_in(
+        m.cg.path(),
+        "nghttp",
+        &["-nv", "-t", "10", "-H", "x-delay-ms: 1500", "http://127.100.1.141/slow"],
+    );
+    let mut client = sluice_integration::process::ChildGuard(client);
+    sluice_integration::wait_for("the request at the endpoint", Duration::from_millis(3000), || {
+        (a.requests() == 1).then_some(())
+    });
+    m.node.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut client.0.stdout.take().unwrap(), &mut text).unwrap();
+    let goaway = text.find("recv GOAWAY frame").unwrap_or_else(|| panic!("no GOAWAY: {text}"));
+    let status = text.find(":status: 200").unwrap_or_else(|| panic!("no response: {text}"));
+    assert!(goaway < status, "GOAWAY came first, then the response: {text}");
+    // The body, to its end (nghttp -n prints the frames, not the bytes).
+    let rest = &text[status..];
+    let data = rest.find("recv DATA frame").unwrap_or_else(|| panic!("no body: {text}"));
+    assert!(rest[data..].contains("; END_STREAM"), "the whole body: {text}");
+    assert!(m.node.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// What the proxy answers itself over HTTP/2 carries `date` and the
+/// length of its body.
+#[test]
+fn http2_responses_from_the_proxy_carry_date_and_length() {
+    if !privileged("http2_responses_from_the_proxy_carry_date_and_length") {
+        return;
+    }
+    let m = mesh(
+        "h2_headers",
+        "services:\n  - {name: empty, vips: [127.100.1.142], ports: [{port: 80, protocol: http2}]}\nendpoints: []\n",
+        &[],
+    );
+    let r = curl(m.cg.path(), &["--http2-prior-knowledge", "http://127.100.1.142/x"]);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.headers.get("content-length"), Some(&r.body.len().to_string()), "{r:?}");
+    let date = r.headers.get("date").unwrap_or_else(|| panic!("a date: {r:?}"));
+    assert!(date.ends_with(" GMT") && date.len() == 29, "an HTTP date: {date}");
+    // HEAD: no length made up for a body that is not sent.
+    let out = run_in(
+        m.cg.path(),
+        "curl",
+        &["-sS", "--http2-prior-knowledge", "-I", "--max-time", "10", "http://127.100.1.142/x"],
+    );
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/2 503"), "{head}");
+    assert!(head.contains("\r\ndate: "), "{head}");
+}
+
 /// `sluice-bench l7`'s reference row, `sluice-testkit h2-forward`, forwards
 /// for real (so its figure is a forwarder's): request bodies intact, the
 /// endpoint's answers back, every stream over one HTTP/2 connection to it.

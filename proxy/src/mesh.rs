@@ -31,7 +31,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     Routes,
     http::{
-        Body, BoxError, DownstreamBodyError, HttpError,
+        Body, HttpError,
         error::{empty, full},
         headers,
         upstream::{Pools, Proto, Target},
@@ -439,7 +439,7 @@ impl MeshServer {
         for h in [H_SERVICE, H_PORT, H_ENDPOINT, H_PROTO] {
             req.headers_mut().remove(h);
         }
-        let mut req = req.map(|b| b.map_err(|e| Box::new(DownstreamBodyError(e)) as BoxError).boxed_unsync());
+        let mut req = req.map(|b| b.map_err(crate::http::downstream_body_error).boxed_unsync());
         let authority = format!("{service}:{port}");
         headers::for_upstream(&mut req, proto, &authority);
         let service: Arc<str> = service.into();

@@ -24,11 +24,14 @@
 //! `sluice-testkit raw [--cgroup DIR] [--timeout-ms MS] ADDR < REQUEST`
 //!     sends stdin as is, reads until the server closes; prints the response
 //!     bytes, and `closed_after_ms=N` (or `still_open`) on stderr.
-//! `sluice-testkit h2-abuse streams|resets ADDR N`
+//! `sluice-testkit h2-abuse streams|resets|cancel ADDR N`
 //!     a misbehaving HTTP/2 client written frame by frame: `streams` opens N
 //!     streams at once whatever the server's limit (each asks the endpoint to
-//!     wait 1 s), `resets` opens and resets N streams at once (rapid reset).
-//!     Prints `rst_stream=N goaway=CODE|none headers=N` from what came back.
+//!     wait 1 s), `resets` opens and resets N streams at once (rapid reset),
+//!     `cancel` opens N streams (each asking for a 3 s wait), resets them
+//!     with CANCEL 300 ms later and keeps the connection open until the
+//!     timeout. Prints `rst_stream=N goaway=CODE|none headers=N` from what
+//!     came back.
 //! `sluice-testkit pingpong [--cgroup DIR] [--secs N] ADDR SIZE`
 //!     against an echo: SIZE bytes out, the same back, again and again for N
 //!     seconds on one connection; prints `round_trips=N p50_us=.. p99_us=..`.
@@ -318,7 +321,7 @@ fn h2_abuse(mode: &str, addr: SocketAddr, n: u32, timeout: std::time::Duration) 
     block.extend([0x00, 10]);
     block.extend(b"x-delay-ms");
     block.extend([4]);
-    block.extend(b"1000");
+    block.extend(if mode == "cancel" { b"3000" } else { b"1000" });
     for i in 0..n {
         let id = 2 * i + 1;
         // END_STREAM | END_HEADERS
@@ -328,6 +331,12 @@ fn h2_abuse(mode: &str, addr: SocketAddr, n: u32, timeout: std::time::Duration) 
         }
     }
     s.write_all(&out)?;
+    if mode == "cancel" {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let resets: Vec<u8> =
+            (0..n).flat_map(|i| h2_frame(RST_STREAM, 0, 2 * i + 1, &8u32.to_be_bytes())).collect();
+        s.write_all(&resets)?;
+    }
     s.set_read_timeout(Some(timeout))?;
     let (mut rst, mut headers, mut goaway) = (0, 0, None);
     let mut buf = Vec::new();

@@ -34,9 +34,12 @@ pub fn connection_has(h: &HeaderMap, token: &str) -> bool {
 /// upgrade keeps `Upgrade` and `Connection: upgrade`, which it needs.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // Most messages have none of these (gRPC's `te: trailers` may cross):
-    // one pass over the names decides.
-    let any = h.keys().any(|n| HOP_BY_HOP.contains(n) || n == header::UPGRADE)
-        || h.get(header::TE).is_some_and(|v| v != "trailers");
+    // one pass over the names decides, with no lookup unless TE is there.
+    let any = h.keys().any(|n| {
+        HOP_BY_HOP.contains(n)
+            || n == header::UPGRADE
+            || (n == header::TE && h.get(header::TE).is_some_and(|v| v != "trailers"))
+    });
     if !any && !keep_upgrade {
         return;
     }

@@ -7,6 +7,8 @@
 
 pub mod error;
 pub mod guard;
+mod h2_body;
+mod h2_server;
 pub mod headers;
 pub mod replay;
 pub mod retry;
@@ -28,8 +30,8 @@ pub use error::HttpError;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, combinators::UnsyncBoxBody};
-use hyper::{body::Incoming, server::conn::http1, server::conn::http2, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +47,7 @@ pub type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
 /// The client's request body failed (malformed chunking, reset...).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct DownstreamBodyError(pub(crate) hyper::Error);
+pub struct DownstreamBodyError(pub(crate) BoxError);
 
 /// Protocol limits for clients; the defaults are safe, the node's flags change them.
 #[derive(Debug, Clone)]
@@ -124,22 +126,7 @@ pub(crate) async fn serve(
     let conn = Arc::new(Conn { peer, orig, source, ctx, draining: Default::default() });
     let mut drain = crate::cancel::Cancelled::new(graceful);
     if http2_ {
-        let c = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.h2_max_concurrent_streams)
-            .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
-            .max_local_error_reset_streams(Some(limits.h2_max_local_error_reset_streams))
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .serve_connection(TokioIo::new(stream), service(Arc::clone(&conn)));
-        tokio::pin!(c);
-        let r = tokio::select! {
-            biased;
-            r = c.as_mut() => r,
-            _ = &mut drain => { c.as_mut().graceful_shutdown(); c.await }
-        };
-        if let Err(e) = r {
+        if let Err(e) = h2_server::serve(stream, &conn, &mut drain).await {
             tracing::debug!(%peer, %orig, error = %e, "HTTP/2 connection ended with an error");
         }
     } else {
@@ -193,11 +180,14 @@ fn service(
     Future: Send + 'static,
 > + Clone {
     service_fn(move |req: Request<Incoming>| {
-        let req = req.map(|b| b.map_err(|e| Box::new(DownstreamBodyError(e)) as BoxError).boxed_unsync());
-        // Boxed: hyper runs each HTTP/2 stream as a task of its own, and a
-        // task's future is copied on spawn and again when it finishes.
-        Box::pin(handle(req, Arc::clone(&conn)))
+        let req = req.map(|b| b.map_err(downstream_body_error).boxed_unsync());
+        handle(req, Arc::clone(&conn))
     })
+}
+
+/// The client's request body failed (hyper's error).
+pub(crate) fn downstream_body_error(e: hyper::Error) -> BoxError {
+    Box::new(DownstreamBodyError(Box::new(e)))
 }
 
 /// hyper serves the rest of an HTTP/1 connection, behind the guard.

@@ -25,7 +25,6 @@ use std::{
     pin::{Pin, pin},
     sync::{Arc, atomic::Ordering::Relaxed},
     task::Poll,
-    time::SystemTime,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -390,20 +389,8 @@ async fn write_response(
     Ok(whole)
 }
 
-thread_local! {
-    /// The `date` value of the current second (formatted once per second).
-    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
-}
-
 fn put_date(out: &mut Vec<u8>) {
-    let secs = crate::clock::coarse_unix_secs();
-    DATE.with_borrow_mut(|(at, text)| {
-        if *at != secs {
-            *at = secs;
-            *text = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs));
-        }
-        out.extend_from_slice(text.as_bytes());
-    });
+    super::wire::with_date(|d| out.extend_from_slice(d.as_bytes()));
 }
 
 #[cfg(test)]

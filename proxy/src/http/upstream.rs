@@ -157,19 +157,22 @@ impl Pools {
                 }
             }
             Proto::Http2 => {
-                Box::pin(async move {
-                    // A connection that is closing (GOAWAY) opens no stream:
-                    // the request goes out on a new one.
-                    let (mut req, mut in_flight, mut unsent_tries) = (req, Some(in_flight), 0);
-                    loop {
-                        let conn = self.h2(t).await?;
-                        match conn.send(req, in_flight).await {
-                            Ok(resp) => return Ok(resp),
-                            Err(f) => (req, in_flight) = after_failure(t, f, &mut unsent_tries)?,
-                        }
+                // A connection that is closing (GOAWAY) opens no stream:
+                // the request goes out on a new one.
+                let (mut req, mut in_flight, mut unsent_tries) = (req, Some(in_flight), 0);
+                loop {
+                    let conn = match self.h2_open(t) {
+                        Ok(c) => c,
+                        // Boxed: opening a connection is rare, and its
+                        // future (connect, handshake) would make every
+                        // request's as large.
+                        Err(opening) => Box::pin(self.h2(t, opening)).await?,
+                    };
+                    match conn.send(req, in_flight).await {
+                        Ok(resp) => return Ok(resp),
+                        Err(f) => (req, in_flight) = after_failure(t, f, &mut unsent_tries)?,
                     }
-                })
-                .await
+                }
             }
         }
     }
@@ -214,6 +217,13 @@ impl Pools {
         if let Some(c) = self.take_idle(t) {
             return Ok(c);
         }
+        // Boxed: connecting and waiting are rarer, and their future would
+        // make every request's as large.
+        Box::pin(self.connect_or_wait_h1(t)).await
+    }
+
+    /// A new connection, or one freed while waiting (within the limits).
+    async fn connect_or_wait_h1(&self, t: Target<'_>) -> Result<h1::Conn, HttpError> {
         let mut _pending: Option<Held> = None;
         let _waiting = t.ep.waiting();
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
@@ -289,14 +299,12 @@ impl Pools {
         Ok(tx)
     }
 
-    async fn h2(&self, t: Target<'_>) -> Result<h2::Conn, HttpError> {
-        // The common case takes one plain lock and no async one: through an
-        // async lock, the request's task was polled three times per request
-        // instead of two (callgrind).
-        let opening = match self.h2_open(t) {
-            Ok(c) => return Ok(c),
-            Err(opening) => opening,
-        };
+    /// Opens the endpoint's connection, unless the task that held
+    /// `opening` before did. The common case, an open connection, is
+    /// [`Self::h2_open`]'s: one plain lock and no async one (through an
+    /// async lock, the request's task was polled three times per request
+    /// instead of two; callgrind).
+    async fn h2(&self, t: Target<'_>, opening: Arc<tokio::sync::Mutex<()>>) -> Result<h2::Conn, HttpError> {
         let _opening = opening.lock().await;
         // Opened by the task that held the lock before.
         if let Ok(c) = self.h2_open(t) {

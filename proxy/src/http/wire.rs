@@ -49,3 +49,26 @@ pub(crate) async fn put_data(
     }
     Ok(())
 }
+
+thread_local! {
+    /// The `date` value of the current second (formatted once per second).
+    static DATE: std::cell::RefCell<(u64, http::HeaderValue)> =
+        const { std::cell::RefCell::new((u64::MAX, http::HeaderValue::from_static(""))) };
+}
+
+/// Calls `f` with the `date` field's value for now.
+pub(crate) fn with_date<R>(f: impl FnOnce(&http::HeaderValue) -> R) -> R {
+    let secs = crate::clock::coarse_unix_secs();
+    DATE.with_borrow_mut(|(at, value)| {
+        if *at != secs {
+            let text = httpdate::fmt_http_date(
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            );
+            if let Ok(v) = http::HeaderValue::from_str(&text) {
+                *at = secs;
+                *value = v;
+            }
+        }
+        f(value)
+    })
+}

@@ -17,18 +17,22 @@ use std::{
         Arc, OnceLock,
         atomic::{AtomicBool, Ordering::Relaxed},
     },
-    task::{Context, Poll, ready},
+    task::{Poll, ready},
     time::Duration,
 };
 
-use bytes::{Buf, Bytes};
-use h2::{Reason, RecvStream, SendStream, client::SendRequest};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
-use http_body::{Body as _, Frame, SizeHint};
+use bytes::Bytes;
+use h2::{Reason, client::SendRequest};
+use http::{HeaderValue, Method, Request, Response, header};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 
-use super::super::{Body, BoxError, headers};
+use super::super::{
+    Body, BoxError,
+    h2_body::{Pipe, PipeError, RecvBody, describe},
+    headers,
+};
 use crate::endpoint::Held;
 
 /// A ping goes to an endpoint after this long, and the connection is closed
@@ -114,18 +118,19 @@ impl Conn {
         };
         let mut body_failed = None;
         if !eos {
-            let mut pipe = Pipe { body, tx: stream, waiting: None, failed: None };
+            // The client's body failing cancels the stream.
+            let mut pipe = Pipe::new(body, stream, Reason::CANCEL);
             // Most bodies are already complete: sent now, with no task.
             match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut pipe).poll(cx))).await {
-                Poll::Ready(Err(PipeError::Downstream(reason))) => return Err(Failure::Downstream(reason)),
+                Poll::Ready(Err(PipeError::Body(reason))) => return Err(Failure::Downstream(reason)),
                 // The response (or its absence) says what happened.
                 Poll::Ready(_) => {}
                 Poll::Pending => {
                     let failed = Arc::new(OnceLock::new());
-                    pipe.failed = Some(Arc::clone(&failed));
+                    pipe.report_to(Arc::clone(&failed));
                     body_failed = Some(failed);
                     tokio::spawn(async move {
-                        if let Err(PipeError::Upstream(e)) = pipe.await {
+                        if let Err(PipeError::Stream(e)) = pipe.await {
                             tracing::debug!(error = %e, "request body to the endpoint stopped");
                         }
                     });
@@ -141,8 +146,9 @@ impl Conn {
                 });
             }
         };
-        let length = content_length(resp.headers());
-        Ok(resp.map(|recv| Incoming::new(recv, length, in_flight).boxed_unsync()))
+        let (parts, recv) = resp.into_parts();
+        let body = RecvBody::new(recv, &parts.headers, in_flight, upstream_body_error).boxed_unsync();
+        Ok(Response::from_parts(parts, body))
     }
 }
 
@@ -152,12 +158,12 @@ fn has_payload_semantics(m: &Method) -> bool {
     !matches!(*m, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT)
 }
 
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body failed: http2 error: {0}")]
+struct UpstreamBodyError(h2::Error);
 
-fn describe(e: &h2::Error) -> String {
-    format!("http2 error: {e}")
+fn upstream_body_error(e: h2::Error) -> BoxError {
+    Box::new(UpstreamBodyError(e))
 }
 
 /// Runs the connection, pinging the endpoint when it has been quiet for
@@ -199,188 +205,6 @@ async fn drive(mut conn: h2::client::Connection<TcpStream, Bytes>, closed: Arc<A
     closed.store(true, Relaxed);
     if let Err(e) = r {
         tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-    }
-}
-
-#[derive(Debug)]
-enum PipeError {
-    /// The client's body failed (the stream was reset with CANCEL).
-    Downstream(String),
-    /// The endpoint reset the stream or the connection failed.
-    Upstream(String),
-}
-
-/// Streams a request body into its HTTP/2 stream, within the flow-control
-/// window the endpoint grants.
-struct Pipe {
-    body: Body,
-    tx: SendStream<Bytes>,
-    /// A chunk read from the body, waiting for window.
-    waiting: Option<(Bytes, bool)>,
-    /// Where a spawned pipe leaves the client's body error for the request
-    /// task, which sees only the reset.
-    failed: Option<Arc<OnceLock<String>>>,
-}
-
-impl Pipe {
-    fn downstream(&mut self, e: &BoxError) -> PipeError {
-        self.tx.send_reset(Reason::CANCEL);
-        let reason = e.to_string();
-        if let Some(f) = &self.failed {
-            let _ = f.set(reason.clone());
-        }
-        PipeError::Downstream(reason)
-    }
-}
-
-impl Future for Pipe {
-    type Output = Result<(), PipeError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let me = &mut *self;
-        loop {
-            // Stop early when the endpoint resets the stream (it may answer
-            // before reading the whole body).
-            match me.tx.poll_reset(cx) {
-                Poll::Ready(Ok(reason)) => {
-                    return Poll::Ready(Err(PipeError::Upstream(format!("reset: {reason}"))));
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(PipeError::Upstream(describe(&e)))),
-                Poll::Pending => {}
-            }
-            if me.waiting.is_some() {
-                // h2 sends what the window allows and buffers the rest of
-                // the chunk; wait for some window first, claiming only one
-                // byte of it meanwhile (claiming the whole chunk would hold
-                // window that other streams could use).
-                while me.tx.capacity() == 0 {
-                    match ready!(me.tx.poll_capacity(cx)) {
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => return Poll::Ready(Err(PipeError::Upstream(describe(&e)))),
-                        None => {
-                            return Poll::Ready(Err(PipeError::Upstream(
-                                "the stream closed while sending".into(),
-                            )));
-                        }
-                    }
-                }
-                let Some((chunk, eos)) = me.waiting.take() else { continue };
-                if let Err(e) = me.tx.send_data(chunk, eos) {
-                    return Poll::Ready(Err(PipeError::Upstream(describe(&e))));
-                }
-                if eos {
-                    return Poll::Ready(Ok(()));
-                }
-                continue;
-            }
-            match ready!(Pin::new(&mut me.body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        let eos = me.body.is_end_stream();
-                        if data.is_empty() {
-                            if eos {
-                                return Poll::Ready(
-                                    me.tx
-                                        .send_data(data, true)
-                                        .map_err(|e| PipeError::Upstream(describe(&e))),
-                                );
-                            }
-                            continue;
-                        }
-                        me.tx.reserve_capacity(1);
-                        me.waiting = Some((data, eos));
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            me.tx.reserve_capacity(0);
-                            return Poll::Ready(
-                                me.tx.send_trailers(trailers).map_err(|e| PipeError::Upstream(describe(&e))),
-                            );
-                        }
-                    }
-                },
-                Some(Err(e)) => return Poll::Ready(Err(me.downstream(&e))),
-                None => {
-                    return Poll::Ready(
-                        me.tx.send_data(Bytes::new(), true).map_err(|e| PipeError::Upstream(describe(&e))),
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// A response body from an endpoint; the exchange (its in-flight count)
-/// ends when the body does.
-#[derive(Debug)]
-struct Incoming {
-    recv: RecvStream,
-    /// DATA frames are over; trailers (if any) come next.
-    data_done: bool,
-    /// Bytes still to come, when the response declared its length.
-    remaining: Option<u64>,
-    in_flight: Option<Held>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("upstream response body failed: http2 error: {0}")]
-struct UpstreamBodyError(h2::Error);
-
-impl Incoming {
-    fn new(recv: RecvStream, length: Option<u64>, in_flight: Option<Held>) -> Self {
-        let done = recv.is_end_stream();
-        Self { recv, data_done: done, remaining: length, in_flight: if done { None } else { in_flight } }
-    }
-}
-
-impl http_body::Body for Incoming {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let me = &mut *self;
-        if !me.data_done {
-            match ready!(me.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // The window opens again as the client takes the data.
-                    let _ = me.recv.flow_control().release_capacity(data.remaining());
-                    if let Some(r) = &mut me.remaining {
-                        *r = r.saturating_sub(data.len() as u64);
-                    }
-                    if me.recv.is_end_stream() {
-                        me.in_flight = None;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => {
-                    me.in_flight = None;
-                    return Poll::Ready(Some(Err(Box::new(UpstreamBodyError(e)))));
-                }
-                None => me.data_done = true,
-            }
-        }
-        let r = ready!(me.recv.poll_trailers(cx));
-        me.in_flight = None;
-        Poll::Ready(match r {
-            Ok(Some(t)) => Some(Ok(Frame::trailers(t))),
-            Ok(None) => None,
-            Err(e) => Some(Err(Box::new(UpstreamBodyError(e)))),
-        })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Some(n) => SizeHint::with_exact(n),
-            None if self.recv.is_end_stream() => SizeHint::with_exact(0),
-            None => SizeHint::default(),
-        }
     }
 }
 

@@ -10,6 +10,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::stream;
 use http::{HeaderMap, Request, Response};
+use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tokio::net::{TcpListener, TcpStream};
 
