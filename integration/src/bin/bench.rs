@@ -14,10 +14,12 @@
 //! userspace copy, sk_skb splice, zero-hop), latency and bulk throughput,
 //! pinned to one CPU and unpinned (see `bench/paths.rs`).
 //!
-//! `sluice-bench l7 [--secs N] [--rounds N] [--pgo SLUICE_BINARY]`:
+//! `sluice-bench l7 [--secs N] [--rounds N] [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY]`:
 //! HTTP/1.1 (wrk) and h2c (h2load) through Sluice's L7 path vs nginx,
 //! haproxy and direct; with `--pgo`, a profile-guided build of sluice as
-//! one more row (see `bench/l7.rs`).
+//! one more row; with `--baseline`, another build (an earlier commit's,
+//! say) beside this one, to compare a change in the same run (see
+//! `bench/l7.rs`).
 //!
 //! `sluice-bench telemetry [--secs N] [--rounds N]`: the L7 path with
 //! tracing off, tracing at 100% (OTLP/gRPC to rotel) and JSON access logs
@@ -88,6 +90,16 @@ fn main() -> anyhow::Result<()> {
     {
         bail!("--pgo {}: no such file (build it with sudo ./scripts/build-pgo.sh)", p.display());
     }
+    let baseline =
+        take_value(&mut args, "--baseline", "the path of a sluice binary")?.map(std::path::PathBuf::from);
+    if let Some(p) = &baseline
+        && !p.is_file()
+    {
+        bail!(
+            "--baseline {}: no such file (copy the sluice binary of the build to compare with)",
+            p.display()
+        );
+    }
     let mut opt = |name: &str, default: u32| -> anyhow::Result<u32> {
         match take_value(&mut args, name, "a value")? {
             Some(v) => v.parse().map_err(|e| anyhow::anyhow!("{name} {v}: {e} (a whole number is needed)")),
@@ -108,7 +120,7 @@ fn main() -> anyhow::Result<()> {
         Some("workers") => workers(secs, rounds),
         Some("policy") => policy(packets, rounds),
         Some("paths") => bench_paths::run(secs, rounds, stopped),
-        Some("l7") => bench_l7::run(secs, rounds, pgo.as_deref(), stopped),
+        Some("l7") => bench_l7::run(secs, rounds, pgo.as_deref(), baseline.as_deref(), stopped),
         Some("telemetry") => bench_telemetry::run(secs, rounds, stopped),
         Some("mesh") => bench_mesh::run(secs, rounds, stopped),
         Some("pgo-train") => bench_pgo::run(secs, stopped),
@@ -116,7 +128,7 @@ fn main() -> anyhow::Result<()> {
             bench_report::run(secs, rounds, std::path::Path::new(&out), pgo.as_deref(), stopped)
         }
         _ => bail!(
-            "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] (l7: [--pgo SLUICE_BINARY]) | report [--secs N] [--rounds N] [--out DIR] [--pgo SLUICE_BINARY] | policy [--packets N] [--rounds N] | pgo-train [--secs N]"
+            "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] (l7: [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY]) | report [--secs N] [--rounds N] [--out DIR] [--pgo SLUICE_BINARY] | policy [--packets N] [--rounds N] | pgo-train [--secs N]"
         ),
     }
 }

@@ -216,10 +216,19 @@ pub(crate) fn h2load_run(mut cmd: Command, url: &str, secs: u32, log: &Path) -> 
 }
 
 const PGO_ROW: &str = "sluice, PGO build";
+const BASELINE_ROW: &str = "sluice, baseline binary";
 
 /// `pgo`: a profile-guided build of sluice (`scripts/build-pgo.sh`),
-/// measured as one more row beside the plain build.
-pub fn run(secs: u32, rounds: u32, pgo: Option<&Path>, stopped: fn() -> bool) -> anyhow::Result<()> {
+/// measured as one more row beside the plain build; `baseline`: another
+/// sluice binary (an earlier commit's build) as a row of its own, so a
+/// change is measured side by side in one run.
+pub fn run(
+    secs: u32,
+    rounds: u32,
+    pgo: Option<&Path>,
+    baseline: Option<&Path>,
+    stopped: fn() -> bool,
+) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark attaches eBPF programs: run it as root");
     }
@@ -247,6 +256,10 @@ pub fn run(secs: u32, rounds: u32, pgo: Option<&Path>, stopped: fn() -> bool) ->
     if let Some(p) = pgo {
         targets.insert(2, PGO_ROW);
         println!("{PGO_ROW}: {} (scripts/build-pgo.sh), the same source as the \"sluice\" row", p.display());
+    }
+    if let Some(p) = baseline {
+        targets.insert(2, BASELINE_ROW);
+        println!("{BASELINE_ROW}: {}, beside the \"sluice\" row (this build)", p.display());
     }
     println!("backend: sluice-testkit hello (hyper, 1 thread); every proxy: 1 worker, keep-alive upstream");
     println!("h2c to the backend: HTTP/2 from sluice and haproxy, HTTP/1.1 from nginx and the h2→http1 rows");
@@ -283,6 +296,7 @@ pub fn run(secs: u32, rounds: u32, pgo: Option<&Path>, stopped: fn() -> bool) ->
                 },
                 "sluice" => sluice(&cg, backend, "http", "127.100.0.95", &[], None),
                 PGO_ROW => sluice(&cg, backend, "http", "127.100.0.93", &[], pgo),
+                BASELINE_ROW => sluice(&cg, backend, "http", "127.100.0.92", &[], baseline),
                 "sluice (h2→http1 upstream)" => sluice(&cg, backend, "http1", "127.100.0.96", &[], None),
                 // Its self-test fails on this kernel (a half-close stall that
                 // wrk and h2load never trigger): measured with it skipped.
