@@ -1,14 +1,20 @@
 //! HTTP/2 from clients, served with the h2 crate: each stream's request
-//! goes to [`super::handle`] in a task of its own, which then writes the
-//! response into the stream.
+//! goes to [`super::handle`] in a future of its own, which then writes the
+//! response into the stream. The streams' futures run in the connection's
+//! task (the worker's runtime has one thread: nothing runs in parallel
+//! that could), so a stream costs no task of its own; and they die with
+//! the connection.
 //!
-//! hyper's HTTP/2 server does the same through its own layers (a service
-//! call, its body type around h2's, a state machine per stream task). Here
-//! a stream's task is one box holding the handler's future: a task's
-//! future is copied whole when it is spawned and again as it finishes, so
-//! boxed it is copied once (callgrind, h2c through a node: 39.9k
-//! instructions per request this way, 40.8k through hyper's server, 41.6k
-//! with the stream's future unboxed).
+//! hyper's HTTP/2 server spawns a task per stream, through its own layers
+//! (a service call, its body type around h2's, a state machine per stream
+//! task). callgrind, h2c through a node, instructions per request: 40.8k
+//! through hyper's server. Here, with a task per stream: 41.6k when the
+//! stream's future was not boxed (a task's future is copied whole when it
+//! is spawned and again as it finishes), 39.9k boxed, 38.0k once bodies
+//! asked h2's locked state less and opening a connection was boxed out of
+//! every request's future. With the streams in the connection's task:
+//! 37.4k (tokio's task cell is 128-byte aligned, which mimalloc serves on
+//! a slow path).
 //!
 //! Kept from hyper's server: the limits are h2's SETTINGS and checks; a
 //! client's RST_STREAM (or a closed connection) cancels its request; a
@@ -25,14 +31,15 @@ use std::{
 };
 
 use bytes::Bytes;
-use h2::{Reason, RecvStream, server::SendResponse};
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use h2::{Reason, server::SendResponse};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 
 use super::{
-    BoxError, Conn, DownstreamBodyError,
+    Body, BoxError, Conn, DownstreamBodyError,
     h2_body::{Pipe, RecvBody},
     wire,
 };
@@ -57,8 +64,10 @@ pub(super) async fn serve(io: TcpStream, conn: &Arc<Conn>, drain: &mut Cancelled
         _ = &mut *drain => return Ok(()),
     };
     let mut draining = false;
+    let mut streams = FuturesUnordered::new();
     loop {
         let next = poll_fn(|cx| {
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
             if !draining && Pin::new(&mut *drain).poll(cx).is_ready() {
                 draining = true;
                 c.graceful_shutdown();
@@ -68,9 +77,11 @@ pub(super) async fn serve(io: TcpStream, conn: &Arc<Conn>, drain: &mut Cancelled
         .await;
         match next {
             Some(Ok((req, respond))) => {
-                // Boxed: a task's future is copied whole when it is
-                // spawned and again as it finishes.
-                tokio::spawn(Box::pin(stream(Arc::clone(conn), req, respond)));
+                let head = req.method() == Method::HEAD;
+                let (parts, recv) = req.into_parts();
+                let body = RecvBody::new(recv, &parts.headers, None, downstream_body_error).boxed_unsync();
+                let req = Request::from_parts(parts, body);
+                streams.push(Box::pin(stream(Arc::clone(conn), req, head, respond)));
             }
             Some(Err(e)) => return Err(e),
             None => return Ok(()),
@@ -79,24 +90,24 @@ pub(super) async fn serve(io: TcpStream, conn: &Arc<Conn>, drain: &mut Cancelled
 }
 
 /// One stream: the request handled, the response written.
-async fn stream(conn: Arc<Conn>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+async fn stream(conn: Arc<Conn>, req: Request<Body>, head: bool, mut respond: SendResponse<Bytes>) {
     let (peer, orig) = (conn.peer, conn.orig);
-    let head = req.method() == Method::HEAD;
-    let (parts, recv) = req.into_parts();
-    let body = RecvBody::new(recv, &parts.headers, None, downstream_body_error).boxed_unsync();
-    let req = Request::from_parts(parts, body);
-    let mut handling = std::pin::pin!(super::handle(req, conn));
-    let resp = poll_fn(|cx| {
-        if let Poll::Ready(Ok(resp)) = handling.as_mut().poll(cx) {
-            return Poll::Ready(Some(resp));
-        }
-        // The client's RST_STREAM cancels the request (dropping its future).
-        match respond.poll_reset(cx) {
-            Poll::Ready(_) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await;
+    // In a block of its own, so the handler's future takes no room beside
+    // the response's in this one.
+    let resp = {
+        let mut handling = std::pin::pin!(super::handle(req, conn));
+        poll_fn(|cx| {
+            if let Poll::Ready(Ok(resp)) = handling.as_mut().poll(cx) {
+                return Poll::Ready(Some(resp));
+            }
+            // The client's RST_STREAM cancels the request (dropping its future).
+            match respond.poll_reset(cx) {
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    };
     let Some(resp) = resp else {
         tracing::debug!(%peer, %orig, "HTTP/2 stream reset by the client before its response");
         return;

@@ -322,10 +322,12 @@ async fn handle(mut req: Request<Body>, conn: Arc<Conn>) -> Result<Response<Trac
         Err(e) => Err(e),
         Ok((svc, i)) => {
             let route = &svc.routes[i];
-            let mut req = req.map(|b| match &request_bytes {
-                RequestBytes::Counted(n) => Counted::new(b, Arc::clone(n)).boxed_unsync(),
-                RequestBytes::Known(_) => b,
-            });
+            // In place: a new request would take its own room in this
+            // future, which every request's task holds.
+            if let RequestBytes::Counted(n) = &request_bytes {
+                let b = std::mem::take(req.body_mut());
+                *req.body_mut() = Counted::new(b, Arc::clone(n)).boxed_unsync();
+            }
             headers::strip_hop_by_hop(req.headers_mut(), upgrade);
             headers::apply(&route.request_headers, req.headers_mut());
             match route.pick() {

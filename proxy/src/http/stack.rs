@@ -224,11 +224,13 @@ impl BalanceInner {
             UpstreamProto::Downstream => Proto::Http1,
         };
         headers::for_upstream(&mut req, proto, &self.fallback_authority);
+        // Boxed: a span is large, and only traced requests carry one.
         let mut span = match req.extensions_mut().remove::<Outgoing>() {
             None => None,
-            Some(o) => {
-                o.tracing.start_attempt(&o.parent, o.b3_single, &mut req, ep.addr, earlier.len() as u32)
-            }
+            Some(o) => o
+                .tracing
+                .start_attempt(&o.parent, o.b3_single, &mut req, ep.addr, earlier.len() as u32)
+                .map(Box::new),
         };
         let target = Target { service: &c.service, port: c.port, ep: &ep, limits: c.limits };
         let started = c.balancer.uses_latency().then(Instant::now);
@@ -257,7 +259,7 @@ impl BalanceInner {
                 version: ep.label.clone(),
             });
             if let Some(s) = span {
-                r.extensions_mut().insert(SpanSlot::new(s));
+                r.extensions_mut().insert(SpanSlot::new(*s));
             }
         }
         (res, attempt)
