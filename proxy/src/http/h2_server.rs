@@ -1,20 +1,21 @@
 //! HTTP/2 from clients, served with the h2 crate: each stream's request
-//! goes to [`super::handle`] in a future of its own, which then writes the
-//! response into the stream. The streams' futures run in the connection's
-//! task (the worker's runtime has one thread: nothing runs in parallel
-//! that could), so a stream costs no task of its own; and they die with
-//! the connection.
+//! goes to [`super::handle`] in a task of its own, which then writes the
+//! response into the stream.
 //!
-//! hyper's HTTP/2 server spawns a task per stream, through its own layers
-//! (a service call, its body type around h2's, a state machine per stream
-//! task). callgrind, h2c through a node, instructions per request: 40.8k
-//! through hyper's server. Here, with a task per stream: 41.6k when the
-//! stream's future was not boxed (a task's future is copied whole when it
-//! is spawned and again as it finishes), 39.9k boxed, 38.0k once bodies
-//! asked h2's locked state less and opening a connection was boxed out of
-//! every request's future. With the streams in the connection's task:
-//! 37.4k (tokio's task cell is 128-byte aligned, which mimalloc serves on
-//! a slow path).
+//! hyper's HTTP/2 server does the same through its own layers (a service
+//! call, its body type around h2's, a state machine per stream task).
+//! callgrind, h2c through a node, instructions per request: 40.8k through
+//! hyper's server. Here: 41.6k when the stream's future was not boxed (a
+//! task's future is copied whole when it is spawned and again as it
+//! finishes), 39.9k boxed, 37.9k once bodies asked h2's locked state less
+//! and the rare parts of a request's future were boxed out of it.
+//!
+//! Tried and dropped: running the streams' futures in the connection's
+//! task (a `FuturesUnordered`). It took 37.3k instructions per request (no
+//! 128-byte-aligned task cell to allocate), but in `sluice-bench l7` it
+//! served fewer h2c requests per second than tasks do at the same CPU per
+//! request (191 654 vs 199 715, p50 0.625 vs 0.583 ms, side by side): one
+//! task per connection serializes its streams' work.
 //!
 //! Kept from hyper's server: the limits are h2's SETTINGS and checks; a
 //! client's RST_STREAM (or a closed connection) cancels its request; a
@@ -31,7 +32,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::{StreamExt, stream::FuturesUnordered};
 use h2::{Reason, server::SendResponse};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
@@ -64,10 +64,8 @@ pub(super) async fn serve(io: TcpStream, conn: &Arc<Conn>, drain: &mut Cancelled
         _ = &mut *drain => return Ok(()),
     };
     let mut draining = false;
-    let mut streams = FuturesUnordered::new();
     loop {
         let next = poll_fn(|cx| {
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
             if !draining && Pin::new(&mut *drain).poll(cx).is_ready() {
                 draining = true;
                 c.graceful_shutdown();
@@ -81,7 +79,9 @@ pub(super) async fn serve(io: TcpStream, conn: &Arc<Conn>, drain: &mut Cancelled
                 let (parts, recv) = req.into_parts();
                 let body = RecvBody::new(recv, &parts.headers, None, downstream_body_error).boxed_unsync();
                 let req = Request::from_parts(parts, body);
-                streams.push(Box::pin(stream(Arc::clone(conn), req, head, respond)));
+                // Boxed: a task's future is copied whole when it is
+                // spawned and again as it finishes.
+                tokio::spawn(Box::pin(stream(Arc::clone(conn), req, head, respond)));
             }
             Some(Err(e)) => return Err(e),
             None => return Ok(()),
