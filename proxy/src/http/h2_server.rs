@@ -109,22 +109,19 @@ async fn stream(conn: Arc<Conn>, req: Request<Body>, head: bool, mut respond: Se
         .await
     };
     let Some(resp) = resp else {
-        tracing::debug!(%peer, %orig, "HTTP/2 stream reset by the client before its response");
+        tracing::debug!(%peer, %orig, "HTTP/2 stream reset (or its connection closed) before its response");
         return;
     };
     // The handler dropped the connection-specific fields, which h2 would
     // refuse (RFC 9113 §8.2.2).
     let (mut parts, body) = resp.into_parts();
-    if !parts.headers.contains_key(header::DATE) {
-        parts.headers.insert(header::DATE, wire::with_date(HeaderValue::clone));
-    }
+    parts.headers.entry(header::DATE).or_insert_with(|| wire::with_date(HeaderValue::clone));
     // No body for HEAD, 204 and 304 (a proxy's own answer may have one).
     let bodiless = head || matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
     if let Some(len) = body.size_hint().exact()
         && !bodiless
-        && !parts.headers.contains_key(header::CONTENT_LENGTH)
     {
-        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        parts.headers.entry(header::CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(len));
     }
     let eos = bodiless || body.is_end_stream();
     let tx = match respond.send_response(Response::from_parts(parts, ()), eos) {

@@ -1,4 +1,5 @@
-//! The L7 path: HTTP/1.1 and HTTP/2 (gRPC included) served by hyper on
+//! The L7 path: HTTP/1.1 (plain requests by `server`, the rest by hyper)
+//! and HTTP/2, gRPC included (`h2_server`, on the h2 crate) served on
 //! redirected connections, each request routed by the service's routes and
 //! sent through its destination's stack ([`stack`]) to an endpoint over the
 //! shared upstream pools ([`upstream`]). Failures become responses a person
