@@ -444,7 +444,7 @@ impl MeshServer {
         headers::for_upstream(&mut req, proto, &authority);
         let service: Arc<str> = service.into();
         let target = Target { service: &service, port, ep: &state, limits: backend.limits };
-        match self.pools.send(target, proto, req).await {
+        match self.pools.send(target, proto, Box::new(req)).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::info!(%peer, %identity, %endpoint, error = %e, "mesh request failed at the endpoint");

@@ -39,7 +39,7 @@ use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 
 use super::{
-    Body, BoxError, Conn, DownstreamBodyError,
+    BoxError, BoxRequest, Conn, DownstreamBodyError,
     h2_body::{Pipe, RecvBody},
     wire,
 };
@@ -78,7 +78,7 @@ pub(super) async fn serve(io: TcpStream, conn: &Arc<Conn>, drain: &mut Cancelled
                 let head = req.method() == Method::HEAD;
                 let (parts, recv) = req.into_parts();
                 let body = RecvBody::new(recv, &parts.headers, None, downstream_body_error).boxed_unsync();
-                let req = Request::from_parts(parts, body);
+                let req = Box::new(Request::from_parts(parts, body));
                 // Boxed: a task's future is copied whole when it is
                 // spawned and again as it finishes.
                 tokio::spawn(Box::pin(stream(Arc::clone(conn), req, head, respond)));
@@ -90,7 +90,7 @@ pub(super) async fn serve(io: TcpStream, conn: &Arc<Conn>, drain: &mut Cancelled
 }
 
 /// One stream: the request handled, the response written.
-async fn stream(conn: Arc<Conn>, req: Request<Body>, head: bool, mut respond: SendResponse<Bytes>) {
+async fn stream(conn: Arc<Conn>, req: BoxRequest, head: bool, mut respond: SendResponse<Bytes>) {
     let (peer, orig) = (conn.peer, conn.orig);
     // In a block of its own, so the handler's future takes no room beside
     // the response's in this one.

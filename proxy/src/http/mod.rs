@@ -44,6 +44,11 @@ use crate::{
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+/// A request on its way through the proxy. Boxed: every async layer it
+/// passes (handler, stack, balancer, pools, connection) keeps what it is
+/// given in its future, and a request is 240 bytes; each layer's future
+/// (and the stream's, moved into its task) is smaller by that much.
+pub type BoxRequest = Box<Request<Body>>;
 
 /// The client's request body failed (malformed chunking, reset...).
 #[derive(Debug, thiserror::Error)]
@@ -182,7 +187,7 @@ fn service(
 > + Clone {
     service_fn(move |req: Request<Incoming>| {
         let req = req.map(|b| b.map_err(downstream_body_error).boxed_unsync());
-        handle(req, Arc::clone(&conn))
+        handle(Box::new(req), Arc::clone(&conn))
     })
 }
 
@@ -232,7 +237,7 @@ pub(crate) fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-async fn handle(mut req: Request<Body>, conn: Arc<Conn>) -> Result<Response<Tracked>, Infallible> {
+async fn handle(mut req: BoxRequest, conn: Arc<Conn>) -> Result<Response<Tracked>, Infallible> {
     let stats = &conn.ctx.stats;
     let tel = &conn.ctx.telemetry;
     stats.http_requests.fetch_add(1, Relaxed);
@@ -317,7 +322,7 @@ async fn handle(mut req: Request<Body>, conn: Arc<Conn>) -> Result<Response<Trac
         None
     };
     let upgrade = headers::is_upgrade(req.headers()) && downstream_version < Version::HTTP_2;
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
     let mut attempt = Attempt::default();
     let result = match route {
         Err(e) => Err(e),

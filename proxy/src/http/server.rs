@@ -35,7 +35,7 @@ use http_body_util::{BodyExt, Empty};
 use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
 
 use super::{
-    Body, Conn, H1_DRAIN_GRACE, guard,
+    Conn, H1_DRAIN_GRACE, guard,
     headers::connection_has,
     wire::{COALESCE, put_content_length, put_data, put_fields},
 };
@@ -165,7 +165,7 @@ fn scan_head(buf: &[u8]) -> Scan {
 /// colon and lines without one (scan_head, bare LF); here anything with
 /// Transfer-Encoding, a Content-Length other than zero, or CONNECT goes to
 /// hyper and the guard, which refuse or serve it.
-fn request(head: &Bytes, max_headers: usize) -> Option<(Request<Body>, bool)> {
+fn request(head: &Bytes, max_headers: usize) -> Option<(super::BoxRequest, bool)> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
     let mut r = httparse::Request::new(&mut fields);
     match r.parse(head) {
@@ -198,7 +198,7 @@ fn request(head: &Bytes, max_headers: usize) -> Option<(Request<Body>, bool)> {
         return None;
     }
     let close = has_connection && connection_has(&headers, "close");
-    let mut req = Request::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+    let mut req = Box::new(Request::new(Empty::new().map_err(|never| match never {}).boxed_unsync()));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;

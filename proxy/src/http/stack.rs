@@ -21,7 +21,7 @@ use sluice_mesh_config::{CircuitBreaker, OutlierDetection};
 use tower::{Layer, Service, ServiceBuilder, util::BoxCloneSyncService};
 
 use super::{
-    Body, BoxFuture, HttpError, headers,
+    Body, BoxFuture, BoxRequest, HttpError, headers,
     retry::{RetryLayer, Tried},
     upstream::{Pools, Proto, Target},
 };
@@ -46,14 +46,14 @@ pub enum Stack {
 impl Stack {
     /// Sends a request through the stack; returns the outcome and what the
     /// last attempt recorded (for the metrics and the access log).
-    pub async fn call(&self, req: Request<Body>) -> (Result<Response<Body>, HttpError>, Attempt) {
+    pub async fn call(&self, req: BoxRequest) -> (Result<Response<Body>, HttpError>, Attempt) {
         match self {
             // The attempt comes straight back: no task-local to carry it.
             Stack::Direct(b) => {
                 let (res, attempt) = b.0.send(req).await;
                 (res, attempt.unwrap_or_default())
             }
-            Stack::Layered(s) => crate::telemetry::with_attempt(call(s, req)).await,
+            Stack::Layered(s) => crate::telemetry::with_attempt(call(s, *req)).await,
         }
     }
 }
@@ -194,7 +194,7 @@ impl Service<Request<Body>> for Balance {
         let this = Arc::clone(&self.0);
         Box::pin(async move {
             // Layers above may retry: the last attempt is carried out by a task-local.
-            let (res, attempt) = this.send(req).await;
+            let (res, attempt) = this.send(Box::new(req)).await;
             if let Some(a) = attempt {
                 record_attempt(a);
             }
@@ -206,7 +206,7 @@ impl Service<Request<Body>> for Balance {
 impl BalanceInner {
     /// One attempt: picks the endpoint, sends, records what happened to
     /// it; returns the outcome and, for a response, the attempt's labels.
-    async fn send(&self, mut req: Request<Body>) -> (Result<Response<Body>, HttpError>, Option<Attempt>) {
+    async fn send(&self, mut req: BoxRequest) -> (Result<Response<Body>, HttpError>, Option<Attempt>) {
         let c = &self.cluster;
         // Only requests that may be retried carry the endpoints tried so far.
         let tried = req.extensions().get::<Tried>().cloned();

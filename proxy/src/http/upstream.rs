@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::{
@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustc_hash::FxHashMap;
 use sluice_mesh_config::CircuitBreaker;
 
-use super::{Body, BoxError, DownstreamBodyError, HttpError};
+use super::{Body, BoxError, BoxRequest, DownstreamBodyError, HttpError};
 use crate::{
     endpoint::{Counter, EndpointState, Held},
     mesh::MeshClient,
@@ -51,7 +51,7 @@ pub(crate) enum Failure<E> {
 /// A request that never reached the endpoint, with its in-flight count.
 #[derive(Debug)]
 pub(crate) struct Unsent<E> {
-    pub req: Request<Body>,
+    pub req: BoxRequest,
     pub in_flight: Option<Held>,
     pub error: E,
 }
@@ -121,7 +121,7 @@ impl Pools {
         self: &Arc<Self>,
         t: Target<'_>,
         proto: Proto,
-        req: Request<Body>,
+        req: BoxRequest,
     ) -> Result<Response<Body>, HttpError> {
         let in_flight = Held::try_take(t.ep, Counter::InFlight, t.limits.max_requests)
             .ok_or_else(|| overflow(t, "requests in flight", t.limits.max_requests))?;
@@ -136,7 +136,7 @@ impl Pools {
                 // hyper carries upgrades: the connection leaves the pool for good.
                 Box::pin(async move {
                     let mut tx = self.connect_h1_upgrade(t).await?;
-                    let resp = tx.send_request(req).await.map_err(|e| send_error(t, &e))?;
+                    let resp = tx.send_request(*req).await.map_err(|e| send_error(t, &e))?;
                     Ok(wrap(resp, in_flight))
                 })
                 .await
@@ -184,7 +184,7 @@ impl Pools {
         remote: &crate::mesh::Remote,
         proto: Proto,
         upgrade: bool,
-        mut req: Request<Body>,
+        mut req: BoxRequest,
         in_flight: Held,
     ) -> Result<Response<Body>, HttpError> {
         let Some(mesh) = &self.mesh else {
@@ -208,7 +208,7 @@ impl Pools {
             None => Arc::clone(mesh.workloads.identities.load().default_id()),
         };
         super::headers::for_upstream(&mut req, Proto::Http2, "");
-        let resp = mesh.send(&source, remote, t, proto, req).await?;
+        let resp = mesh.send(&source, remote, t, proto, *req).await?;
         Ok(wrap(resp, in_flight))
     }
 
@@ -378,7 +378,7 @@ fn after_failure<E: std::fmt::Display>(
     t: Target<'_>,
     f: Failure<E>,
     unsent_tries: &mut u32,
-) -> Result<(Request<Body>, Option<Held>), HttpError> {
+) -> Result<(BoxRequest, Option<Held>), HttpError> {
     match f {
         Failure::Unsent(u) if *unsent_tries < 3 => {
             *unsent_tries += 1;

@@ -14,7 +14,7 @@ fn scan_head_finds_the_end_or_defers() {
     assert_eq!(scan_head(b"\r\nGET / HTTP/1.1\r\n\r\n"), Scan::Hyper);
 }
 
-fn parse(head: &[u8]) -> Option<(Request<Body>, bool)> {
+fn parse(head: &[u8]) -> Option<(crate::http::BoxRequest, bool)> {
     request(&Bytes::copy_from_slice(head), 100)
 }
 

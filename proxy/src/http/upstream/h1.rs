@@ -24,7 +24,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::super::{Body, BoxError};
+use super::super::{Body, BoxError, BoxRequest};
 use crate::{
     endpoint::Held,
     http::{
@@ -84,27 +84,24 @@ impl Conn {
     /// connection; `done` gets it back once the body has ended cleanly.
     pub(crate) async fn send(
         mut self,
-        req: Request<Body>,
+        mut req: BoxRequest,
         in_flight: Option<Held>,
         done: impl FnOnce(Conn) + Send + 'static,
     ) -> Result<Response<Body>, Failure> {
         let head_request = req.method() == Method::HEAD;
         let framing = self.encode_head(&req);
-        let (parts, body) = req.into_parts();
         if framing == Framing::Empty {
             if let Err(e) = self.io.write_all(&self.wbuf).await {
-                return Err(Failure::Unsent(Box::new(Unsent {
-                    req: Request::from_parts(parts, body),
-                    in_flight,
-                    error: e,
-                })));
+                return Err(Failure::Unsent(Box::new(Unsent { req, in_flight, error: e })));
             }
+            drop(req);
         } else {
             // Boxed: most requests have no body, and every request's future
             // is as large as its largest branch (and moved more than once).
+            let body = std::mem::take(req.body_mut());
+            drop(req);
             Box::pin(self.write_body(body, framing)).await?;
         }
-        drop(parts);
         let (resp, framing, keep_alive) = self.read_head(head_request).await?;
         Ok(resp.map(|()| Incoming::new(self, framing, keep_alive, in_flight, done).boxed_unsync()))
     }

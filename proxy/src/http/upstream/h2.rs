@@ -29,7 +29,7 @@ use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 
 use super::super::{
-    Body, BoxError,
+    Body, BoxError, BoxRequest,
     h2_body::{Pipe, PipeError, RecvBody, describe},
     headers,
 };
@@ -83,7 +83,7 @@ impl Conn {
     /// The response body keeps `in_flight` until it ends.
     pub(crate) async fn send(
         self,
-        req: Request<Body>,
+        req: BoxRequest,
         in_flight: Option<Held>,
     ) -> Result<Response<Body>, Failure> {
         let mut tx = self.tx;
@@ -93,7 +93,7 @@ impl Conn {
             self.closed.store(true, Relaxed);
             return Err(Failure::Unsent(Box::new(Unsent { req, in_flight, error: describe(&e) })));
         }
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, body) = (*req).into_parts();
         // Connection-specific fields are malformed in HTTP/2 (RFC 9113
         // §8.2.2); the handler already dropped them, bar an upgrade's.
         if parts.headers.contains_key(header::CONNECTION) || parts.headers.contains_key(header::UPGRADE) {

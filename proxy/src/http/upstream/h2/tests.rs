@@ -113,8 +113,8 @@ fn in_flight(ep: &Arc<EndpointState>) -> Option<Held> {
     Some(Held::try_take(ep, Counter::InFlight, 1000).unwrap())
 }
 
-fn request(method: &str, body: Body) -> Request<Body> {
-    Request::builder().method(method).uri("http://svc:80/p?q=1").body(body).unwrap()
+fn request(method: &str, body: Body) -> crate::http::BoxRequest {
+    Box::new(Request::builder().method(method).uri("http://svc:80/p?q=1").body(body).unwrap())
 }
 
 /// A body of `n` bytes in 16 KiB chunks, each after a yield (so it is not
