@@ -372,14 +372,16 @@ fn http2_limits_are_advertised_and_enforced() {
     assert_eq!(a.requests(), before);
 }
 
-/// A misbehaving HTTP/2 client (frames written by hand) against the limits.
+/// A misbehaving HTTP/2 client (frames written by hand), in `cg`.
+fn h2_abuse_cmd(cg: &Path, mode: &str, addr: &str, n: u32) -> std::process::Command {
+    let mut cmd = std::process::Command::new(sluice_integration::target_bin("sluice-testkit"));
+    cmd.args(["h2-abuse", "--cgroup"]).arg(cg).args(["--timeout-ms", "4000", mode, addr, &n.to_string()]);
+    cmd
+}
+
+/// [`h2_abuse_cmd`] against the limits: what came back.
 fn h2_abuse(cg: &Path, mode: &str, addr: &str, n: u32) -> String {
-    let out = std::process::Command::new(sluice_integration::target_bin("sluice-testkit"))
-        .args(["h2-abuse", "--cgroup"])
-        .arg(cg)
-        .args(["--timeout-ms", "4000", mode, addr, &n.to_string()])
-        .output()
-        .unwrap();
+    let out = h2_abuse_cmd(cg, mode, addr, n).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -426,31 +428,13 @@ fn http2_streams_reset_or_dropped_by_the_client_cancel_their_requests() {
     let free_again = |what: &str| {
         let t = std::time::Instant::now();
         sluice_integration::wait_for(what, Duration::from_millis(2000), || {
-            let out = run_in(
-                m.cg.path(),
-                "curl",
-                &[
-                    "-s",
-                    "--http2-prior-knowledge",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--max-time",
-                    "3",
-                    url,
-                ],
-            );
-            (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
+            (curl(m.cg.path(), &["--http2-prior-knowledge", url]).status == 200).then_some(())
         });
         t.elapsed()
     };
     // RST_STREAM 300 ms after the request, the connection kept open.
     let mut reset = sluice_integration::process::ChildGuard(
-        std::process::Command::new(sluice_integration::target_bin("sluice-testkit"))
-            .args(["h2-abuse", "--cgroup"])
-            .arg(m.cg.path())
-            .args(["--timeout-ms", "4000", "cancel", "127.100.1.140:80", "1"])
+        h2_abuse_cmd(m.cg.path(), "cancel", "127.100.1.140:80", 1)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap(),

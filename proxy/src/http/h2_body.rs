@@ -185,6 +185,7 @@ impl RecvBody {
 
     fn end(&mut self) {
         self.ended = true;
+        self.remaining = Some(0);
         self.in_flight = None;
     }
 }

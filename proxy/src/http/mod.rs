@@ -321,7 +321,7 @@ async fn handle(mut req: BoxRequest, conn: Arc<Conn>) -> Result<Response<Tracked
     } else {
         None
     };
-    let upgrade = headers::is_upgrade(req.headers()) && downstream_version < Version::HTTP_2;
+    let upgrade = downstream_version < Version::HTTP_2 && headers::is_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
     let mut attempt = Attempt::default();
     let result = match route {
