@@ -271,17 +271,23 @@ pub fn run(
         "HTTP/1.1: wrk -t1 -c32 -d{secs}s --latency; h2c: h2load -c8 -m16 -D{secs} (p50/p99 from its request log)"
     );
     println!(
-        "{rounds} rounds alternating the targets; medians. cores: {}",
+        "{rounds} rounds alternating the targets (each round starting one target further on); medians. cores: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "CPU µs/req: user+system CPU time of the proxy's processes (nginx's worker included) and of the backend, \
-         over the whole load run, divided by req/s × the run's wall time (so the load generator's warm-up counts on both sides)"
+        "CPU µs/req: user+system CPU time of the proxy's processes (nginx's worker included; then its user and \
+         system parts) and of the backend, over the whole load run, divided by req/s × the run's wall time \
+         (so the load generator's warm-up counts on both sides)"
     );
     let mut h1: Vec<Vec<(WrkResult, Cpu)>> = vec![Vec::new(); targets.len()];
     let mut h2: Vec<Vec<(WrkResult, Cpu)>> = vec![Vec::new(); targets.len()];
     for round in 0..rounds {
-        for (i, name) in targets.iter().enumerate() {
+        // Each round starts one target further on: in a fixed order, a
+        // target would always run right after the same one (and its
+        // leftover page cache, TIME_WAITs and warm or cold caches).
+        for k in 0..targets.len() {
+            let i = (k + round as usize) % targets.len();
+            let name = &targets[i];
             if stopped() {
                 bail!("interrupted; cleaned up");
             }
@@ -333,34 +339,86 @@ pub fn run(
     for (title, results) in [("HTTP/1.1 keep-alive (wrk)", &h1), ("HTTP/2 h2c (h2load)", &h2)] {
         println!("\n{title}");
         println!(
-            "{:<28} {:>12} {:>9} {:>9} {:>7} {:>13} {:>15}",
-            "target", "req/s", "p50 ms", "p99 ms", "errors", "proxy CPU µs", "backend CPU µs"
+            "{:<28} {:>12} {:>9} {:>9} {:>7} {:>13} {:>7} {:>7} {:>15}",
+            "target",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "proxy CPU µs",
+            "user",
+            "system",
+            "backend CPU µs"
         );
         for (name, runs) in targets.iter().zip(results.iter()).filter(|(_, r)| !r.is_empty()) {
             let load: Vec<WrkResult> = runs.iter().map(|(r, _)| *r).collect();
             let m = |f: fn(&Cpu) -> f64| {
                 sluice_integration::bench::median(runs.iter().map(|(_, c)| f(c)).collect())
             };
+            // "direct" has no proxy.
+            let us = |v: f64| if v.is_nan() { "–".to_string() } else { format!("{v:.2}") };
             println!(
-                "{} {:>13} {:>15.2}",
+                "{} {:>13} {:>7} {:>7} {:>15.2}",
                 sluice_integration::bench::row(name, 28, &load),
-                // "direct" has no proxy.
-                match m(|c| c.proxy_us) {
-                    v if v.is_nan() => "–".to_string(),
-                    v => format!("{v:.2}"),
-                },
+                us(m(|c| c.proxy_us)),
+                us(m(|c| c.proxy_user_us)),
+                us(m(|c| c.proxy_system_us)),
                 m(|c| c.backend_us)
+            );
+        }
+        // Round by round, as each round ran both side by side.
+        let sluice = targets.iter().position(|t| *t == "sluice");
+        for other in ["nginx", "haproxy"] {
+            let (Some(s), Some(o)) = (sluice, targets.iter().position(|t| *t == other)) else { continue };
+            let load = |i: usize| results[i].iter().map(|(r, _)| *r).collect::<Vec<_>>();
+            let h = head_to_head(&load(s), &load(o));
+            println!(
+                "sluice vs {other}, round by round: req/s at least as high in {}/{n}, p99 no higher in {}/{n}, both in {}/{n}",
+                h.faster,
+                h.tail,
+                h.both,
+                n = h.rounds
             );
         }
     }
     Ok(())
 }
 
+/// How often one target did at least as well as another, round by round.
+#[derive(Debug, PartialEq)]
+struct HeadToHead {
+    rounds: usize,
+    /// Rounds with req/s at least the other's.
+    faster: usize,
+    /// Rounds with p99 no higher than the other's.
+    tail: usize,
+    /// Rounds with both.
+    both: usize,
+}
+
+/// `a` against `b`, round `i` of one against round `i` of the other.
+fn head_to_head(a: &[WrkResult], b: &[WrkResult]) -> HeadToHead {
+    let mut h = HeadToHead { rounds: 0, faster: 0, tail: 0, both: 0 };
+    for (x, y) in a.iter().zip(b) {
+        let faster = x.requests_per_sec >= y.requests_per_sec;
+        let tail = x.p99_ms <= y.p99_ms;
+        h.rounds += 1;
+        h.faster += usize::from(faster);
+        h.tail += usize::from(tail);
+        h.both += usize::from(faster && tail);
+    }
+    h
+}
+
 /// CPU time per request of one load run (µs).
 #[derive(Debug, Clone, Copy)]
 struct Cpu {
-    /// NaN when there is no proxy ("direct").
+    /// NaN when there is no proxy ("direct"), as are its parts.
     proxy_us: f64,
+    /// The proxy's user-space part of `proxy_us`.
+    proxy_user_us: f64,
+    /// The proxy's kernel part of `proxy_us`.
+    proxy_system_us: f64,
     backend_us: f64,
 }
 
@@ -373,14 +431,15 @@ fn with_cpu(
     backend: u32,
     load: impl FnOnce() -> anyhow::Result<WrkResult>,
 ) -> anyhow::Result<(WrkResult, Cpu)> {
-    use crate::bench_report::proc_cpu;
-    let (p0, b0, t0) = (proc_cpu(proxy), proc_cpu(Some(backend)), std::time::Instant::now());
+    use crate::bench_report::{proc_cpu, proc_cpu_split};
+    let (p0, b0, t0) = (proc_cpu_split(proxy), proc_cpu(Some(backend)), std::time::Instant::now());
     let r = load()?;
-    let (p1, b1, wall) = (proc_cpu(proxy), proc_cpu(Some(backend)), t0.elapsed().as_secs_f64());
+    let (p1, b1, wall) = (proc_cpu_split(proxy), proc_cpu(Some(backend)), t0.elapsed().as_secs_f64());
     let requests = r.requests_per_sec * wall;
-    let per_req = |s: f64| if requests > 0.0 { s * 1e6 / requests } else { f64::NAN };
-    let proxy_us = if proxy.is_some() { per_req(p1 - p0) } else { f64::NAN };
-    Ok((r, Cpu { proxy_us, backend_us: per_req(b1 - b0) }))
+    let per_req = |s: f64| if requests > 0.0 && proxy.is_some() { s * 1e6 / requests } else { f64::NAN };
+    let (user, system) = (per_req(p1.0 - p0.0), per_req(p1.1 - p0.1));
+    let backend_us = if requests > 0.0 { (b1 - b0) * 1e6 / requests } else { f64::NAN };
+    Ok((r, Cpu { proxy_us: user + system, proxy_user_us: user, proxy_system_us: system, backend_us }))
 }
 
 /// Removes a scratch folder when dropped.
@@ -404,6 +463,21 @@ impl Drop for Cleanup {
 mod tests {
     use super::*;
 
+    #[test]
+    fn head_to_head_counts_rounds_won_on_rate_and_tail() {
+        let r = |rps: f64, p99: f64| WrkResult {
+            requests_per_sec: rps,
+            p50_ms: 0.0,
+            p90_ms: 0.0,
+            p99_ms: p99,
+            errors: 0,
+        };
+        let a = [r(100.0, 2.0), r(100.0, 2.0), r(90.0, 1.0), r(80.0, 3.0)];
+        let b = [r(90.0, 3.0), r(100.0, 1.0), r(95.0, 1.0), r(90.0, 2.0), r(1.0, 9.0)];
+        // The fifth round of `b` has no counterpart: not counted.
+        assert_eq!(head_to_head(&a, &b), HeadToHead { rounds: 4, faster: 2, tail: 2, both: 1 });
+    }
+
     /// A busy "proxy" is charged its CPU time per request; an idle
     /// "backend" next to nothing; no proxy is no figure.
     #[test]
@@ -422,7 +496,11 @@ mod tests {
         // A spinning process over 0.6 s of 600 requests: up to 1 ms of CPU
         // each (less when other tests share the cores; never more).
         assert!(cpu.proxy_us > 100.0 && cpu.proxy_us < 1100.0, "{cpu:?}");
+        // A shell loop of builtins runs in user space.
+        assert!(cpu.proxy_user_us > cpu.proxy_system_us, "{cpu:?}");
+        assert!((cpu.proxy_user_us + cpu.proxy_system_us - cpu.proxy_us).abs() < 1e-9, "{cpu:?}");
         assert!(cpu.backend_us < 50.0, "{cpu:?}");
-        assert!(none.unwrap().1.proxy_us.is_nan());
+        let none = none.unwrap().1;
+        assert!(none.proxy_us.is_nan() && none.proxy_user_us.is_nan() && none.proxy_system_us.is_nan());
     }
 }

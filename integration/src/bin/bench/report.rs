@@ -327,8 +327,14 @@ fn clock_ticks() -> f64 {
 
 /// User + system CPU seconds of `pid`'s tree.
 pub(crate) fn proc_cpu(pid: Option<u32>) -> f64 {
-    let Some(pid) = pid else { return 0.0 };
-    process_tree(pid)
+    let (user, system) = proc_cpu_split(pid);
+    user + system
+}
+
+/// User and system CPU seconds of `pid`'s tree, apart.
+pub(crate) fn proc_cpu_split(pid: Option<u32>) -> (f64, f64) {
+    let Some(pid) = pid else { return (0.0, 0.0) };
+    let (user, system) = process_tree(pid)
         .into_iter()
         .map(|p| {
             let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
@@ -336,10 +342,10 @@ pub(crate) fn proc_cpu(pid: Option<u32>) -> f64 {
             let rest: Vec<&str> = stat.rsplit_once(')').map_or("", |x| x.1).split_whitespace().collect();
             let field = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             // rest[0] is field 3 (the state): utime is field 14, stime 15.
-            (field(11) + field(12)) as f64
+            (field(11), field(12))
         })
-        .sum::<f64>()
-        / clock_ticks()
+        .fold((0, 0), |(u, s), (pu, ps)| (u + pu, s + ps));
+    (user as f64 / clock_ticks(), system as f64 / clock_ticks())
 }
 
 /// Busy CPU seconds of the whole machine (all cores).
