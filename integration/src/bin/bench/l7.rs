@@ -283,8 +283,8 @@ pub fn run(
     let mut h2: Vec<Vec<(WrkResult, Cpu)>> = vec![Vec::new(); targets.len()];
     for round in 0..rounds {
         // Each round starts one target further on: in a fixed order, a
-        // target would always run right after the same one (and its
-        // leftover page cache, TIME_WAITs and warm or cold caches).
+        // target would always run right after the same one, in whatever
+        // state that one leaves the machine.
         for k in 0..targets.len() {
             let i = (k + round as usize) % targets.len();
             let name = &targets[i];
@@ -436,10 +436,18 @@ fn with_cpu(
     let r = load()?;
     let (p1, b1, wall) = (proc_cpu_split(proxy), proc_cpu(Some(backend)), t0.elapsed().as_secs_f64());
     let requests = r.requests_per_sec * wall;
-    let per_req = |s: f64| if requests > 0.0 && proxy.is_some() { s * 1e6 / requests } else { f64::NAN };
-    let (user, system) = (per_req(p1.0 - p0.0), per_req(p1.1 - p0.1));
-    let backend_us = if requests > 0.0 { (b1 - b0) * 1e6 / requests } else { f64::NAN };
-    Ok((r, Cpu { proxy_us: user + system, proxy_user_us: user, proxy_system_us: system, backend_us }))
+    let per_req = |s: f64| if requests > 0.0 { s * 1e6 / requests } else { f64::NAN };
+    let proxy_part = |s: f64| if proxy.is_some() { per_req(s) } else { f64::NAN };
+    let (user, system) = (proxy_part(p1.0 - p0.0), proxy_part(p1.1 - p0.1));
+    Ok((
+        r,
+        Cpu {
+            proxy_us: user + system,
+            proxy_user_us: user,
+            proxy_system_us: system,
+            backend_us: per_req(b1 - b0),
+        },
+    ))
 }
 
 /// Removes a scratch folder when dropped.
