@@ -27,6 +27,20 @@ use crate::{
     tcp,
 };
 
+/// Tasks a worker polls before it asks the kernel for new socket events
+/// (tokio's default: 61). A worker's tasks all wait on sockets; when more of
+/// them run between two looks at the kernel, the node and its peers make
+/// fewer syscalls per request. h2c through a node (`h2load -c8 -m16`,
+/// alternating rounds of 5 s against the same build with 61; medians of 7):
+/// 59 098 -> 71 757 req/s, p99 4.310 -> 3.588 ms, and in another run
+/// 57 894 -> 65 939 req/s, p99 5.374 -> 4.482 ms. Per request (`perf stat`,
+/// 2 runs each) the node made 0.215 syscalls, then 0.197-0.202; the whole
+/// machine 0.668, then 0.641-0.647, and 0.083-0.087 context switches, then
+/// 0.073-0.076. HTTP/1.1 (`wrk -c32`) moved within the noise either way.
+/// A busy worker sees new events after at most this many polls; an idle one
+/// sleeps in the kernel until one comes, as before.
+const EVENT_INTERVAL: u32 = 256;
+
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// IPv4 listener, e.g. 127.0.0.1:15001 (port 0: any free port).
@@ -303,7 +317,11 @@ struct Ctx {
 }
 
 fn run_worker(i: usize, listeners: WorkerListeners, ctx: Ctx, hooks: Arc<dyn WorkerHooks>, stop: Stop) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .event_interval(EVENT_INTERVAL)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(worker = i, error = %e, "cannot start a worker runtime");
