@@ -39,7 +39,7 @@ use crate::{
 /// 0.073-0.076. HTTP/1.1 (`wrk -c32`) moved within the noise either way.
 /// A busy worker sees new events after at most this many polls; an idle one
 /// sleeps in the kernel until one comes, as before.
-const EVENT_INTERVAL: u32 = 256;
+pub const EVENT_INTERVAL: u32 = 256;
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {

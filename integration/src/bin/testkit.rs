@@ -44,8 +44,9 @@
 //! `sluice-testkit h2-forward UPSTREAM LISTEN`
 //!     a benchmark reference, not a proxy: h2c in, every stream forwarded as
 //!     it came over one HTTP/2 connection to UPSTREAM, on the h2 crate alone
-//!     (one thread; no routing, limits, retries or telemetry; bodies passed
-//!     on without waiting for window). What the HTTP/2 library costs.
+//!     (one thread, run as a Sluice worker's; no routing, limits, retries or
+//!     telemetry; bodies passed on without waiting for window). What the
+//!     HTTP/2 library costs.
 //! `sluice-testkit http LISTEN`
 //!     a minimal HTTP/1.1 server (keep-alive, `Connection: close`) answering 200 "ok".
 
@@ -191,6 +192,16 @@ fn run_on_one_thread(f: impl std::future::Future<Output = anyhow::Result<()>>) -
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
 }
 
+/// As [`run_on_one_thread`], with the runtime of a Sluice worker (its
+/// event interval), so the forwarder differs from Sluice only in the proxy.
+fn run_like_a_worker(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .event_interval(sluice_proxy::listener::EVENT_INTERVAL)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
 fn hello(listen: SocketAddr) -> anyhow::Result<()> {
     run_on_one_thread(accept_each(listen, |s| async move {
         let svc = hyper::service::service_fn(|_req| async {
@@ -205,7 +216,7 @@ fn hello(listen: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn h2_forward(upstream: SocketAddr, listen: SocketAddr) -> anyhow::Result<()> {
-    run_on_one_thread(async move {
+    run_like_a_worker(async move {
         let up = tokio::net::TcpStream::connect(upstream).await?;
         up.set_nodelay(true)?;
         // The windows Sluice uses, both ways.
