@@ -1,6 +1,9 @@
 //! A throwaway child cgroup.
 
-use std::path::{Path, PathBuf};
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+};
 
 /// A child of the cgroup2 root, removed on drop (its processes are moved back
 /// to the root first, so a crashed client cannot keep it alive).
@@ -50,7 +53,9 @@ impl Drop for CgroupGuard {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        eprintln!("warning: could not remove cgroup {}", self.path.display());
+        // Not eprintln!: it panics when stderr is closed, and a panic in a drop
+        // during unwinding aborts before the other guards clean up.
+        let _ = writeln!(std::io::stderr(), "warning: could not remove cgroup {}", self.path.display());
     }
 }
 

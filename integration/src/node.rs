@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write as _},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -278,7 +278,11 @@ impl Drop for Node {
         // Pins a killed node left, and the instance's lock and state files.
         let _ = self.cleanup();
         if std::thread::panicking() {
-            eprintln!("--- sluice node log ({}) ---\n{}", self.instance, self.log());
+            // Not eprintln!: a failed write (stderr closed, as behind `| head`)
+            // would panic again inside this unwinding and abort, leaving every
+            // guard not dropped yet (cgroups, other processes) behind.
+            let _ =
+                writeln!(std::io::stderr(), "--- sluice node log ({}) ---\n{}", self.instance, self.log());
         }
     }
 }

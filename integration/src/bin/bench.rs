@@ -80,9 +80,25 @@ fn take_value(args: &mut Vec<String>, name: &str, what: &str) -> anyhow::Result<
     Ok(Some(v))
 }
 
-fn main() -> anyhow::Result<()> {
-    ctrlc::set_handler(|| STOP.store(true, std::sync::atomic::Ordering::SeqCst))?;
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
+const USAGE: &str = "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] (l7: [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY]) | report [--secs N] [--rounds N] [--out DIR] [--pgo SLUICE_BINARY] | policy [--packets N] [--rounds N] | pgo-train [--secs N]";
+
+/// The command line, checked.
+#[derive(Debug, PartialEq)]
+struct Args {
+    bench: String,
+    secs: u32,
+    rounds: u32,
+    packets: u32,
+    out: String,
+    pgo: Option<std::path::PathBuf>,
+    baseline: Option<std::path::PathBuf>,
+}
+
+/// The arguments after the program's name; `None` when help was asked for.
+fn parse_args(mut args: Vec<String>) -> anyhow::Result<Option<Args>> {
+    if args.iter().any(|a| matches!(a.as_str(), "-h" | "--help" | "help")) {
+        return Ok(None);
+    }
     let out = take_value(&mut args, "--out", "a folder")?.unwrap_or_else(|| "docs".to_string());
     let pgo = take_value(&mut args, "--pgo", "the path of a sluice binary")?.map(std::path::PathBuf::from);
     if let Some(p) = &pgo
@@ -109,6 +125,25 @@ fn main() -> anyhow::Result<()> {
     let secs = opt("--secs", 10)?;
     let rounds = opt("--rounds", 3)?;
     let packets = opt("--packets", 2_000_000)?;
+    // What is left must be the benchmark's name alone: a misspelt option
+    // would otherwise be ignored, and a long run start without it.
+    if let Some(bad) = args.iter().find(|a| a.starts_with('-')) {
+        bail!("unknown option {bad:?}\n{USAGE}");
+    }
+    let bench = match args.as_slice() {
+        [one] => one.clone(),
+        [] => bail!("which benchmark? name one\n{USAGE}"),
+        [first, second, ..] => bail!("one benchmark at a time: {first:?}, then {second:?}\n{USAGE}"),
+    };
+    Ok(Some(Args { bench, secs, rounds, packets, out, pgo, baseline }))
+}
+
+fn main() -> anyhow::Result<()> {
+    let Some(a) = parse_args(std::env::args().skip(1).collect())? else {
+        println!("{USAGE}\n(what each one measures: the top of integration/src/bin/bench.rs, and README.md)");
+        return Ok(());
+    };
+    ctrlc::set_handler(|| STOP.store(true, std::sync::atomic::Ordering::SeqCst))?;
     // The nodes a benchmark starts log warnings only: per-connection debug
     // lines would cost.
     if std::env::var_os("SLUICE_TEST_LOG").is_none() {
@@ -116,20 +151,17 @@ fn main() -> anyhow::Result<()> {
         // an atomic), and nothing reads the environment concurrently.
         unsafe { std::env::set_var("SLUICE_TEST_LOG", "warn") };
     }
-    match args.first().map(String::as_str) {
-        Some("workers") => workers(secs, rounds),
-        Some("policy") => policy(packets, rounds),
-        Some("paths") => bench_paths::run(secs, rounds, stopped),
-        Some("l7") => bench_l7::run(secs, rounds, pgo.as_deref(), baseline.as_deref(), stopped),
-        Some("telemetry") => bench_telemetry::run(secs, rounds, stopped),
-        Some("mesh") => bench_mesh::run(secs, rounds, stopped),
-        Some("pgo-train") => bench_pgo::run(secs, stopped),
-        Some("report") => {
-            bench_report::run(secs, rounds, std::path::Path::new(&out), pgo.as_deref(), stopped)
-        }
-        _ => bail!(
-            "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] (l7: [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY]) | report [--secs N] [--rounds N] [--out DIR] [--pgo SLUICE_BINARY] | policy [--packets N] [--rounds N] | pgo-train [--secs N]"
-        ),
+    let (secs, rounds) = (a.secs, a.rounds);
+    match a.bench.as_str() {
+        "workers" => workers(secs, rounds),
+        "policy" => policy(a.packets, rounds),
+        "paths" => bench_paths::run(secs, rounds, stopped),
+        "l7" => bench_l7::run(secs, rounds, a.pgo.as_deref(), a.baseline.as_deref(), stopped),
+        "telemetry" => bench_telemetry::run(secs, rounds, stopped),
+        "mesh" => bench_mesh::run(secs, rounds, stopped),
+        "pgo-train" => bench_pgo::run(secs, stopped),
+        "report" => bench_report::run(secs, rounds, std::path::Path::new(&a.out), a.pgo.as_deref(), stopped),
+        other => bail!("no benchmark called {other:?}\n{USAGE}"),
     }
 }
 
@@ -368,4 +400,45 @@ fn workers(secs: u32, rounds: u32) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> anyhow::Result<Option<Args>> {
+        parse_args(line.split_whitespace().map(String::from).collect())
+    }
+
+    #[test]
+    fn options_are_taken_wherever_they_stand() {
+        let a = parse("--rounds 7 l7 --secs 5").unwrap().unwrap();
+        assert_eq!((a.bench.as_str(), a.secs, a.rounds, a.out.as_str()), ("l7", 5, 7, "docs"));
+        assert_eq!(a.pgo, None);
+    }
+
+    #[test]
+    fn help_runs_nothing() {
+        for line in ["--help", "l7 --help", "-h", "help"] {
+            assert_eq!(parse(line).unwrap(), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn unknown_or_extra_arguments_are_refused_before_anything_starts() {
+        let e = parse("l7 --sec 5").unwrap_err().to_string();
+        assert!(e.starts_with("unknown option \"--sec\""), "{e}");
+        let e = parse("--verbose l7").unwrap_err().to_string();
+        assert!(e.starts_with("unknown option \"--verbose\""), "{e}");
+        let e = parse("l7 paths").unwrap_err().to_string();
+        assert!(e.starts_with("one benchmark at a time: \"l7\", then \"paths\""), "{e}");
+        let e = parse("--secs 5").unwrap_err().to_string();
+        assert!(e.starts_with("which benchmark?"), "{e}");
+        let e = parse("l7 --rounds many").unwrap_err().to_string();
+        assert!(e.contains("--rounds many") && e.contains("whole number"), "{e}");
+        let e = parse("l7 --secs").unwrap_err().to_string();
+        assert_eq!(e, "--secs needs a value");
+        let e = parse("l7 --baseline /nonexistent/sluice").unwrap_err().to_string();
+        assert!(e.starts_with("--baseline /nonexistent/sluice: no such file"), "{e}");
+    }
 }
