@@ -39,7 +39,14 @@ use crate::{
 /// 0.073-0.076. HTTP/1.1 (`wrk -c32`) moved within the noise either way.
 /// A busy worker sees new events after at most this many polls; an idle one
 /// sleeps in the kernel until one comes, as before.
-pub const EVENT_INTERVAL: u32 = 256;
+const EVENT_INTERVAL: u32 = 256;
+
+/// The runtime a worker runs on: one thread, I/O and timers, and
+/// [`EVENT_INTERVAL`]. Public so a benchmark's reference forwarder can run
+/// on the very same settings.
+pub fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().event_interval(EVENT_INTERVAL).enable_all().build()
+}
 
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -317,11 +324,7 @@ struct Ctx {
 }
 
 fn run_worker(i: usize, listeners: WorkerListeners, ctx: Ctx, hooks: Arc<dyn WorkerHooks>, stop: Stop) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .event_interval(EVENT_INTERVAL)
-        .enable_all()
-        .build()
-    {
+    let runtime = match worker_runtime() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(worker = i, error = %e, "cannot start a worker runtime");

@@ -96,9 +96,6 @@ struct Args {
 
 /// The arguments after the program's name; `None` when help was asked for.
 fn parse_args(mut args: Vec<String>) -> anyhow::Result<Option<Args>> {
-    if args.iter().any(|a| matches!(a.as_str(), "-h" | "--help" | "help")) {
-        return Ok(None);
-    }
     let out = take_value(&mut args, "--out", "a folder")?.unwrap_or_else(|| "docs".to_string());
     let pgo = take_value(&mut args, "--pgo", "the path of a sluice binary")?.map(std::path::PathBuf::from);
     if let Some(p) = &pgo
@@ -125,6 +122,10 @@ fn parse_args(mut args: Vec<String>) -> anyhow::Result<Option<Args>> {
     let secs = opt("--secs", 10)?;
     let rounds = opt("--rounds", 3)?;
     let packets = opt("--packets", 2_000_000)?;
+    // After the options, so an option's value (`--out help`) is not a request for help.
+    if args.iter().any(|a| matches!(a.as_str(), "-h" | "--help" | "help")) {
+        return Ok(None);
+    }
     // What is left must be the benchmark's name alone: a misspelt option
     // would otherwise be ignored, and a long run start without it.
     if let Some(bad) = args.iter().find(|a| a.starts_with('-')) {
@@ -415,6 +416,8 @@ mod tests {
         let a = parse("--rounds 7 l7 --secs 5").unwrap().unwrap();
         assert_eq!((a.bench.as_str(), a.secs, a.rounds, a.out.as_str()), ("l7", 5, 7, "docs"));
         assert_eq!(a.pgo, None);
+        let a = parse("report --out help").unwrap().unwrap();
+        assert_eq!((a.bench.as_str(), a.out.as_str()), ("report", "help"));
     }
 
     #[test]

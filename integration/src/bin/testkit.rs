@@ -192,16 +192,6 @@ fn run_on_one_thread(f: impl std::future::Future<Output = anyhow::Result<()>>) -
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
 }
 
-/// As [`run_on_one_thread`], with the runtime of a Sluice worker (its
-/// event interval), so the forwarder differs from Sluice only in the proxy.
-fn run_like_a_worker(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_current_thread()
-        .event_interval(sluice_proxy::listener::EVENT_INTERVAL)
-        .enable_all()
-        .build()?
-        .block_on(f)
-}
-
 fn hello(listen: SocketAddr) -> anyhow::Result<()> {
     run_on_one_thread(accept_each(listen, |s| async move {
         let svc = hyper::service::service_fn(|_req| async {
@@ -216,7 +206,9 @@ fn hello(listen: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn h2_forward(upstream: SocketAddr, listen: SocketAddr) -> anyhow::Result<()> {
-    run_like_a_worker(async move {
+    // On a Sluice worker's runtime, so the forwarder differs from Sluice
+    // only in the proxy.
+    sluice_proxy::listener::worker_runtime()?.block_on(async move {
         let up = tokio::net::TcpStream::connect(upstream).await?;
         up.set_nodelay(true)?;
         // The windows Sluice uses, both ways.
