@@ -117,6 +117,35 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
 }
 
+/// The median of paired per-round differences with a distribution-free
+/// interval of at least 95% confidence for it (the sign test's: between the
+/// k-th smallest and k-th largest difference, k as large as the binomial
+/// distribution allows). `None` with fewer than 6 values, too few for one.
+/// On a noisy machine this says whether a gap between two targets is more
+/// than the noise: an interval holding 0 shows no difference.
+pub fn median_interval(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    v.retain(|x| !x.is_nan());
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    // P(Binomial(n, 1/2) <= j), summed exactly in f64 (n is a round count).
+    let below = |j: usize| -> f64 {
+        let mut c = 1.0f64;
+        let mut sum = 0.0;
+        for i in 0..=j {
+            if i > 0 {
+                c = c * (n - i + 1) as f64 / i as f64;
+            }
+            sum += c;
+        }
+        sum / 2f64.powi(n as i32)
+    };
+    // The interval [v[k-1], v[n-k]] misses the median with probability
+    // 2·P(B <= k-1).
+    let k = (1..=n / 2).take_while(|&k| 2.0 * below(k - 1) <= 0.05).last()?;
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Some((median, v[k - 1], v[n - k]))
+}
+
 /// `program` run from inside `cgroup` (so the mesh sees it), in network
 /// namespace `netns` when given, on CPU 0 when `pinned`. Add its arguments.
 pub fn in_cgroup(netns: Option<&str>, cgroup: &Path, pinned: bool, program: &str) -> Command {
@@ -178,6 +207,25 @@ pub fn in_netns(netns: Option<&str>, program: &str) -> Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_interval_is_the_sign_tests() {
+        // Five values cannot give 95%: even the widest interval misses the
+        // median with probability 2/32.
+        assert_eq!(median_interval(vec![1.0, 2.0, 3.0, 4.0, 5.0]), None);
+        // Six: the extremes (1 - 2/64 = 96.9%).
+        assert_eq!(median_interval(vec![6.0, 1.0, 3.0, 2.0, 5.0, 4.0]), Some((3.5, 1.0, 6.0)));
+        // Nine: the 2nd smallest and 2nd largest (1 - 2·10/512 = 96.1%);
+        // the 3rd would give 1 - 2·46/512 = 82%.
+        let nine: Vec<f64> = (1..=9).map(f64::from).collect();
+        assert_eq!(median_interval(nine), Some((5.0, 2.0, 8.0)));
+        // Twenty-five: the 8th and 18th (P(B <= 7) = 0.0216).
+        let many: Vec<f64> = (1..=25).rev().map(f64::from).collect();
+        assert_eq!(median_interval(many), Some((13.0, 8.0, 18.0)));
+        // Missing values are left out, not counted as differences.
+        let with_nan = vec![f64::NAN, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(median_interval(with_nan), Some((3.5, 1.0, 6.0)));
+    }
 
     #[test]
     fn parses_a_wrk_report() {

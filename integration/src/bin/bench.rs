@@ -14,12 +14,14 @@
 //! userspace copy, sk_skb splice, zero-hop), latency and bulk throughput,
 //! pinned to one CPU and unpinned (see `bench/paths.rs`).
 //!
-//! `sluice-bench l7 [--secs N] [--rounds N] [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY]`:
+//! `sluice-bench l7 [--secs N] [--rounds N] [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY] [--only h1|h2]`:
 //! HTTP/1.1 (wrk) and h2c (h2load) through Sluice's L7 path vs nginx,
 //! haproxy and direct; with `--pgo`, a profile-guided build of sluice as
 //! one more row; with `--baseline`, another build (an earlier commit's,
-//! say) beside this one, to compare a change in the same run (see
-//! `bench/l7.rs`).
+//! say) beside this one, to compare a change in the same run; with
+//! `--only`, one protocol's load, so more rounds fit in the time. Sluice
+//! against nginx and haproxy is also given as per-round ratios and
+//! differences with 95% intervals (see `bench/l7.rs`).
 //!
 //! `sluice-bench telemetry [--secs N] [--rounds N]`: the L7 path with
 //! tracing off, tracing at 100% (OTLP/gRPC to rotel) and JSON access logs
@@ -80,7 +82,7 @@ fn take_value(args: &mut Vec<String>, name: &str, what: &str) -> anyhow::Result<
     Ok(Some(v))
 }
 
-const USAGE: &str = "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] (l7: [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY]) | report [--secs N] [--rounds N] [--out DIR] [--pgo SLUICE_BINARY] | policy [--packets N] [--rounds N] | pgo-train [--secs N]";
+const USAGE: &str = "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] (l7: [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY] [--only h1|h2]) | report [--secs N] [--rounds N] [--out DIR] [--pgo SLUICE_BINARY] | policy [--packets N] [--rounds N] | pgo-train [--secs N]";
 
 /// The command line, checked.
 #[derive(Debug, PartialEq)]
@@ -92,6 +94,7 @@ struct Args {
     out: String,
     pgo: Option<std::path::PathBuf>,
     baseline: Option<std::path::PathBuf>,
+    only: Option<bench_l7::Only>,
 }
 
 /// The arguments after the program's name; `None` when help was asked for.
@@ -113,6 +116,12 @@ fn parse_args(mut args: Vec<String>) -> anyhow::Result<Option<Args>> {
             p.display()
         );
     }
+    let only = match take_value(&mut args, "--only", "h1 or h2")?.as_deref() {
+        None => None,
+        Some("h1") => Some(bench_l7::Only::H1),
+        Some("h2") => Some(bench_l7::Only::H2),
+        Some(other) => bail!("--only {other}: h1 (HTTP/1.1 with wrk) or h2 (h2c with h2load)"),
+    };
     let mut opt = |name: &str, default: u32| -> anyhow::Result<u32> {
         match take_value(&mut args, name, "a value")? {
             Some(v) => v.parse().map_err(|e| anyhow::anyhow!("{name} {v}: {e} (a whole number is needed)")),
@@ -136,7 +145,10 @@ fn parse_args(mut args: Vec<String>) -> anyhow::Result<Option<Args>> {
         [] => bail!("which benchmark? name one\n{USAGE}"),
         [first, second, ..] => bail!("one benchmark at a time: {first:?}, then {second:?}\n{USAGE}"),
     };
-    Ok(Some(Args { bench, secs, rounds, packets, out, pgo, baseline }))
+    if only.is_some() && bench != "l7" {
+        bail!("--only is an option of l7, not of {bench}\n{USAGE}");
+    }
+    Ok(Some(Args { bench, secs, rounds, packets, out, pgo, baseline, only }))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -157,7 +169,7 @@ fn main() -> anyhow::Result<()> {
         "workers" => workers(secs, rounds),
         "policy" => policy(a.packets, rounds),
         "paths" => bench_paths::run(secs, rounds, stopped),
-        "l7" => bench_l7::run(secs, rounds, a.pgo.as_deref(), a.baseline.as_deref(), stopped),
+        "l7" => bench_l7::run(secs, rounds, a.pgo.as_deref(), a.baseline.as_deref(), a.only, stopped),
         "telemetry" => bench_telemetry::run(secs, rounds, stopped),
         "mesh" => bench_mesh::run(secs, rounds, stopped),
         "pgo-train" => bench_pgo::run(secs, stopped),
@@ -443,5 +455,16 @@ mod tests {
         assert_eq!(e, "--secs needs a value");
         let e = parse("l7 --baseline /nonexistent/sluice").unwrap_err().to_string();
         assert!(e.starts_with("--baseline /nonexistent/sluice: no such file"), "{e}");
+        let e = parse("l7 --only h3").unwrap_err().to_string();
+        assert!(e.starts_with("--only h3: h1 (HTTP/1.1 with wrk) or h2"), "{e}");
+        let e = parse("paths --only h1").unwrap_err().to_string();
+        assert!(e.starts_with("--only is an option of l7, not of paths"), "{e}");
+    }
+
+    #[test]
+    fn only_picks_one_protocol_of_l7() {
+        assert_eq!(parse("l7 --only h1").unwrap().unwrap().only, Some(bench_l7::Only::H1));
+        assert_eq!(parse("--only h2 l7").unwrap().unwrap().only, Some(bench_l7::Only::H2));
+        assert_eq!(parse("l7").unwrap().unwrap().only, None);
     }
 }

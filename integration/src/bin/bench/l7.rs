@@ -227,6 +227,7 @@ pub fn run(
     rounds: u32,
     pgo: Option<&Path>,
     baseline: Option<&Path>,
+    only: Option<Only>,
     stopped: fn() -> bool,
 ) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -253,6 +254,9 @@ pub fn run(
         "haproxy (h2→http1 upstream)",
         "h2 crate, bare forwarder",
     ];
+    if only == Some(Only::H1) {
+        targets.retain(|t| !h2c_only(t));
+    }
     if let Some(p) = pgo {
         targets.insert(2, PGO_ROW);
         println!("{PGO_ROW}: {} (scripts/build-pgo.sh), the same source as the \"sluice\" row", p.display());
@@ -262,14 +266,22 @@ pub fn run(
         println!("{BASELINE_ROW}: {}, beside the \"sluice\" row (this build)", p.display());
     }
     println!("backend: sluice-testkit hello (hyper, 1 thread); every proxy: 1 worker, keep-alive upstream");
-    println!("h2c to the backend: HTTP/2 from sluice and haproxy, HTTP/1.1 from nginx and the h2→http1 rows");
-    println!(
-        "h2 crate, bare forwarder: `sluice-testkit h2-forward`, h2c only: each stream forwarded as it came over one HTTP/2 \
-         connection, on the h2 crate alone (no routing, limits or telemetry): the HTTP/2 library's floor"
-    );
-    println!(
-        "HTTP/1.1: wrk -t1 -c32 -d{secs}s --latency; h2c: h2load -c8 -m16 -D{secs} (p50/p99 from its request log)"
-    );
+    if only != Some(Only::H1) {
+        println!(
+            "h2c to the backend: HTTP/2 from sluice and haproxy, HTTP/1.1 from nginx and the h2→http1 rows"
+        );
+        println!(
+            "h2 crate, bare forwarder: `sluice-testkit h2-forward`, h2c only: each stream forwarded as it came over one \
+             HTTP/2 connection, on the h2 crate alone (no routing, limits or telemetry): the HTTP/2 library's floor"
+        );
+    }
+    match only {
+        None => println!(
+            "HTTP/1.1: wrk -t1 -c32 -d{secs}s --latency; h2c: h2load -c8 -m16 -D{secs} (p50/p99 from its request log)"
+        ),
+        Some(Only::H1) => println!("HTTP/1.1 only: wrk -t1 -c32 -d{secs}s --latency"),
+        Some(Only::H2) => println!("h2c only: h2load -c8 -m16 -D{secs} (p50/p99 from its request log)"),
+    }
     println!(
         "{rounds} rounds alternating the targets (each round starting one target further on); medians. cores: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -320,13 +332,16 @@ pub fn run(
             // Two rows are h2c only: for HTTP/1.1 clients haproxy with an
             // HTTP/1.1 upstream is the "haproxy" row, and the bare
             // forwarder speaks only h2c.
-            if !matches!(*name, "haproxy (h2→http1 upstream)" | "h2 crate, bare forwarder") {
+            if !h2c_only(name) && only != Some(Only::H2) {
                 let (r1, c1) = with_cpu(front.pids[0], backend_pid, || {
                     wrk(cg.path(), &format!("http://{}/", front.h1), 1, 32, secs, false)
                         .map_err(anyhow::Error::msg)
                 })?;
                 eprintln!("round {round} {name}: h1 {:.0} req/s", r1.requests_per_sec);
                 h1[i].push((r1, c1));
+            }
+            if only == Some(Only::H1) {
+                continue;
             }
             let log = dir.join(format!("h2load-{round}-{i}.log"));
             let (r2, c2) = with_cpu(front.pids[1], backend_pid, || {
@@ -337,6 +352,10 @@ pub fn run(
         }
     }
     for (title, results) in [("HTTP/1.1 keep-alive (wrk)", &h1), ("HTTP/2 h2c (h2load)", &h2)] {
+        // The protocol `--only` left out.
+        if results.iter().all(Vec::is_empty) {
+            continue;
+        }
         println!("\n{title}");
         println!(
             "{:<28} {:>12} {:>9} {:>9} {:>7} {:>13} {:>7} {:>7} {:>15}",
@@ -368,7 +387,7 @@ pub fn run(
         }
         // Round by round, as each round ran both side by side.
         let sluice = targets.iter().position(|t| *t == "sluice");
-        for other in ["nginx", "haproxy"] {
+        for other in ["nginx", "haproxy", PGO_ROW, BASELINE_ROW] {
             let (Some(s), Some(o)) = (sluice, targets.iter().position(|t| *t == other)) else { continue };
             let load = |i: usize| results[i].iter().map(|(r, _)| *r).collect::<Vec<_>>();
             let h = head_to_head(&load(s), &load(o));
@@ -379,9 +398,57 @@ pub fn run(
                 h.both,
                 n = h.rounds
             );
+            println!("  {}", paired(&load(s), &load(o)));
         }
     }
     Ok(())
+}
+
+/// Which protocol's load to run (`--only`): both when not given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    H1,
+    H2,
+}
+
+/// Targets that only make sense for h2c clients: for HTTP/1.1 clients
+/// haproxy with an HTTP/1.1 upstream is the "haproxy" row, and the bare
+/// forwarder speaks only h2c.
+fn h2c_only(target: &str) -> bool {
+    matches!(target, "haproxy (h2→http1 upstream)" | "h2 crate, bare forwarder")
+}
+
+/// `a` against `b` over the rounds both ran, as the medians of the
+/// per-round req/s ratio and p99 difference, each with its 95% interval
+/// (sign test): an interval that holds 1 (or 0) shows no difference beyond
+/// the noise.
+fn paired(a: &[WrkResult], b: &[WrkResult]) -> String {
+    let ratio = a.iter().zip(b).map(|(x, y)| x.requests_per_sec / y.requests_per_sec).collect();
+    let p99 = a.iter().zip(b).map(|(x, y)| x.p99_ms - y.p99_ms).collect();
+    let verdict = |lo: f64, hi: f64, none: f64, below: &str, above: &str| {
+        if hi < none {
+            below.to_string()
+        } else if lo > none {
+            above.to_string()
+        } else {
+            "no difference shown".to_string()
+        }
+    };
+    let rate = match sluice_integration::bench::median_interval(ratio) {
+        Some((m, lo, hi)) => format!(
+            "req/s ratio {m:.3} [{lo:.3}, {hi:.3}]: {}",
+            verdict(lo, hi, 1.0, "sluice slower", "sluice faster")
+        ),
+        None => "req/s ratio: too few rounds for a 95% interval (6 at least)".to_string(),
+    };
+    let tail = match sluice_integration::bench::median_interval(p99) {
+        Some((m, lo, hi)) => format!(
+            "p99 difference {m:+.3} ms [{lo:+.3}, {hi:+.3}]: {}",
+            verdict(lo, hi, 0.0, "sluice lower", "sluice higher")
+        ),
+        None => "p99 difference: too few rounds for a 95% interval".to_string(),
+    };
+    format!("per-round medians, 95% intervals: {rate}; {tail}")
 }
 
 /// How often one target did at least as well as another, round by round.
@@ -471,15 +538,30 @@ impl Drop for Cleanup {
 mod tests {
     use super::*;
 
+    /// A load run's result with only what the comparisons read.
+    fn r(rps: f64, p99: f64) -> WrkResult {
+        WrkResult { requests_per_sec: rps, p50_ms: 0.0, p90_ms: 0.0, p99_ms: p99, errors: 0 }
+    }
+
+    #[test]
+    fn paired_says_when_a_gap_is_beyond_the_noise() {
+        // Faster in every one of 6 rounds, p99 up and down around the other's.
+        let a: Vec<_> = (0..6).map(|i| r(110.0 + f64::from(i), 2.0 + f64::from(i % 2) * 0.2)).collect();
+        let b: Vec<_> = (0..6).map(|_| r(100.0, 2.1)).collect();
+        let s = paired(&a, &b);
+        assert!(s.contains("req/s ratio 1.125 [1.100, 1.150]: sluice faster"), "{s}");
+        assert!(s.contains("p99 difference +0.000 ms [-0.100, +0.100]: no difference shown"), "{s}");
+        // Slower and with a higher tail in every round.
+        let s = paired(&b, &a);
+        assert!(s.contains("sluice slower"), "{s}");
+        let worse: Vec<_> = (0..6).map(|_| r(100.0, 3.0)).collect();
+        assert!(paired(&worse, &b).contains("+0.900 ms [+0.900, +0.900]: sluice higher"));
+        // Five rounds give no interval, and say so.
+        assert!(paired(&a[..5], &b[..5]).contains("too few rounds"));
+    }
+
     #[test]
     fn head_to_head_counts_rounds_won_on_rate_and_tail() {
-        let r = |rps: f64, p99: f64| WrkResult {
-            requests_per_sec: rps,
-            p50_ms: 0.0,
-            p90_ms: 0.0,
-            p99_ms: p99,
-            errors: 0,
-        };
         let a = [r(100.0, 2.0), r(100.0, 2.0), r(90.0, 1.0), r(80.0, 3.0)];
         let b = [r(90.0, 3.0), r(100.0, 1.0), r(95.0, 1.0), r(90.0, 2.0), r(1.0, 9.0)];
         // The fifth round of `b` has no counterpart: not counted.
