@@ -127,21 +127,20 @@ pub fn median_interval(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
     v.retain(|x| !x.is_nan());
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    // P(Binomial(n, 1/2) <= j), summed exactly in f64 (n is a round count).
-    let below = |j: usize| -> f64 {
-        let mut c = 1.0f64;
-        let mut sum = 0.0;
-        for i in 0..=j {
-            if i > 0 {
-                c = c * (n - i + 1) as f64 / i as f64;
-            }
-            sum += c;
-        }
-        sum / 2f64.powi(n as i32)
-    };
     // The interval [v[k-1], v[n-k]] misses the median with probability
-    // 2·P(B <= k-1).
-    let k = (1..=n / 2).take_while(|&k| 2.0 * below(k - 1) <= 0.05).last()?;
+    // 2·P(Binomial(n, 1/2) <= k-1): widen k while that stays within 5%.
+    let (mut k, mut ways, mut below) = (0, 1.0f64, 0.0f64);
+    for j in 0..n / 2 {
+        below += ways; // C(n, j): below is 2^n · P(B <= j)
+        if 2.0 * below / 2f64.powi(n as i32) > 0.05 {
+            break;
+        }
+        k = j + 1;
+        ways = ways * (n - j) as f64 / (j + 1) as f64;
+    }
+    if k == 0 {
+        return None;
+    }
     let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
     Some((median, v[k - 1], v[n - k]))
 }

@@ -20,8 +20,8 @@
 //! one more row; with `--baseline`, another build (an earlier commit's,
 //! say) beside this one, to compare a change in the same run; with
 //! `--only`, one protocol's load, so more rounds fit in the time. Sluice
-//! against nginx and haproxy is also given as per-round ratios and
-//! differences with 95% intervals (see `bench/l7.rs`).
+//! against each of nginx, haproxy and those rows is also given as
+//! per-round ratios and differences with 95% intervals (see `bench/l7.rs`).
 //!
 //! `sluice-bench telemetry [--secs N] [--rounds N]`: the L7 path with
 //! tracing off, tracing at 100% (OTLP/gRPC to rotel) and JSON access logs

@@ -329,9 +329,6 @@ pub fn run(
                 "h2 crate, bare forwarder" => bare_h2(backend),
                 other => bail!("no such target: {other}"),
             };
-            // Two rows are h2c only: for HTTP/1.1 clients haproxy with an
-            // HTTP/1.1 upstream is the "haproxy" row, and the bare
-            // forwarder speaks only h2c.
             if !h2c_only(name) && only != Some(Only::H2) {
                 let (r1, c1) = with_cpu(front.pids[0], backend_pid, || {
                     wrk(cg.path(), &format!("http://{}/", front.h1), 1, 32, secs, false)
@@ -425,13 +422,13 @@ fn h2c_only(target: &str) -> bool {
 fn paired(a: &[WrkResult], b: &[WrkResult]) -> String {
     let ratio = a.iter().zip(b).map(|(x, y)| x.requests_per_sec / y.requests_per_sec).collect();
     let p99 = a.iter().zip(b).map(|(x, y)| x.p99_ms - y.p99_ms).collect();
-    let verdict = |lo: f64, hi: f64, none: f64, below: &str, above: &str| {
+    let verdict = |lo: f64, hi: f64, none: f64, below: &'static str, above: &'static str| {
         if hi < none {
-            below.to_string()
+            below
         } else if lo > none {
-            above.to_string()
+            above
         } else {
-            "no difference shown".to_string()
+            "no difference shown"
         }
     };
     let rate = match sluice_integration::bench::median_interval(ratio) {
