@@ -14,12 +14,13 @@
 //! userspace copy, sk_skb splice, zero-hop), latency and bulk throughput,
 //! pinned to one CPU and unpinned (see `bench/paths.rs`).
 //!
-//! `sluice-bench l7 [--secs N] [--rounds N] [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY] [--only h1|h2]`:
+//! `sluice-bench l7 [--secs N] [--rounds N] [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY] [--only h1|h2] [--targets LIST]`:
 //! HTTP/1.1 (wrk) and h2c (h2load) through Sluice's L7 path vs nginx,
 //! haproxy and direct; with `--pgo`, a profile-guided build of sluice as
 //! one more row; with `--baseline`, another build (an earlier commit's,
 //! say) beside this one, to compare a change in the same run; with
-//! `--only`, one protocol's load, so more rounds fit in the time. Sluice
+//! `--only`, one protocol's load, so more rounds fit in the time; with
+//! `--targets` (e.g. `sluice,nginx,haproxy`), only those rows. Sluice
 //! against each of nginx, haproxy and those rows is also given as
 //! per-round ratios and differences with 95% intervals (see `bench/l7.rs`).
 //!
@@ -82,7 +83,7 @@ fn take_value(args: &mut Vec<String>, name: &str, what: &str) -> anyhow::Result<
     Ok(Some(v))
 }
 
-const USAGE: &str = "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] (l7: [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY] [--only h1|h2]) | report [--secs N] [--rounds N] [--out DIR] [--pgo SLUICE_BINARY] | policy [--packets N] [--rounds N] | pgo-train [--secs N]";
+const USAGE: &str = "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] (l7: [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY] [--only h1|h2] [--targets sluice,nginx,haproxy,...]) | report [--secs N] [--rounds N] [--out DIR] [--pgo SLUICE_BINARY] | policy [--packets N] [--rounds N] | pgo-train [--secs N]";
 
 /// The command line, checked.
 #[derive(Debug, PartialEq)]
@@ -95,6 +96,7 @@ struct Args {
     pgo: Option<std::path::PathBuf>,
     baseline: Option<std::path::PathBuf>,
     only: Option<bench_l7::Only>,
+    targets: Option<Vec<&'static str>>,
 }
 
 /// The arguments after the program's name; `None` when help was asked for.
@@ -122,6 +124,9 @@ fn parse_args(mut args: Vec<String>) -> anyhow::Result<Option<Args>> {
         Some("h2") => Some(bench_l7::Only::H2),
         Some(other) => bail!("--only {other}: h1 (HTTP/1.1 with wrk) or h2 (h2c with h2load)"),
     };
+    let targets = take_value(&mut args, "--targets", "a list such as sluice,nginx,haproxy")?
+        .map(|l| bench_l7::parse_targets(&l))
+        .transpose()?;
     let mut opt = |name: &str, default: u32| -> anyhow::Result<u32> {
         match take_value(&mut args, name, "a value")? {
             Some(v) => v.parse().map_err(|e| anyhow::anyhow!("{name} {v}: {e} (a whole number is needed)")),
@@ -148,7 +153,10 @@ fn parse_args(mut args: Vec<String>) -> anyhow::Result<Option<Args>> {
     if only.is_some() && bench != "l7" {
         bail!("--only is an option of l7, not of {bench}\n{USAGE}");
     }
-    Ok(Some(Args { bench, secs, rounds, packets, out, pgo, baseline, only }))
+    if targets.is_some() && bench != "l7" {
+        bail!("--targets is an option of l7, not of {bench}\n{USAGE}");
+    }
+    Ok(Some(Args { bench, secs, rounds, packets, out, pgo, baseline, only, targets }))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -169,7 +177,15 @@ fn main() -> anyhow::Result<()> {
         "workers" => workers(secs, rounds),
         "policy" => policy(a.packets, rounds),
         "paths" => bench_paths::run(secs, rounds, stopped),
-        "l7" => bench_l7::run(secs, rounds, a.pgo.as_deref(), a.baseline.as_deref(), a.only, stopped),
+        "l7" => bench_l7::run(
+            secs,
+            rounds,
+            a.pgo.as_deref(),
+            a.baseline.as_deref(),
+            a.only,
+            a.targets.as_deref(),
+            stopped,
+        ),
         "telemetry" => bench_telemetry::run(secs, rounds, stopped),
         "mesh" => bench_mesh::run(secs, rounds, stopped),
         "pgo-train" => bench_pgo::run(secs, stopped),
@@ -459,6 +475,29 @@ mod tests {
         assert!(e.starts_with("--only h3: h1 (HTTP/1.1 with wrk) or h2"), "{e}");
         let e = parse("paths --only h1").unwrap_err().to_string();
         assert!(e.starts_with("--only is an option of l7, not of paths"), "{e}");
+    }
+
+    #[test]
+    fn targets_pick_rows_of_l7_with_sluice_among_them() {
+        let a = parse("l7 --targets sluice,nginx,haproxy").unwrap().unwrap();
+        assert_eq!(a.targets, Some(vec!["sluice", "nginx", "haproxy"]));
+        let a = parse("l7 --targets haproxy-http1,sluice,bare-h2").unwrap().unwrap();
+        assert_eq!(
+            a.targets,
+            Some(vec!["haproxy (h2→http1 upstream)", "sluice", "h2 crate, bare forwarder"])
+        );
+        assert_eq!(parse("l7").unwrap().unwrap().targets, None);
+        let e = parse("l7 --targets sluice,envoy").unwrap_err().to_string();
+        assert!(
+            e.starts_with("--targets sluice,envoy: no target \"envoy\" (the targets: direct, sluice,"),
+            "{e}"
+        );
+        let e = parse("l7 --targets nginx,haproxy").unwrap_err().to_string();
+        assert!(e.contains("name sluice too"), "{e}");
+        let e = parse("l7 --targets sluice,nginx,sluice").unwrap_err().to_string();
+        assert!(e.contains("\"sluice\" is named twice"), "{e}");
+        let e = parse("paths --targets sluice").unwrap_err().to_string();
+        assert!(e.starts_with("--targets is an option of l7, not of paths"), "{e}");
     }
 
     #[test]

@@ -215,6 +215,39 @@ pub(crate) fn h2load_run(mut cmd: Command, url: &str, secs: u32, log: &Path) -> 
     })
 }
 
+/// The rows `--targets` can pick, by the short name it takes.
+const TARGET_KEYS: [(&str, &str); 8] = [
+    ("direct", "direct"),
+    ("sluice", "sluice"),
+    ("sluice-http1", "sluice (h2→http1 upstream)"),
+    ("sk-msg", "sluice + sk_msg (forced)"),
+    ("nginx", "nginx"),
+    ("haproxy", "haproxy"),
+    ("haproxy-http1", "haproxy (h2→http1 upstream)"),
+    ("bare-h2", "h2 crate, bare forwarder"),
+];
+
+/// `--targets a,b,...`: the rows to run, "sluice" among them (every
+/// comparison is against it). Fewer rows make a round shorter, so the
+/// rows compared run closer together in time and more rounds fit.
+pub fn parse_targets(list: &str) -> anyhow::Result<Vec<&'static str>> {
+    let keys = || TARGET_KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ");
+    let mut rows = Vec::new();
+    for key in list.split(',').map(str::trim) {
+        let Some((_, row)) = TARGET_KEYS.iter().find(|(k, _)| *k == key) else {
+            bail!("--targets {list}: no target {key:?} (the targets: {})", keys());
+        };
+        if rows.contains(row) {
+            bail!("--targets {list}: {key:?} is named twice");
+        }
+        rows.push(*row);
+    }
+    if !rows.contains(&"sluice") {
+        bail!("--targets {list}: name sluice too, every comparison is against it");
+    }
+    Ok(rows)
+}
+
 const PGO_ROW: &str = "sluice, PGO build";
 const BASELINE_ROW: &str = "sluice, baseline binary";
 
@@ -228,6 +261,7 @@ pub fn run(
     pgo: Option<&Path>,
     baseline: Option<&Path>,
     only: Option<Only>,
+    picked: Option<&[&str]>,
     stopped: fn() -> bool,
 ) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -256,6 +290,9 @@ pub fn run(
     ];
     if only == Some(Only::H1) {
         targets.retain(|t| !h2c_only(t));
+    }
+    if let Some(picked) = picked {
+        targets.retain(|t| picked.contains(t));
     }
     if let Some(p) = pgo {
         targets.insert(2, PGO_ROW);
