@@ -215,7 +215,10 @@ pub(crate) fn h2load_run(mut cmd: Command, url: &str, secs: u32, log: &Path) -> 
     })
 }
 
-/// The rows `--targets` can pick, by the short name it takes.
+/// Every row, in the order a round starts from, by the short name
+/// `--targets` takes. For h2c, "sluice" and "haproxy" speak HTTP/2 to the
+/// backend; the "h2→http1" rows and nginx (which has no HTTP/2 upstream)
+/// HTTP/1.1.
 const TARGET_KEYS: [(&str, &str); 8] = [
     ("direct", "direct"),
     ("sluice", "sluice"),
@@ -251,6 +254,26 @@ pub fn parse_targets(list: &str) -> anyhow::Result<Vec<&'static str>> {
 const PGO_ROW: &str = "sluice, PGO build";
 const BASELINE_ROW: &str = "sluice, baseline binary";
 
+/// The rows a run measures: those of the protocol(s) run, only the
+/// `picked` ones if given, and the other sluice builds right after
+/// "sluice".
+fn rows(only: Option<Only>, picked: Option<&[&str]>, pgo: bool, baseline: bool) -> Vec<&'static str> {
+    let mut rows: Vec<&'static str> = TARGET_KEYS
+        .iter()
+        .map(|(_, row)| *row)
+        .filter(|row| only != Some(Only::H1) || !h2c_only(row))
+        .filter(|row| picked.is_none_or(|p| p.contains(row)))
+        .collect();
+    let after_sluice = rows.iter().position(|r| *r == "sluice").map_or(0, |i| i + 1);
+    if pgo {
+        rows.insert(after_sluice, PGO_ROW);
+    }
+    if baseline {
+        rows.insert(after_sluice, BASELINE_ROW);
+    }
+    rows
+}
+
 /// `pgo`: a profile-guided build of sluice (`scripts/build-pgo.sh`),
 /// measured as one more row beside the plain build; `baseline`: another
 /// sluice binary (an earlier commit's build) as a row of its own, so a
@@ -276,30 +299,11 @@ pub fn run(
     let (dir, _cleanup) = scratch_dir("benchl7")?;
     let (backend_guard, backend) = hello_process("127.0.0.1:0");
     let backend_pid = backend_guard.0.id();
-    // For h2c, "sluice" and "haproxy" speak HTTP/2 to the backend; the
-    // "h2→http1" rows and nginx (which has no HTTP/2 upstream) HTTP/1.1.
-    let mut targets = vec![
-        "direct",
-        "sluice",
-        "sluice (h2→http1 upstream)",
-        "sluice + sk_msg (forced)",
-        "nginx",
-        "haproxy",
-        "haproxy (h2→http1 upstream)",
-        "h2 crate, bare forwarder",
-    ];
-    if only == Some(Only::H1) {
-        targets.retain(|t| !h2c_only(t));
-    }
-    if let Some(picked) = picked {
-        targets.retain(|t| picked.contains(t));
-    }
+    let targets = rows(only, picked, pgo.is_some(), baseline.is_some());
     if let Some(p) = pgo {
-        targets.insert(2, PGO_ROW);
         println!("{PGO_ROW}: {} (scripts/build-pgo.sh), the same source as the \"sluice\" row", p.display());
     }
     if let Some(p) = baseline {
-        targets.insert(2, BASELINE_ROW);
         println!("{BASELINE_ROW}: {}, beside the \"sluice\" row (this build)", p.display());
     }
     println!("backend: sluice-testkit hello (hyper, 1 thread); every proxy: 1 worker, keep-alive upstream");
@@ -571,6 +575,29 @@ impl Drop for Cleanup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_follow_the_protocol_the_pick_and_the_extra_builds() {
+        assert_eq!(rows(None, None, false, false), TARGET_KEYS.map(|(_, row)| row).to_vec());
+        assert_eq!(
+            rows(Some(Only::H1), None, true, true),
+            [
+                "direct",
+                "sluice",
+                BASELINE_ROW,
+                PGO_ROW,
+                "sluice (h2→http1 upstream)",
+                "sluice + sk_msg (forced)",
+                "nginx",
+                "haproxy"
+            ]
+        );
+        let picked = parse_targets("haproxy,sluice,nginx").unwrap();
+        assert_eq!(rows(Some(Only::H2), Some(&picked), false, false), ["sluice", "nginx", "haproxy"]);
+        // Sluice alone (the bare forwarder is h2c only) still takes the extra builds.
+        let picked = parse_targets("sluice,bare-h2").unwrap();
+        assert_eq!(rows(Some(Only::H1), Some(&picked), true, true), ["sluice", BASELINE_ROW, PGO_ROW]);
+    }
 
     /// A load run's result with only what the comparisons read.
     fn r(rps: f64, p99: f64) -> WrkResult {
