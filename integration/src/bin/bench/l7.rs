@@ -424,13 +424,13 @@ pub fn run(
             );
         }
         // Round by round, as each round ran both side by side.
-        let sluice = targets.iter().position(|t| *t == "sluice");
-        for other in ["nginx", "haproxy", PGO_ROW, BASELINE_ROW] {
-            let (Some(s), Some(o)) = (sluice, targets.iter().position(|t| *t == other)) else { continue };
+        for (s, o) in comparisons(&targets) {
             let load = |i: usize| results[i].iter().map(|(r, _)| *r).collect::<Vec<_>>();
             let h = head_to_head(&load(s), &load(o));
             println!(
-                "sluice vs {other}, round by round: req/s at least as high in {}/{n}, p99 no higher in {}/{n}, both in {}/{n}",
+                "{} vs {}, round by round: req/s at least as high in {}/{n}, p99 no higher in {}/{n}, both in {}/{n}",
+                targets[s],
+                targets[o],
                 h.faster,
                 h.tail,
                 h.both,
@@ -440,6 +440,22 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// The pairs compared round by round, as indices into `targets` (first
+/// against second): Sluice against nginx, haproxy and its other builds, and
+/// the profile-guided build against nginx and haproxy too, as it is a way
+/// of building the same Sluice.
+fn comparisons(targets: &[&str]) -> Vec<(usize, usize)> {
+    let at = |name: &str| targets.iter().position(|t| *t == name);
+    let against: [(&str, &[&str]); 2] =
+        [("sluice", &["nginx", "haproxy", PGO_ROW, BASELINE_ROW]), (PGO_ROW, &["nginx", "haproxy"])];
+    let mut pairs = Vec::new();
+    for (first, others) in against {
+        let Some(a) = at(first) else { continue };
+        pairs.extend(others.iter().filter_map(|o| at(o)).map(|b| (a, b)));
+    }
+    pairs
 }
 
 /// Which protocol's load to run (`--only`): both when not given.
@@ -597,6 +613,18 @@ mod tests {
         // Sluice alone (the bare forwarder is h2c only) still takes the extra builds.
         let picked = parse_targets("sluice,bare-h2").unwrap();
         assert_eq!(rows(Some(Only::H1), Some(&picked), true, true), ["sluice", BASELINE_ROW, PGO_ROW]);
+    }
+
+    #[test]
+    fn comparisons_put_sluice_and_its_pgo_build_against_the_others() {
+        let targets =
+            rows(Some(Only::H1), Some(&parse_targets("haproxy,sluice,nginx").unwrap()), true, false);
+        assert_eq!(targets, ["sluice", PGO_ROW, "nginx", "haproxy"]);
+        assert_eq!(comparisons(&targets), [(0, 2), (0, 3), (0, 1), (1, 2), (1, 3)]);
+        // Without the PGO build, or without the other proxies.
+        assert_eq!(comparisons(&["nginx", "sluice", "haproxy"]), [(1, 0), (1, 2)]);
+        assert_eq!(comparisons(&["sluice", BASELINE_ROW]), [(0, 1)]);
+        assert!(comparisons(&["sluice"]).is_empty());
     }
 
     /// A load run's result with only what the comparisons read.
