@@ -21,8 +21,9 @@
 //! say) beside this one, to compare a change in the same run; with
 //! `--only`, one protocol's load, so more rounds fit in the time; with
 //! `--targets` (e.g. `sluice,nginx,haproxy`), only those rows. Sluice
-//! against each of nginx, haproxy and those rows is also given as
-//! per-round ratios and differences with 95% intervals (see `bench/l7.rs`).
+//! against each of nginx, haproxy and its other builds, and the PGO build
+//! against nginx and haproxy, is also given as per-round ratios and
+//! differences with 95% intervals (see `bench/l7.rs`).
 //!
 //! `sluice-bench telemetry [--secs N] [--rounds N]`: the L7 path with
 //! tracing off, tracing at 100% (OTLP/gRPC to rotel) and JSON access logs
@@ -150,11 +151,10 @@ fn parse_args(mut args: Vec<String>) -> anyhow::Result<Option<Args>> {
         [] => bail!("which benchmark? name one\n{USAGE}"),
         [first, second, ..] => bail!("one benchmark at a time: {first:?}, then {second:?}\n{USAGE}"),
     };
-    if only.is_some() && bench != "l7" {
-        bail!("--only is an option of l7, not of {bench}\n{USAGE}");
-    }
-    if targets.is_some() && bench != "l7" {
-        bail!("--targets is an option of l7, not of {bench}\n{USAGE}");
+    for (given, option) in [(only.is_some(), "--only"), (targets.is_some(), "--targets")] {
+        if given && bench != "l7" {
+            bail!("{option} is an option of l7, not of {bench}\n{USAGE}");
+        }
     }
     Ok(Some(Args { bench, secs, rounds, packets, out, pgo, baseline, only, targets }))
 }
