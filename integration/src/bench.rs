@@ -174,6 +174,30 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     out
 }
 
+/// How often the threads of `pid` and its descendants have left their CPU:
+/// `(voluntary, involuntary)` context switches, from each thread's
+/// `/proc` status. Voluntary ones are sleeps (a wait in `epoll_wait` with
+/// nothing ready, a lock); involuntary ones are preemptions, another task
+/// taking the CPU. Threads that have ended are no longer counted.
+pub fn context_switches(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    for p in process_tree(pid) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for t in tasks.flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            for line in status.lines() {
+                let count = |key: &str| line.strip_prefix(key)?.trim().parse::<u64>().ok();
+                if let Some(n) = count("voluntary_ctxt_switches:") {
+                    total.0 += n;
+                } else if let Some(n) = count("nonvoluntary_ctxt_switches:") {
+                    total.1 += n;
+                }
+            }
+        }
+    }
+    total
+}
+
 /// Every thread of `pid` and its descendants on CPU 0 (`pinned`), or on all CPUs.
 pub fn pin(pid: u32, pinned: bool) -> Result<(), String> {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -235,6 +259,27 @@ mod tests {
         assert!((r.p90_ms - 0.6).abs() < 1e-9);
         assert!((r.p99_ms - 1.5).abs() < 1e-9);
         assert_eq!(r.errors, 6);
+    }
+
+    /// A process that sleeps again and again is counted its sleeps, in the
+    /// thread that sleeps (a child of the one asked about).
+    #[test]
+    fn context_switches_count_sleeps_of_the_process_tree() {
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.3 & for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.02; done; wait"])
+            .spawn()
+            .unwrap();
+        let pid = sh.id();
+        let (v0, _) = context_switches(pid);
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let (v1, n1) = context_switches(pid);
+        let _ = sh.wait();
+        // The shell waits for each `sleep` child: at least one sleep each,
+        // and the background `sleep 0.3` has slept once too.
+        assert!(v1 >= v0 + 3, "{v0} -> {v1}");
+        assert!(v1 + n1 > 0);
+        // Gone: nothing to count.
+        assert_eq!(context_switches(pid), (0, 0));
     }
 
     #[test]

@@ -330,7 +330,8 @@ pub fn run(
     println!(
         "CPU µs/req: user+system CPU time of the proxy's processes (nginx's worker included; then its user and \
          system parts) and of the backend, over the whole load run, divided by req/s × the run's wall time \
-         (so the load generator's warm-up counts on both sides)"
+         (so the load generator's warm-up counts on both sides); sleeps/1k and preempt/1k: the proxy's voluntary \
+         and involuntary context switches per 1000 requests (it found nothing ready and slept; another task took its CPU)"
     );
     let mut h1: Vec<Vec<(WrkResult, Cpu)>> = vec![Vec::new(); targets.len()];
     let mut h2: Vec<Vec<(WrkResult, Cpu)>> = vec![Vec::new(); targets.len()];
@@ -396,7 +397,7 @@ pub fn run(
         }
         println!("\n{title}");
         println!(
-            "{:<28} {:>12} {:>9} {:>9} {:>7} {:>13} {:>7} {:>7} {:>15}",
+            "{:<28} {:>12} {:>9} {:>9} {:>7} {:>13} {:>7} {:>7} {:>15} {:>10} {:>10}",
             "target",
             "req/s",
             "p50 ms",
@@ -405,7 +406,9 @@ pub fn run(
             "proxy CPU µs",
             "user",
             "system",
-            "backend CPU µs"
+            "backend CPU µs",
+            "sleeps/1k",
+            "preempt/1k"
         );
         for (name, runs) in targets.iter().zip(results.iter()).filter(|(_, r)| !r.is_empty()) {
             let load: Vec<WrkResult> = runs.iter().map(|(r, _)| *r).collect();
@@ -415,12 +418,14 @@ pub fn run(
             // "direct" has no proxy.
             let us = |v: f64| if v.is_nan() { "–".to_string() } else { format!("{v:.2}") };
             println!(
-                "{} {:>13} {:>7} {:>7} {:>15.2}",
+                "{} {:>13} {:>7} {:>7} {:>15.2} {:>10} {:>10}",
                 sluice_integration::bench::row(name, 28, &load),
                 us(m(|c| c.proxy_us)),
                 us(m(|c| c.proxy_user_us)),
                 us(m(|c| c.proxy_system_us)),
-                m(|c| c.backend_us)
+                m(|c| c.backend_us),
+                us(m(|c| c.proxy_sleeps_per_k)),
+                us(m(|c| c.proxy_preempted_per_k))
             );
         }
         // Round by round, as each round ran both side by side.
@@ -541,6 +546,12 @@ struct Cpu {
     /// The proxy's kernel part of `proxy_us`.
     proxy_system_us: f64,
     backend_us: f64,
+    /// The proxy's sleeps (voluntary context switches) per 1000 requests:
+    /// how often it found nothing to do and had to be woken again.
+    proxy_sleeps_per_k: f64,
+    /// The proxy's preemptions (involuntary context switches) per 1000
+    /// requests: how often another task took its CPU.
+    proxy_preempted_per_k: f64,
 }
 
 /// Runs `load`, measuring the CPU time `proxy`'s and `backend`'s process
@@ -553,9 +564,13 @@ fn with_cpu(
     load: impl FnOnce() -> anyhow::Result<WrkResult>,
 ) -> anyhow::Result<(WrkResult, Cpu)> {
     use crate::bench_report::{proc_cpu, proc_cpu_split};
-    let (p0, b0, t0) = (proc_cpu_split(proxy), proc_cpu(Some(backend)), std::time::Instant::now());
+    use sluice_integration::bench::context_switches;
+    let switches = || proxy.map_or((0, 0), context_switches);
+    let (p0, b0, s0, t0) =
+        (proc_cpu_split(proxy), proc_cpu(Some(backend)), switches(), std::time::Instant::now());
     let r = load()?;
-    let (p1, b1, wall) = (proc_cpu_split(proxy), proc_cpu(Some(backend)), t0.elapsed().as_secs_f64());
+    let (p1, b1, s1, wall) =
+        (proc_cpu_split(proxy), proc_cpu(Some(backend)), switches(), t0.elapsed().as_secs_f64());
     let requests = r.requests_per_sec * wall;
     let per_req = |s: f64| if requests > 0.0 { s * 1e6 / requests } else { f64::NAN };
     let proxy_part = |s: f64| if proxy.is_some() { per_req(s) } else { f64::NAN };
@@ -567,6 +582,8 @@ fn with_cpu(
             proxy_user_us: user,
             proxy_system_us: system,
             backend_us: per_req(b1 - b0),
+            proxy_sleeps_per_k: proxy_part(s1.0.saturating_sub(s0.0) as f64) / 1000.0,
+            proxy_preempted_per_k: proxy_part(s1.1.saturating_sub(s0.1) as f64) / 1000.0,
         },
     ))
 }
@@ -679,7 +696,11 @@ mod tests {
         assert!(cpu.proxy_user_us > cpu.proxy_system_us, "{cpu:?}");
         assert!((cpu.proxy_user_us + cpu.proxy_system_us - cpu.proxy_us).abs() < 1e-9, "{cpu:?}");
         assert!(cpu.backend_us < 50.0, "{cpu:?}");
+        // A loop of shell builtins makes no system call, so it never sleeps
+        // (fewer than 3 switches over 600 requests, to allow for a stray one).
+        assert!(cpu.proxy_sleeps_per_k < 5.0 && cpu.proxy_preempted_per_k >= 0.0, "{cpu:?}");
         let none = none.unwrap().1;
         assert!(none.proxy_us.is_nan() && none.proxy_user_us.is_nan() && none.proxy_system_us.is_nan());
+        assert!(none.proxy_sleeps_per_k.is_nan() && none.proxy_preempted_per_k.is_nan());
     }
 }
