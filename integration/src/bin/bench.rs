@@ -14,13 +14,15 @@
 //! userspace copy, sk_skb splice, zero-hop), latency and bulk throughput,
 //! pinned to one CPU and unpinned (see `bench/paths.rs`).
 //!
-//! `sluice-bench l7 [--secs N] [--rounds N] [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY] [--only h1|h2] [--targets LIST]`:
+//! `sluice-bench l7 [--secs N] [--rounds N] [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY] [--only h1|h2] [--targets LIST] [--keep-running]`:
 //! HTTP/1.1 (wrk) and h2c (h2load) through Sluice's L7 path vs nginx,
 //! haproxy and direct; with `--pgo`, a profile-guided build of sluice as
 //! one more row; with `--baseline`, another build (an earlier commit's,
 //! say) beside this one, to compare a change in the same run; with
 //! `--only`, one protocol's load, so more rounds fit in the time; with
-//! `--targets` (e.g. `sluice,nginx,haproxy`), only those rows. Sluice
+//! `--targets` (e.g. `sluice,nginx,haproxy`), only those rows; with
+//! `--keep-running`, every target started once and kept warm, the rounds
+//! alternating only the load (short `--secs`, many rounds). Sluice
 //! against each of nginx, haproxy and its other builds, and the PGO build
 //! against nginx and haproxy, is also given as per-round ratios and
 //! differences with 95% intervals (see `bench/l7.rs`).
@@ -77,6 +79,13 @@ fn stopped() -> bool {
 }
 
 /// Removes `name VALUE` from `args`; the value, if the option was given.
+/// Whether the flag `name` (an option without a value) was given; taken out.
+fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
+    let before = args.len();
+    args.retain(|a| a != name);
+    args.len() != before
+}
+
 fn take_value(args: &mut Vec<String>, name: &str, what: &str) -> anyhow::Result<Option<String>> {
     let Some(i) = args.iter().position(|a| a == name) else { return Ok(None) };
     let v = args.get(i + 1).ok_or_else(|| anyhow::anyhow!("{name} needs {what}"))?.clone();
@@ -84,7 +93,7 @@ fn take_value(args: &mut Vec<String>, name: &str, what: &str) -> anyhow::Result<
     Ok(Some(v))
 }
 
-const USAGE: &str = "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] (l7: [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY] [--only h1|h2] [--targets sluice,nginx,haproxy,...]) | report [--secs N] [--rounds N] [--out DIR] [--pgo SLUICE_BINARY] | policy [--packets N] [--rounds N] | pgo-train [--secs N]";
+const USAGE: &str = "usage: sluice-bench workers|l7|paths|telemetry|mesh [--secs N] [--rounds N] (l7: [--pgo SLUICE_BINARY] [--baseline SLUICE_BINARY] [--only h1|h2] [--targets sluice,nginx,haproxy,...] [--keep-running]) | report [--secs N] [--rounds N] [--out DIR] [--pgo SLUICE_BINARY] | policy [--packets N] [--rounds N] | pgo-train [--secs N]";
 
 /// The command line, checked.
 #[derive(Debug, PartialEq)]
@@ -98,6 +107,7 @@ struct Args {
     baseline: Option<std::path::PathBuf>,
     only: Option<bench_l7::Only>,
     targets: Option<Vec<&'static str>>,
+    keep_running: bool,
 }
 
 /// The arguments after the program's name; `None` when help was asked for.
@@ -128,6 +138,7 @@ fn parse_args(mut args: Vec<String>) -> anyhow::Result<Option<Args>> {
     let targets = take_value(&mut args, "--targets", "a list such as sluice,nginx,haproxy")?
         .map(|l| bench_l7::parse_targets(&l))
         .transpose()?;
+    let keep_running = take_flag(&mut args, "--keep-running");
     let mut opt = |name: &str, default: u32| -> anyhow::Result<u32> {
         match take_value(&mut args, name, "a value")? {
             Some(v) => v.parse().map_err(|e| anyhow::anyhow!("{name} {v}: {e} (a whole number is needed)")),
@@ -151,12 +162,14 @@ fn parse_args(mut args: Vec<String>) -> anyhow::Result<Option<Args>> {
         [] => bail!("which benchmark? name one\n{USAGE}"),
         [first, second, ..] => bail!("one benchmark at a time: {first:?}, then {second:?}\n{USAGE}"),
     };
-    for (given, option) in [(only.is_some(), "--only"), (targets.is_some(), "--targets")] {
+    for (given, option) in
+        [(only.is_some(), "--only"), (targets.is_some(), "--targets"), (keep_running, "--keep-running")]
+    {
         if given && bench != "l7" {
             bail!("{option} is an option of l7, not of {bench}\n{USAGE}");
         }
     }
-    Ok(Some(Args { bench, secs, rounds, packets, out, pgo, baseline, only, targets }))
+    Ok(Some(Args { bench, secs, rounds, packets, out, pgo, baseline, only, targets, keep_running }))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -178,12 +191,15 @@ fn main() -> anyhow::Result<()> {
         "policy" => policy(a.packets, rounds),
         "paths" => bench_paths::run(secs, rounds, stopped),
         "l7" => bench_l7::run(
-            secs,
-            rounds,
-            a.pgo.as_deref(),
-            a.baseline.as_deref(),
-            a.only,
-            a.targets.as_deref(),
+            &bench_l7::Options {
+                secs,
+                rounds,
+                pgo: a.pgo.as_deref(),
+                baseline: a.baseline.as_deref(),
+                only: a.only,
+                picked: a.targets.as_deref(),
+                keep_running: a.keep_running,
+            },
             stopped,
         ),
         "telemetry" => bench_telemetry::run(secs, rounds, stopped),
@@ -498,6 +514,16 @@ mod tests {
         assert!(e.contains("\"sluice\" is named twice"), "{e}");
         let e = parse("paths --targets sluice").unwrap_err().to_string();
         assert!(e.starts_with("--targets is an option of l7, not of paths"), "{e}");
+    }
+
+    #[test]
+    fn keep_running_is_a_flag_of_l7() {
+        assert!(parse("l7 --keep-running --secs 1").unwrap().unwrap().keep_running);
+        let a = parse("--keep-running l7 --rounds 9").unwrap().unwrap();
+        assert_eq!((a.bench.as_str(), a.rounds, a.keep_running), ("l7", 9, true));
+        assert!(!parse("l7").unwrap().unwrap().keep_running);
+        let e = parse("paths --keep-running").unwrap_err().to_string();
+        assert!(e.starts_with("--keep-running is an option of l7, not of paths"), "{e}");
     }
 
     #[test]

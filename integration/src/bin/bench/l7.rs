@@ -278,15 +278,71 @@ fn rows(only: Option<Only>, picked: Option<&[&str]>, pgo: bool, baseline: bool) 
 /// measured as one more row beside the plain build; `baseline`: another
 /// sluice binary (an earlier commit's build) as a row of its own, so a
 /// change is measured side by side in one run.
-pub fn run(
-    secs: u32,
-    rounds: u32,
-    pgo: Option<&Path>,
-    baseline: Option<&Path>,
-    only: Option<Only>,
-    picked: Option<&[&str]>,
-    stopped: fn() -> bool,
-) -> anyhow::Result<()> {
+/// What `sluice-bench l7` was asked to run.
+#[derive(Debug)]
+pub struct Options<'a> {
+    pub secs: u32,
+    pub rounds: u32,
+    pub pgo: Option<&'a Path>,
+    pub baseline: Option<&'a Path>,
+    pub only: Option<Only>,
+    pub picked: Option<&'a [&'static str]>,
+    /// Start every target once and keep it running across rounds (each in
+    /// a cgroup of its own when it is a Sluice node), so the rounds
+    /// alternate only the load: what is compared runs seconds apart, warm,
+    /// as a node proxy serves. Otherwise each target is started for its
+    /// turn and stopped after it.
+    pub keep_running: bool,
+}
+
+/// Starts `name`; a Sluice node attaches to `cg`.
+fn start(
+    name: &str,
+    cg: &CgroupGuard,
+    dir: &Path,
+    backend: SocketAddr,
+    o: &Options,
+) -> anyhow::Result<Front> {
+    Ok(match name {
+        "direct" => Front {
+            h1: backend,
+            h2: backend,
+            pids: [None, None],
+            _fronts: Vec::new(),
+            _node: None,
+            _child: None,
+        },
+        "sluice" => sluice(cg, backend, "http", "127.100.0.95", &[], None),
+        PGO_ROW => sluice(cg, backend, "http", "127.100.0.93", &[], o.pgo),
+        BASELINE_ROW => sluice(cg, backend, "http", "127.100.0.92", &[], o.baseline),
+        "sluice (h2→http1 upstream)" => sluice(cg, backend, "http1", "127.100.0.96", &[], None),
+        // Its self-test fails on this kernel (a half-close stall that
+        // wrk and h2load never trigger): measured with it skipped.
+        "sluice + sk_msg (forced)" => {
+            sluice(cg, backend, "http", "127.100.0.94", &["--sk-msg", "unsafe-no-self-test"], None)
+        }
+        "nginx" => pair(dir, crate::bench_report::nginx, backend)?,
+        "haproxy" => pair(dir, crate::bench_report::haproxy, backend)?,
+        "haproxy (h2→http1 upstream)" => pair(dir, crate::bench_report::haproxy_http1_upstream, backend)?,
+        "h2 crate, bare forwarder" => bare_h2(backend),
+        other => bail!("no such target: {other}"),
+    })
+}
+
+/// Whether a target is a Sluice node (which attaches to its cgroup).
+fn is_node(name: &str) -> bool {
+    name.starts_with("sluice")
+}
+
+/// A target kept running across rounds, with the cgroup its load runs in
+/// (a Sluice node's own; dropped after the node, as fields drop in order).
+struct Kept {
+    front: Front,
+    cg: Option<CgroupGuard>,
+}
+
+pub fn run(o: &Options, stopped: fn() -> bool) -> anyhow::Result<()> {
+    let (secs, rounds, only) = (o.secs, o.rounds, o.only);
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmark attaches eBPF programs: run it as root");
     }
@@ -299,11 +355,11 @@ pub fn run(
     let (dir, _cleanup) = scratch_dir("benchl7")?;
     let (backend_guard, backend) = hello_process("127.0.0.1:0");
     let backend_pid = backend_guard.0.id();
-    let targets = rows(only, picked, pgo.is_some(), baseline.is_some());
-    if let Some(p) = pgo {
+    let targets = rows(only, o.picked, o.pgo.is_some(), o.baseline.is_some());
+    if let Some(p) = o.pgo {
         println!("{PGO_ROW}: {} (scripts/build-pgo.sh), the same source as the \"sluice\" row", p.display());
     }
-    if let Some(p) = baseline {
+    if let Some(p) = o.baseline {
         println!("{BASELINE_ROW}: {}, beside the \"sluice\" row (this build)", p.display());
     }
     println!("backend: sluice-testkit hello (hyper, 1 thread); every proxy: 1 worker, keep-alive upstream");
@@ -327,12 +383,27 @@ pub fn run(
         "{rounds} rounds alternating the targets (each round starting one target further on); medians. cores: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    if o.keep_running {
+        println!(
+            "--keep-running: every target started once and kept running (each Sluice node in a cgroup of its own); \
+             the rounds alternate only the load"
+        );
+    }
     println!(
         "CPU µs/req: user+system CPU time of the proxy's processes (nginx's worker included; then its user and \
          system parts) and of the backend, over the whole load run, divided by req/s × the run's wall time \
          (so the load generator's warm-up counts on both sides); sleeps/1k and preempt/1k: the proxy's voluntary \
          and involuntary context switches per 1000 requests (it found nothing ready and slept; another task took its CPU)"
     );
+    // Started in the rows' order before the first round; empty otherwise.
+    let mut kept: Vec<Kept> = Vec::new();
+    if o.keep_running {
+        for (i, name) in targets.iter().enumerate() {
+            let own = is_node(name).then(|| CgroupGuard::new(&format!("benchl7-{i}")));
+            let front = start(name, own.as_ref().unwrap_or(&cg), &dir.join(format!("t{i}")), backend, o)?;
+            kept.push(Kept { front, cg: own });
+        }
+    }
     let mut h1: Vec<Vec<(WrkResult, Cpu)>> = vec![Vec::new(); targets.len()];
     let mut h2: Vec<Vec<(WrkResult, Cpu)>> = vec![Vec::new(); targets.len()];
     for round in 0..rounds {
@@ -345,35 +416,17 @@ pub fn run(
             if stopped() {
                 bail!("interrupted; cleaned up");
             }
-            let front = match *name {
-                "direct" => Front {
-                    h1: backend,
-                    h2: backend,
-                    pids: [None, None],
-                    _fronts: Vec::new(),
-                    _node: None,
-                    _child: None,
-                },
-                "sluice" => sluice(&cg, backend, "http", "127.100.0.95", &[], None),
-                PGO_ROW => sluice(&cg, backend, "http", "127.100.0.93", &[], pgo),
-                BASELINE_ROW => sluice(&cg, backend, "http", "127.100.0.92", &[], baseline),
-                "sluice (h2→http1 upstream)" => sluice(&cg, backend, "http1", "127.100.0.96", &[], None),
-                // Its self-test fails on this kernel (a half-close stall that
-                // wrk and h2load never trigger): measured with it skipped.
-                "sluice + sk_msg (forced)" => {
-                    sluice(&cg, backend, "http", "127.100.0.94", &["--sk-msg", "unsafe-no-self-test"], None)
+            let started;
+            let (front, load_cg) = match kept.get(i) {
+                Some(k) => (&k.front, k.cg.as_ref().unwrap_or(&cg)),
+                None => {
+                    started = start(name, &cg, &dir, backend, o)?;
+                    (&started, &cg)
                 }
-                "nginx" => pair(&dir, crate::bench_report::nginx, backend)?,
-                "haproxy" => pair(&dir, crate::bench_report::haproxy, backend)?,
-                "haproxy (h2→http1 upstream)" => {
-                    pair(&dir, crate::bench_report::haproxy_http1_upstream, backend)?
-                }
-                "h2 crate, bare forwarder" => bare_h2(backend),
-                other => bail!("no such target: {other}"),
             };
             if !h2c_only(name) && only != Some(Only::H2) {
                 let (r1, c1) = with_cpu(front.pids[0], backend_pid, || {
-                    wrk(cg.path(), &format!("http://{}/", front.h1), 1, 32, secs, false)
+                    wrk(load_cg.path(), &format!("http://{}/", front.h1), 1, 32, secs, false)
                         .map_err(anyhow::Error::msg)
                 })?;
                 eprintln!("round {round} {name}: h1 {:.0} req/s", r1.requests_per_sec);
@@ -384,12 +437,14 @@ pub fn run(
             }
             let log = dir.join(format!("h2load-{round}-{i}.log"));
             let (r2, c2) = with_cpu(front.pids[1], backend_pid, || {
-                h2load(cg.path(), &format!("http://{}/", front.h2), secs, &log)
+                h2load(load_cg.path(), &format!("http://{}/", front.h2), secs, &log)
             })?;
             eprintln!("round {round} {name}: h2 {:.0} req/s", r2.requests_per_sec);
             h2[i].push((r2, c2));
         }
     }
+    // The nodes stop before their cgroups go, and all before the report.
+    drop(kept);
     for (title, results) in [("HTTP/1.1 keep-alive (wrk)", &h1), ("HTTP/2 h2c (h2load)", &h2)] {
         // The protocol `--only` left out.
         if results.iter().all(Vec::is_empty) {
@@ -606,101 +661,5 @@ impl Drop for Cleanup {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rows_follow_the_protocol_the_pick_and_the_extra_builds() {
-        assert_eq!(rows(None, None, false, false), TARGET_KEYS.map(|(_, row)| row).to_vec());
-        assert_eq!(
-            rows(Some(Only::H1), None, true, true),
-            [
-                "direct",
-                "sluice",
-                BASELINE_ROW,
-                PGO_ROW,
-                "sluice (h2→http1 upstream)",
-                "sluice + sk_msg (forced)",
-                "nginx",
-                "haproxy"
-            ]
-        );
-        let picked = parse_targets("haproxy,sluice,nginx").unwrap();
-        assert_eq!(rows(Some(Only::H2), Some(&picked), false, false), ["sluice", "nginx", "haproxy"]);
-        // Sluice alone (the bare forwarder is h2c only) still takes the extra builds.
-        let picked = parse_targets("sluice,bare-h2").unwrap();
-        assert_eq!(rows(Some(Only::H1), Some(&picked), true, true), ["sluice", BASELINE_ROW, PGO_ROW]);
-    }
-
-    #[test]
-    fn comparisons_put_sluice_and_its_pgo_build_against_the_others() {
-        let targets =
-            rows(Some(Only::H1), Some(&parse_targets("haproxy,sluice,nginx").unwrap()), true, false);
-        assert_eq!(targets, ["sluice", PGO_ROW, "nginx", "haproxy"]);
-        assert_eq!(comparisons(&targets), [(0, 2), (0, 3), (0, 1), (1, 2), (1, 3)]);
-        // Without the PGO build, or without the other proxies.
-        assert_eq!(comparisons(&["nginx", "sluice", "haproxy"]), [(1, 0), (1, 2)]);
-        assert_eq!(comparisons(&["sluice", BASELINE_ROW]), [(0, 1)]);
-        assert!(comparisons(&["sluice"]).is_empty());
-    }
-
-    /// A load run's result with only what the comparisons read.
-    fn r(rps: f64, p99: f64) -> WrkResult {
-        WrkResult { requests_per_sec: rps, p50_ms: 0.0, p90_ms: 0.0, p99_ms: p99, errors: 0 }
-    }
-
-    #[test]
-    fn paired_says_when_a_gap_is_beyond_the_noise() {
-        // Faster in every one of 6 rounds, p99 up and down around the other's.
-        let a: Vec<_> = (0..6).map(|i| r(110.0 + f64::from(i), 2.0 + f64::from(i % 2) * 0.2)).collect();
-        let b: Vec<_> = (0..6).map(|_| r(100.0, 2.1)).collect();
-        let s = paired(&a, &b);
-        assert!(s.contains("req/s ratio 1.125 [1.100, 1.150]: sluice faster"), "{s}");
-        assert!(s.contains("p99 difference +0.000 ms [-0.100, +0.100]: no difference shown"), "{s}");
-        // Slower and with a higher tail in every round.
-        let s = paired(&b, &a);
-        assert!(s.contains("sluice slower"), "{s}");
-        let worse: Vec<_> = (0..6).map(|_| r(100.0, 3.0)).collect();
-        assert!(paired(&worse, &b).contains("+0.900 ms [+0.900, +0.900]: sluice higher"));
-        // Five rounds give no interval, and say so.
-        assert!(paired(&a[..5], &b[..5]).contains("too few rounds"));
-    }
-
-    #[test]
-    fn head_to_head_counts_rounds_won_on_rate_and_tail() {
-        let a = [r(100.0, 2.0), r(100.0, 2.0), r(90.0, 1.0), r(80.0, 3.0)];
-        let b = [r(90.0, 3.0), r(100.0, 1.0), r(95.0, 1.0), r(90.0, 2.0), r(1.0, 9.0)];
-        // The fifth round of `b` has no counterpart: not counted.
-        assert_eq!(head_to_head(&a, &b), HeadToHead { rounds: 4, faster: 2, tail: 2, both: 1 });
-    }
-
-    /// A busy "proxy" is charged its CPU time per request; an idle
-    /// "backend" next to nothing; no proxy is no figure.
-    #[test]
-    fn cpu_per_request_is_the_processes_cpu_over_the_requests() {
-        let mut busy = Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
-        let mut idle = Command::new("sleep").arg("30").spawn().unwrap();
-        let load = || {
-            std::thread::sleep(std::time::Duration::from_millis(600));
-            Ok(WrkResult { requests_per_sec: 1000.0, p50_ms: 0.0, p90_ms: 0.0, p99_ms: 0.0, errors: 0 })
-        };
-        let measured = with_cpu(Some(busy.id()), idle.id(), load);
-        let none = with_cpu(None, idle.id(), load);
-        let _ = (busy.kill(), idle.kill(), busy.wait(), idle.wait());
-        let (r, cpu) = measured.unwrap();
-        assert_eq!(r.requests_per_sec, 1000.0);
-        // A spinning process over 0.6 s of 600 requests: up to 1 ms of CPU
-        // each (less when other tests share the cores; never more).
-        assert!(cpu.proxy_us > 100.0 && cpu.proxy_us < 1100.0, "{cpu:?}");
-        // A shell loop of builtins runs in user space.
-        assert!(cpu.proxy_user_us > cpu.proxy_system_us, "{cpu:?}");
-        assert!((cpu.proxy_user_us + cpu.proxy_system_us - cpu.proxy_us).abs() < 1e-9, "{cpu:?}");
-        assert!(cpu.backend_us < 50.0, "{cpu:?}");
-        // A loop of shell builtins makes no system call, so it never sleeps
-        // (fewer than 3 switches over 600 requests, to allow for a stray one).
-        assert!(cpu.proxy_sleeps_per_k < 5.0 && cpu.proxy_preempted_per_k >= 0.0, "{cpu:?}");
-        let none = none.unwrap().1;
-        assert!(none.proxy_us.is_nan() && none.proxy_user_us.is_nan() && none.proxy_system_us.is_nan());
-        assert!(none.proxy_sleeps_per_k.is_nan() && none.proxy_preempted_per_k.is_nan());
-    }
-}
+#[path = "l7_tests.rs"]
+mod tests;
