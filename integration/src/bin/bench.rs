@@ -78,7 +78,6 @@ fn stopped() -> bool {
     STOP.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-/// Removes `name VALUE` from `args`; the value, if the option was given.
 /// Whether the flag `name` (an option without a value) was given; taken out.
 fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
     let before = args.len();
@@ -86,6 +85,7 @@ fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
     args.len() != before
 }
 
+/// Removes `name VALUE` from `args`; the value, if the option was given.
 fn take_value(args: &mut Vec<String>, name: &str, what: &str) -> anyhow::Result<Option<String>> {
     let Some(i) = args.iter().position(|a| a == name) else { return Ok(None) };
     let v = args.get(i + 1).ok_or_else(|| anyhow::anyhow!("{name} needs {what}"))?.clone();

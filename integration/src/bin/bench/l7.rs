@@ -274,24 +274,23 @@ fn rows(only: Option<Only>, picked: Option<&[&str]>, pgo: bool, baseline: bool) 
     rows
 }
 
-/// `pgo`: a profile-guided build of sluice (`scripts/build-pgo.sh`),
-/// measured as one more row beside the plain build; `baseline`: another
-/// sluice binary (an earlier commit's build) as a row of its own, so a
-/// change is measured side by side in one run.
 /// What `sluice-bench l7` was asked to run.
 #[derive(Debug)]
 pub struct Options<'a> {
     pub secs: u32,
     pub rounds: u32,
+    /// A profile-guided build of sluice (`scripts/build-pgo.sh`), measured
+    /// as one more row beside the plain build.
     pub pgo: Option<&'a Path>,
+    /// Another sluice binary (an earlier commit's build) as a row of its
+    /// own, so a change is measured side by side in one run.
     pub baseline: Option<&'a Path>,
     pub only: Option<Only>,
     pub picked: Option<&'a [&'static str]>,
     /// Start every target once and keep it running across rounds (each in
-    /// a cgroup of its own when it is a Sluice node), so the rounds
-    /// alternate only the load: what is compared runs seconds apart, warm,
-    /// as a node proxy serves. Otherwise each target is started for its
-    /// turn and stopped after it.
+    /// a cgroup of its own), so the rounds alternate only the load: what is
+    /// compared runs seconds apart, warm, as a node proxy serves. Otherwise
+    /// each target is started for its turn and stopped after it.
     pub keep_running: bool,
 }
 
@@ -329,18 +328,16 @@ fn start(
     })
 }
 
-/// Whether a target is a Sluice node (which attaches to its cgroup).
-fn is_node(name: &str) -> bool {
-    name.starts_with("sluice")
-}
-
-/// A target kept running across rounds, with the cgroup its load runs in
-/// (a Sluice node's own; dropped after the node, as fields drop in order).
+/// A target kept running across rounds, with a cgroup of its own that its
+/// load runs in (a Sluice node attaches there, so two nodes never see each
+/// other's connections); the cgroup goes after the target, as fields drop
+/// in order.
 struct Kept {
     front: Front,
-    cg: Option<CgroupGuard>,
+    cg: CgroupGuard,
 }
 
+/// Runs the rounds `o` asks for and prints the tables and comparisons.
 pub fn run(o: &Options, stopped: fn() -> bool) -> anyhow::Result<()> {
     let (secs, rounds, only) = (o.secs, o.rounds, o.only);
     if !nix::unistd::geteuid().is_root() {
@@ -385,7 +382,7 @@ pub fn run(o: &Options, stopped: fn() -> bool) -> anyhow::Result<()> {
     );
     if o.keep_running {
         println!(
-            "--keep-running: every target started once and kept running (each Sluice node in a cgroup of its own); \
+            "--keep-running: every target started once and kept running (each in a cgroup of its own); \
              the rounds alternate only the load"
         );
     }
@@ -399,8 +396,8 @@ pub fn run(o: &Options, stopped: fn() -> bool) -> anyhow::Result<()> {
     let mut kept: Vec<Kept> = Vec::new();
     if o.keep_running {
         for (i, name) in targets.iter().enumerate() {
-            let own = is_node(name).then(|| CgroupGuard::new(&format!("benchl7-{i}")));
-            let front = start(name, own.as_ref().unwrap_or(&cg), &dir.join(format!("t{i}")), backend, o)?;
+            let own = CgroupGuard::new(&format!("benchl7-{i}"));
+            let front = start(name, &own, &dir.join(format!("t{i}")), backend, o)?;
             kept.push(Kept { front, cg: own });
         }
     }
@@ -418,7 +415,7 @@ pub fn run(o: &Options, stopped: fn() -> bool) -> anyhow::Result<()> {
             }
             let started;
             let (front, load_cg) = match kept.get(i) {
-                Some(k) => (&k.front, k.cg.as_ref().unwrap_or(&cg)),
+                Some(k) => (&k.front, &k.cg),
                 None => {
                     started = start(name, &cg, &dir, backend, o)?;
                     (&started, &cg)

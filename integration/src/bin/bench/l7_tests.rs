@@ -25,22 +25,6 @@ fn rows_follow_the_protocol_the_pick_and_the_extra_builds() {
     assert_eq!(rows(Some(Only::H1), Some(&picked), true, true), ["sluice", BASELINE_ROW, PGO_ROW]);
 }
 
-/// With --keep-running each node gets a cgroup of its own: two nodes
-/// attached to one cgroup would each see the other's connections.
-#[test]
-fn every_sluice_row_and_no_other_is_a_node() {
-    let all = rows(None, None, true, true);
-    let mut nodes: Vec<_> = all.iter().copied().filter(|t| is_node(t)).collect();
-    nodes.sort_unstable();
-    let mut expected =
-        ["sluice", PGO_ROW, BASELINE_ROW, "sluice (h2→http1 upstream)", "sluice + sk_msg (forced)"];
-    expected.sort_unstable();
-    assert_eq!(nodes, expected);
-    for other in ["direct", "nginx", "haproxy", "haproxy (h2→http1 upstream)", "h2 crate, bare forwarder"] {
-        assert!(all.contains(&other) && !is_node(other), "{other}");
-    }
-}
-
 #[test]
 fn comparisons_put_sluice_and_its_pgo_build_against_the_others() {
     let targets = rows(Some(Only::H1), Some(&parse_targets("haproxy,sluice,nginx").unwrap()), true, false);
